@@ -1,0 +1,39 @@
+"""Attention backends behind one signature.
+
+Every backend takes queries, keys and values shaped (B, nh, T, hs) and an optional key-padding mask
+shaped (B, 1, 1, T) (True = attend), and returns (B, nh, T, hs). The model picks one by name from
+``ATTENTION``; nothing here is chosen at import time.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+AttentionFn = Callable[[Tensor, Tensor, Tensor, "Tensor | None", float], Tensor]
+
+
+def math_attention(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None, dropout_p: float) -> Tensor:
+    """The textbook softmax(QK^T / sqrt(d)) V, written out: the reference the fused kernels are checked against."""
+    scores = (q @ k.transpose(-2, -1)) * (1.0 / math.sqrt(q.size(-1)))  # (B, nh, T, T)
+    if mask is not None:
+        scores = scores.masked_fill(~mask, torch.finfo(scores.dtype).min)
+    probs = scores.softmax(dim=-1)
+    if dropout_p > 0.0:
+        probs = F.dropout(probs, p=dropout_p)
+    return probs @ v  # (B, nh, T, hs)
+
+
+def sdpa_attention(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None, dropout_p: float) -> Tensor:
+    """PyTorch's fused kernel (flash / memory-efficient / math, picked by PyTorch per device and dtype)."""
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout_p)
+
+
+ATTENTION: dict[str, AttentionFn] = {
+    "math": math_attention,
+    "sdpa": sdpa_attention,
+}

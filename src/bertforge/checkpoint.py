@@ -1,0 +1,282 @@
+"""Hugging Face checkpoints in and out, through one key table.
+
+``KEY_TABLE`` is the only place where Hugging Face's weight names appear. Each entry maps one of our
+parameters to one or more checkpoint tensors (several are concatenated on dim 0: the fused
+query/key/value projection). Loading reads config.json and model.safetensors (or a sharded
+safetensors index, or pytorch_model.bin with ``weights_only=True``), and reports exactly which head
+weights were freshly initialised and which checkpoint weights went unused.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from torch import Tensor, nn
+
+from .config import BertConfig
+from .errors import BertforgeError
+from .heads import HEADS, BertWithHead
+from .model import BertModel
+
+log = logging.getLogger("bertforge")
+
+# (ours, hf) for the encoder; hf is relative to the encoder ("bert." is added under a head).
+ENCODER_KEYS: list[tuple[str, tuple[str, ...]]] = [
+    ("embeddings.word.weight", ("embeddings.word_embeddings.weight",)),
+    ("embeddings.position.weight", ("embeddings.position_embeddings.weight",)),
+    ("embeddings.token_type.weight", ("embeddings.token_type_embeddings.weight",)),
+    ("embeddings.norm.weight", ("embeddings.LayerNorm.weight",)),
+    ("embeddings.norm.bias", ("embeddings.LayerNorm.bias",)),
+    ("pooler.dense.weight", ("pooler.dense.weight",)),
+    ("pooler.dense.bias", ("pooler.dense.bias",)),
+]
+LAYER_KEYS: list[tuple[str, tuple[str, ...]]] = [
+    (
+        "attn.qkv.{p}",
+        ("attention.self.query.{p}", "attention.self.key.{p}", "attention.self.value.{p}"),
+    ),
+    ("attn.out.{p}", ("attention.output.dense.{p}",)),
+    ("attn_norm.{p}", ("attention.output.LayerNorm.{p}",)),
+    ("ffn.up.{p}", ("intermediate.dense.{p}",)),
+    ("ffn.down.{p}", ("output.dense.{p}",)),
+    ("ffn_norm.{p}", ("output.LayerNorm.{p}",)),
+]
+_MLM = [
+    ("head.mlm.transform.{p}", ("cls.predictions.transform.dense.{p}",)),
+    ("head.mlm.norm.{p}", ("cls.predictions.transform.LayerNorm.{p}",)),
+]
+_MLM_BIAS = [("head.mlm.decoder.bias", ("cls.predictions.bias",))]  # the decoder weight is tied
+HEAD_KEYS: dict[str, list[tuple[str, tuple[str, ...]]]] = {
+    "pretrain": _MLM + [("head.nsp.{p}", ("cls.seq_relationship.{p}",))],
+    "mlm": _MLM,
+    "classify": [("head.classifier.{p}", ("classifier.{p}",))],
+    "tag": [("head.classifier.{p}", ("classifier.{p}",))],
+    "span": [("head.qa.{p}", ("qa_outputs.{p}",))],
+    "choice": [("head.classifier.{p}", ("classifier.{p}",))],
+}
+ARCHITECTURES = {
+    None: "BertModel",
+    "pretrain": "BertForPreTraining",
+    "mlm": "BertForMaskedLM",
+    "classify": "BertForSequenceClassification",
+    "tag": "BertForTokenClassification",
+    "span": "BertForQuestionAnswering",
+    "choice": "BertForMultipleChoice",
+}
+# Checkpoint tensors that carry no information of their own.
+_REDUNDANT = ("embeddings.position_ids", "embeddings.token_type_ids", "cls.predictions.decoder.weight")
+_TIED = ("head.mlm.decoder.weight",)
+
+
+def key_table(config: BertConfig, head: str | None) -> list[tuple[str, tuple[str, ...]]]:
+    """Every (our name, checkpoint names) pair for this config and head, expanded over layers."""
+    prefix = "bert." if head else ""
+    table = [(ours, tuple(prefix + h for h in hf)) for ours, hf in ENCODER_KEYS]
+    for i in range(config.num_hidden_layers):
+        for ours, hf in LAYER_KEYS:
+            for p in ("weight", "bias"):
+                table.append(
+                    (f"layers.{i}." + ours.format(p=p), tuple(f"{prefix}encoder.layer.{i}." + h.format(p=p) for h in hf))
+                )
+    table = [("bert." + ours if head else ours, hf) for ours, hf in table]
+    for ours, hf in HEAD_KEYS.get(head, []) + (_MLM_BIAS if head in ("pretrain", "mlm") else []):
+        for p in ("weight", "bias") if "{p}" in ours else ("",):
+            table.append((ours.format(p=p), tuple(h.format(p=p) for h in hf)))
+    return table
+
+
+# -- reading ---------------------------------------------------------------------------------------
+def _one_line(e: BaseException) -> str:
+    text = str(e).strip().splitlines()
+    return f"{type(e).__name__}: {text[0] if text else ''}".rstrip(": ")
+
+
+def read_weights(directory: Path) -> dict[str, Tensor]:
+    """The tensors of a Hugging Face directory: model.safetensors, its sharded index, or pytorch_model.bin."""
+    from safetensors.torch import load_file
+
+    candidates = [
+        directory / "model.safetensors",
+        directory / "model.safetensors.index.json",
+        directory / "pytorch_model.bin",
+    ]
+    path = next((p for p in candidates if p.is_file()), None)
+    if path is None:
+        raise BertforgeError(f"{directory}: no model.safetensors or pytorch_model.bin found")
+    try:
+        if path.name.endswith(".index.json"):
+            index = json.loads(path.read_text(encoding="utf-8"))
+            state: dict[str, Tensor] = {}
+            for shard in sorted(set(index["weight_map"].values())):
+                state.update(_read_file(directory / shard, load_file))
+            return state
+        return _read_file(path, load_file)
+    except BertforgeError:
+        raise
+    except Exception as e:
+        raise BertforgeError(f"{path}: not a readable checkpoint ({_one_line(e)})") from None
+
+
+def _read_file(path: Path, load_file) -> dict[str, Tensor]:
+    try:
+        if path.suffix == ".safetensors":
+            return load_file(str(path))
+        # weights only: a checkpoint can never run code here
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except FileNotFoundError:
+        raise BertforgeError(f"{path}: no such file") from None
+    except Exception as e:
+        raise BertforgeError(f"{path}: not a readable checkpoint ({_one_line(e)})") from None
+    if not isinstance(state, dict) or not all(isinstance(v, Tensor) for v in state.values()):
+        raise BertforgeError(f"{path}: not a state dict of tensors")
+    return state
+
+
+def _normalise_names(state: dict[str, Tensor]) -> dict[str, Tensor]:
+    """Old TensorFlow-converted checkpoints say gamma/beta for LayerNorm weight/bias."""
+    out = {}
+    for k, v in state.items():
+        if k.endswith(".gamma"):
+            k = k[: -len(".gamma")] + ".weight"
+        elif k.endswith(".beta"):
+            k = k[: -len(".beta")] + ".bias"
+        out[k] = v
+    return out
+
+
+@dataclass
+class LoadReport:
+    initialised: list[str] = field(default_factory=list)  # our head weights absent from the checkpoint
+    unused: list[str] = field(default_factory=list)  # checkpoint tensors nothing read
+
+
+def load_state(model: BertModel | BertWithHead, state: dict[str, Tensor], source: str) -> LoadReport:
+    """Copy checkpoint tensors into ``model`` through the key table; raise on a missing encoder weight."""
+    head = model.head_name if isinstance(model, BertWithHead) else None
+    state = _normalise_names(state)
+    encoder_prefix = "bert." if any(k.startswith("bert.") for k in state) else ""
+    if head and not encoder_prefix:  # a bare BertModel checkpoint under a head: add the prefix
+        state = {(k if k.startswith(("cls.", "classifier.", "qa_outputs.")) else "bert." + k): v for k, v in state.items()}
+    elif not head and encoder_prefix:  # a task checkpoint read as an encoder: drop it
+        state = {k.removeprefix("bert."): v for k, v in state.items()}
+    if "cls.predictions.bias" not in state and "cls.predictions.decoder.bias" in state:
+        state["cls.predictions.bias"] = state.pop("cls.predictions.decoder.bias")
+    else:
+        state.pop("cls.predictions.decoder.bias", None)
+
+    ours = model.state_dict()
+    report = LoadReport()
+    used: set[str] = set()
+    new_state: dict[str, Tensor] = {}
+    for name, hf_names in key_table(model.config, head):
+        present = [h for h in hf_names if h in state]
+        if len(present) != len(hf_names):
+            missing = [h for h in hf_names if h not in state]
+            if name.startswith("head.") or name.startswith(("pooler.", "bert.pooler.")):
+                report.initialised.append(name)
+                continue
+            raise BertforgeError(f"{source}: missing encoder weight {missing[0]!r}")
+        tensor = torch.cat([state[h] for h in hf_names], dim=0) if len(hf_names) > 1 else state[hf_names[0]]
+        expected = ours[name].shape
+        if tensor.shape != expected:
+            raise BertforgeError(
+                f"{source}: shape mismatch for {'+'.join(hf_names)}: checkpoint {tuple(tensor.shape)}, "
+                f"model {tuple(expected)}"
+            )
+        new_state[name] = tensor
+        used.update(hf_names)
+    report.unused = sorted(k for k in state if k not in used and not k.endswith(_REDUNDANT))
+    result = model.load_state_dict(new_state, strict=False)
+    leftover = set(result.missing_keys) - set(report.initialised) - set(_TIED)
+    assert not leftover and not result.unexpected_keys, (leftover, result.unexpected_keys)
+    if report.initialised:
+        log.warning("%s: freshly initialised (not in checkpoint): %s", source, ", ".join(report.initialised))
+    if report.unused:
+        log.warning("%s: checkpoint weights not used: %s", source, ", ".join(report.unused))
+    return report
+
+
+def load_pretrained(
+    name_or_path: str | Path,
+    head: str | None = None,
+    *,
+    num_labels: int | None = None,
+    id2label: dict[int, str] | None = None,
+    problem_type: str | None = None,
+    attention: str = "sdpa",
+    unpad: bool = True,
+    device: str | torch.device | None = None,
+) -> BertModel | BertWithHead:
+    """Load a Hugging Face BERT directory (or a registry name such as ``minilm-l6``).
+
+    Without ``head`` this returns the encoder; with one (pretrain, mlm, classify, tag, span, choice)
+    the encoder and that head, whose absent weights are freshly initialised and reported.
+    ``model.load_report`` lists what was initialised and what went unused.
+    """
+    from .assets import resolve_model_dir
+
+    if head is not None and head not in HEADS:
+        raise BertforgeError(f"unknown head {head!r} (choose from {', '.join(HEADS)})")
+    directory = resolve_model_dir(name_or_path)
+    config = BertConfig.from_json(directory / "config.json")
+    if id2label is not None:
+        config = config.replace(id2label=dict(id2label))
+    elif num_labels is not None and num_labels != config.num_labels:
+        config = config.replace(id2label={i: f"LABEL_{i}" for i in range(num_labels)})
+    if problem_type is not None:
+        config = config.replace(problem_type=problem_type)
+    state = read_weights(directory)
+    model: BertModel | BertWithHead
+    model = BertWithHead(config, head, attention=attention, unpad=unpad) if head else BertModel(config, attention, unpad)
+    model.load_report = load_state(model, state, str(directory))
+    model.source = str(directory)
+    model.eval()
+    if device is not None:
+        model.to(device)
+    return model
+
+
+# -- writing ---------------------------------------------------------------------------------------
+def export_state(model: BertModel | BertWithHead) -> dict[str, Tensor]:
+    """Our state dict in Hugging Face names (the fused q/k/v split back), ready for safetensors."""
+    head = model.head_name if isinstance(model, BertWithHead) else None
+    ours = model.state_dict()
+    out: dict[str, Tensor] = {}
+    for name, hf_names in key_table(model.config, head):
+        tensor = ours[name].detach().cpu()
+        for h, part in zip(hf_names, tensor.chunk(len(hf_names), dim=0), strict=True):
+            out[h] = part.contiguous().clone()
+    return out
+
+
+def _atomic_write(path: Path, write) -> None:
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def save_pretrained(model: nn.Module, directory: str | Path, tokenizer=None) -> Path:
+    """config.json + model.safetensors (+ tokenizer files) that ``transformers`` loads as the matching class."""
+    from safetensors.torch import save_file
+
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    head = model.head_name if isinstance(model, BertWithHead) else None
+    config = model.config.replace(architectures=[ARCHITECTURES[head]])
+    state = export_state(model)
+    _atomic_write(directory / "model.safetensors", lambda tmp: save_file(state, tmp, metadata={"format": "pt"}))
+    _atomic_write(directory / "config.json", config.save)
+    if tokenizer is not None:
+        tokenizer.save_pretrained(directory)
+    return directory

@@ -1,0 +1,170 @@
+"""Model configuration: a dataclass that reads and writes Hugging Face ``config.json``."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .errors import BertforgeError
+
+# Activations a BERT checkpoint may name in `hidden_act`; see model.ACTIVATIONS.
+SUPPORTED_ACTIVATIONS = ("gelu", "gelu_new", "gelu_pytorch_tanh", "gelu_fast", "relu", "silu", "swish")
+
+
+@dataclass
+class BertConfig:
+    """The shape of a BERT model, with the field names of Hugging Face's ``BertConfig``.
+
+    Defaults are bert-base-uncased, the model of Devlin et al. (2018).
+    """
+
+    vocab_size: int = 30522  # WordPiece vocabulary of bert-base-uncased
+    hidden_size: int = 768
+    num_hidden_layers: int = 12
+    num_attention_heads: int = 12  # head size 64 in every published size
+    intermediate_size: int = 3072  # 4 x hidden, as published
+    hidden_act: str = "gelu"  # the exact erf GELU, not the tanh approximation
+    hidden_dropout_prob: float = 0.1
+    attention_probs_dropout_prob: float = 0.1
+    max_position_embeddings: int = 512  # learned absolute positions
+    type_vocab_size: int = 2  # segment A / segment B
+    initializer_range: float = 0.02  # std of the truncated-normal-like init
+    layer_norm_eps: float = 1e-12  # the TF original's epsilon, kept by every checkpoint
+    pad_token_id: int = 0
+    classifier_dropout: float | None = None  # None: use hidden_dropout_prob
+    # Task heads (Hugging Face names, so a fine-tuned directory loads in transformers).
+    id2label: dict[int, str] | None = None
+    problem_type: str | None = None  # single_label_classification | multi_label_classification | regression
+    architectures: list[str] | None = None
+    # Everything else found in config.json, written back untouched on save.
+    extra: dict[str, Any] = field(default_factory=dict, repr=False)
+
+    def __post_init__(self) -> None:
+        if self.hidden_size % self.num_attention_heads:
+            raise BertforgeError(
+                f"hidden_size {self.hidden_size} is not divisible by num_attention_heads {self.num_attention_heads}"
+            )
+        if self.hidden_act not in SUPPORTED_ACTIVATIONS:
+            raise BertforgeError(
+                f"hidden_act {self.hidden_act!r} is not supported (choose from {', '.join(SUPPORTED_ACTIVATIONS)})"
+            )
+        if self.id2label is not None:
+            self.id2label = {int(k): str(v) for k, v in self.id2label.items()}
+
+    @property
+    def head_size(self) -> int:
+        return self.hidden_size // self.num_attention_heads
+
+    @property
+    def num_labels(self) -> int:
+        return len(self.id2label) if self.id2label else 2
+
+    @property
+    def label2id(self) -> dict[str, int]:
+        return {v: k for k, v in (self.id2label or {}).items()}
+
+    def replace(self, **changes: Any) -> BertConfig:
+        return dataclasses.replace(self, **changes)
+
+    # -- Hugging Face config.json -------------------------------------------------------------------
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> BertConfig:
+        model_type = d.get("model_type", "bert")
+        if model_type != "bert":
+            raise BertforgeError(f"model_type {model_type!r} is not a BERT architecture (expected 'bert')")
+        pos = d.get("position_embedding_type", "absolute")
+        if pos != "absolute":
+            raise BertforgeError(f"position_embedding_type {pos!r} is not supported (only 'absolute')")
+        if d.get("is_decoder") or d.get("add_cross_attention"):
+            raise BertforgeError("decoder / cross-attention BERT configs are not supported: bertforge is an encoder")
+        names = {f.name for f in dataclasses.fields(cls)} - {"extra"}
+        known = {k: v for k, v in d.items() if k in names}
+        if known.get("pad_token_id") is None:
+            known.pop("pad_token_id", None)
+        extra = {k: v for k, v in d.items() if k not in names and k not in ("label2id", "num_labels")}
+        if "id2label" not in known and d.get("num_labels"):
+            known["id2label"] = {i: f"LABEL_{i}" for i in range(int(d["num_labels"]))}
+        return cls(**known, extra=extra)
+
+    def to_dict(self) -> dict[str, Any]:
+        d: dict[str, Any] = {"model_type": "bert"}
+        for f in dataclasses.fields(self):
+            if f.name == "extra":
+                continue
+            v = getattr(self, f.name)
+            if f.name in ("id2label", "problem_type", "architectures", "classifier_dropout") and v is None:
+                continue
+            d[f.name] = v
+        if self.id2label:
+            d["id2label"] = {str(k): v for k, v in sorted(self.id2label.items())}
+            d["label2id"] = {v: k for k, v in sorted(self.id2label.items())}
+        d["position_embedding_type"] = "absolute"
+        for k, v in self.extra.items():
+            d.setdefault(k, v)
+        return d
+
+    @classmethod
+    def from_json(cls, path: str | Path) -> BertConfig:
+        path = Path(path)
+        try:
+            d = json.loads(path.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            raise BertforgeError(f"{path}: no such file") from None
+        except (UnicodeDecodeError, json.JSONDecodeError) as e:
+            raise BertforgeError(f"{path}: not a valid JSON config ({e})") from None
+        if not isinstance(d, dict):
+            raise BertforgeError(f"{path}: not a valid JSON config (top level is not an object)")
+        try:
+            return cls.from_dict(d)
+        except TypeError as e:
+            raise BertforgeError(f"{path}: bad config ({e})") from None
+
+    def save(self, path: str | Path) -> None:
+        Path(path).write_text(json.dumps(self.to_dict(), indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+
+    # -- size presets ---------------------------------------------------------------------------------
+    @classmethod
+    def preset(cls, name: str, **overrides: Any) -> BertConfig:
+        """A named size: tiny, mini, small, medium, base, large, or ``L{layers}-H{hidden}``."""
+        return cls(**{**_preset_shape(name), **overrides})
+
+
+# Turc et al. (2019), "Well-Read Students Learn Better": 24 compact BERTs, L in {2..12}, H in {128..768},
+# always with head size 64 and a feed-forward of 4H. Six of them have names.
+NAMED_PRESETS = {
+    "tiny": (2, 128),
+    "mini": (4, 256),
+    "small": (4, 512),
+    "medium": (8, 512),
+    "base": (12, 768),
+    "large": (24, 1024),
+}
+COMPACT_LAYERS = (2, 4, 6, 8, 10, 12)
+COMPACT_HIDDEN = (128, 256, 512, 768)
+
+
+def preset_names() -> list[str]:
+    compact = [f"L{n}-H{m}" for n in COMPACT_LAYERS for m in COMPACT_HIDDEN]
+    return list(NAMED_PRESETS) + compact
+
+
+def _preset_shape(name: str) -> dict[str, int]:
+    if name in NAMED_PRESETS:
+        layers, hidden = NAMED_PRESETS[name]
+    else:
+        m = re.fullmatch(r"L(\d+)-H(\d+)", name)
+        if not m or int(m.group(1)) not in COMPACT_LAYERS or int(m.group(2)) not in COMPACT_HIDDEN:
+            raise BertforgeError(
+                f"unknown preset {name!r}: choose {', '.join(NAMED_PRESETS)} or L{{2,4,...,12}}-H{{128,256,512,768}}"
+            )
+        layers, hidden = int(m.group(1)), int(m.group(2))
+    return {
+        "num_hidden_layers": layers,
+        "hidden_size": hidden,
+        "num_attention_heads": hidden // 64,
+        "intermediate_size": 4 * hidden,
+    }

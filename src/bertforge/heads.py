@@ -1,0 +1,242 @@
+"""Task heads on top of the encoder, and ``BertWithHead`` that joins the two.
+
+Each head takes the encoder's output (and the targets, when training) and returns its logits and,
+given targets, the same loss as the matching ``transformers`` class:
+
+  pretrain  MLM (transform + decoder tied to the word embeddings) + NSP   BertForPreTraining
+  mlm       MLM only                                                      BertForMaskedLM
+  classify  pooled [CLS] -> labels; single-label, multi-label, regression BertForSequenceClassification
+  tag       every token -> labels                                         BertForTokenClassification
+  span      every token -> (start, end) logits                            BertForQuestionAnswering
+  choice    each (context, choice) pooled -> one score                    BertForMultipleChoice
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import partial
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from .config import BertConfig
+from .errors import BertforgeError
+from .model import ACTIVATIONS, BertModel, EncoderOutput, init_weights
+
+IGNORE_INDEX = -100  # targets equal to this are left out of the loss, as in PyTorch and transformers
+
+
+@dataclass
+class HeadOutput:
+    logits: Tensor  # the head's main scores; for span: start logits
+    loss: Tensor | None = None
+    nsp_logits: Tensor | None = None  # pretrain: (B, 2)
+    end_logits: Tensor | None = None  # span: (B, T)
+    mlm_loss: Tensor | None = None
+    nsp_loss: Tensor | None = None
+
+
+def _initialised(module: nn.Module, config: BertConfig) -> None:
+    module.apply(partial(init_weights, std=config.initializer_range))
+
+
+class MLMHead(nn.Module):
+    """transform (dense, act, LayerNorm), then a decoder whose weight is the word embedding matrix."""
+
+    def __init__(self, config: BertConfig, word_embeddings: nn.Embedding):
+        super().__init__()
+        self.transform = nn.Linear(config.hidden_size, config.hidden_size)
+        self.act = ACTIVATIONS[config.hidden_act]
+        self.norm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+        self.decoder = nn.Linear(config.hidden_size, config.vocab_size)
+        _initialised(self, config)
+        self.decoder.weight = word_embeddings.weight  # tied; the decoder keeps its own bias
+
+    def forward(self, hidden: Tensor) -> Tensor:
+        return self.decoder(self.norm(self.act(self.transform(hidden))))  # (..., V)
+
+    def loss(self, hidden: Tensor, labels: Tensor, only_masked: bool) -> tuple[Tensor, Tensor]:
+        """MLM logits and mean cross-entropy over labelled positions.
+
+        With ``only_masked`` the vocabulary projection (the largest matmul of a small BERT) runs on the
+        labelled positions alone and the logits come back as (M, V); the loss is the same.
+        """
+        if only_masked:
+            where = labels != IGNORE_INDEX
+            logits = self(hidden[where])  # (M, V)
+            return logits, F.cross_entropy(logits.float(), labels[where])
+        logits = self(hidden)  # (B, T, V)
+        return logits, F.cross_entropy(logits.float().view(-1, logits.size(-1)), labels.reshape(-1))
+
+
+class PretrainingHead(nn.Module):
+    def __init__(self, config: BertConfig, bert: BertModel, nsp: bool = True):
+        super().__init__()
+        self.nsp = nn.Linear(config.hidden_size, 2) if nsp else None
+        _initialised(self, config)
+        self.mlm = MLMHead(config, bert.embeddings.word)
+
+    def forward(
+        self,
+        enc: EncoderOutput,
+        labels: Tensor | None = None,
+        next_sentence_label: Tensor | None = None,
+        only_masked: bool = False,
+    ) -> HeadOutput:
+        nsp_logits = self.nsp(enc.pooler_output) if self.nsp is not None else None
+        if labels is None:
+            return HeadOutput(logits=self.mlm(enc.last_hidden_state), nsp_logits=nsp_logits)
+        logits, mlm_loss = self.mlm.loss(enc.last_hidden_state, labels, only_masked)
+        loss, nsp_loss = mlm_loss, None
+        if nsp_logits is not None and next_sentence_label is not None:
+            nsp_loss = F.cross_entropy(nsp_logits.float(), next_sentence_label.view(-1))
+            loss = mlm_loss + nsp_loss
+        return HeadOutput(logits, loss, nsp_logits=nsp_logits, mlm_loss=mlm_loss, nsp_loss=nsp_loss)
+
+
+class MaskedLMHead(PretrainingHead):
+    def __init__(self, config: BertConfig, bert: BertModel):
+        super().__init__(config, bert, nsp=False)
+
+
+def _dropout(config: BertConfig) -> nn.Dropout:
+    p = config.classifier_dropout if config.classifier_dropout is not None else config.hidden_dropout_prob
+    return nn.Dropout(p)
+
+
+class ClassificationHead(nn.Module):
+    def __init__(self, config: BertConfig, bert: BertModel):
+        super().__init__()
+        self.config = config
+        self.dropout = _dropout(config)
+        self.classifier = nn.Linear(config.hidden_size, config.num_labels)
+        _initialised(self, config)
+
+    def forward(self, enc: EncoderOutput, labels: Tensor | None = None) -> HeadOutput:
+        logits = self.classifier(self.dropout(enc.pooler_output))  # (B, num_labels)
+        if labels is None:
+            return HeadOutput(logits)
+        return HeadOutput(logits, classification_loss(logits, labels, self.config.problem_type))
+
+
+def classification_loss(logits: Tensor, labels: Tensor, problem_type: str | None) -> Tensor:
+    """transformers' rule: regression for one output, single-label for integer labels, else multi-label."""
+    num_labels = logits.size(-1)
+    if problem_type is None:
+        if num_labels == 1:
+            problem_type = "regression"
+        elif labels.dtype in (torch.long, torch.int):
+            problem_type = "single_label_classification"
+        else:
+            problem_type = "multi_label_classification"
+    logits = logits.float()
+    if problem_type == "regression":
+        if num_labels == 1:
+            return F.mse_loss(logits.squeeze(), labels.float().squeeze())
+        return F.mse_loss(logits, labels.float())
+    if problem_type == "single_label_classification":
+        return F.cross_entropy(logits.view(-1, num_labels), labels.view(-1))
+    if problem_type == "multi_label_classification":
+        return F.binary_cross_entropy_with_logits(logits, labels.float())
+    raise BertforgeError(f"unknown problem_type {problem_type!r}")
+
+
+class TaggingHead(nn.Module):
+    def __init__(self, config: BertConfig, bert: BertModel):
+        super().__init__()
+        self.dropout = _dropout(config)
+        self.classifier = nn.Linear(config.hidden_size, config.num_labels)
+        _initialised(self, config)
+
+    def forward(self, enc: EncoderOutput, labels: Tensor | None = None) -> HeadOutput:
+        logits = self.classifier(self.dropout(enc.last_hidden_state))  # (B, T, num_labels)
+        if labels is None:
+            return HeadOutput(logits)
+        loss = F.cross_entropy(logits.float().view(-1, logits.size(-1)), labels.reshape(-1))
+        return HeadOutput(logits, loss)
+
+
+class SpanHead(nn.Module):
+    def __init__(self, config: BertConfig, bert: BertModel):
+        super().__init__()
+        self.qa = nn.Linear(config.hidden_size, 2)
+        _initialised(self, config)
+
+    def forward(
+        self, enc: EncoderOutput, start_positions: Tensor | None = None, end_positions: Tensor | None = None
+    ) -> HeadOutput:
+        start, end = self.qa(enc.last_hidden_state).unbind(dim=-1)  # 2 x (B, T)
+        if start_positions is None or end_positions is None:
+            return HeadOutput(start, end_logits=end)
+        # positions outside the sequence are ignored, as in transformers
+        ignored = start.size(1)
+        s = start_positions.view(-1).clamp(0, ignored)
+        e = end_positions.view(-1).clamp(0, ignored)
+        loss = (
+            F.cross_entropy(start.float(), s, ignore_index=ignored)
+            + F.cross_entropy(end.float(), e, ignore_index=ignored)
+        ) / 2
+        return HeadOutput(start, loss, end_logits=end)
+
+
+class ChoiceHead(nn.Module):
+    def __init__(self, config: BertConfig, bert: BertModel):
+        super().__init__()
+        self.dropout = _dropout(config)
+        self.classifier = nn.Linear(config.hidden_size, 1)
+        _initialised(self, config)
+
+    def forward(self, enc: EncoderOutput, labels: Tensor | None = None, num_choices: int = 1) -> HeadOutput:
+        logits = self.classifier(self.dropout(enc.pooler_output)).view(-1, num_choices)  # (B, C)
+        if labels is None:
+            return HeadOutput(logits)
+        return HeadOutput(logits, F.cross_entropy(logits.float(), labels.view(-1)))
+
+
+HEADS: dict[str, type[nn.Module]] = {
+    "pretrain": PretrainingHead,
+    "mlm": MaskedLMHead,
+    "classify": ClassificationHead,
+    "tag": TaggingHead,
+    "span": SpanHead,
+    "choice": ChoiceHead,
+}
+
+
+class BertWithHead(nn.Module):
+    """The encoder and one head. Inputs are (B, T); for the choice head (B, C, T)."""
+
+    def __init__(self, config: BertConfig, head: str, attention: str = "sdpa", unpad: bool = True):
+        super().__init__()
+        if head not in HEADS:
+            raise BertforgeError(f"unknown head {head!r} (choose from {', '.join(HEADS)})")
+        self.config = config
+        self.head_name = head
+        self.bert = BertModel(config, attention=attention, unpad=unpad)
+        self.head = HEADS[head](config, self.bert)
+
+    def forward(
+        self,
+        input_ids: Tensor,
+        attention_mask: Tensor | None = None,
+        token_type_ids: Tensor | None = None,
+        **targets: Tensor,
+    ) -> HeadOutput:
+        if input_ids.dim() == 3:  # (B, C, T): multiple choice
+            if self.head_name != "choice":
+                raise BertforgeError(f"the {self.head_name} head takes (batch, length) inputs, not 3-D")
+
+            def flat(t: Tensor | None) -> Tensor | None:
+                return None if t is None else t.reshape(-1, t.size(-1))
+
+            enc = self.bert(flat(input_ids), flat(attention_mask), flat(token_type_ids))
+            return self.head(enc, num_choices=input_ids.size(1), **targets)
+        return self.head(self.bert(input_ids, attention_mask, token_type_ids), **targets)
+
+    def save_pretrained(self, directory: str | Path, tokenizer=None) -> Path:
+        """Write a Hugging Face directory loadable by the matching ``transformers`` class."""
+        from .checkpoint import save_pretrained
+
+        return save_pretrained(self, directory, tokenizer=tokenizer)

@@ -1,0 +1,178 @@
+"""The one inference path: tokenize in batch, sort by length, batch under a token budget, run the
+(unpadded) encoder, and hand results back in the caller's order.
+
+Sorting by length means a batch pads little; the unpadded encoder then spends nothing on the padding
+that is left. ``embed`` and ``Embedder`` build sentence embeddings on top of it.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from tokenizers import Encoding
+from torch import Tensor
+from tqdm.auto import tqdm
+
+from .errors import BertforgeError
+from .model import BertModel, EncoderOutput
+from .tokenizer import Tokenizer
+
+DEFAULT_MAX_TOKENS = 8192  # padded tokens per batch: big enough for throughput, small for memory
+POOLING = ("mean", "cls", "pooler")
+
+
+def length_batches(lengths: Sequence[int], max_tokens: int, max_batch: int) -> list[list[int]]:
+    """Indices grouped longest-first so that each batch's padded size (count x longest) fits ``max_tokens``."""
+    order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
+    batches: list[list[int]] = []
+    current: list[int] = []
+    for i in order:
+        longest = lengths[current[0]] if current else lengths[i]
+        if current and ((len(current) + 1) * longest > max_tokens or len(current) >= max_batch):
+            batches.append(current)
+            current = []
+        current.append(i)
+    if current:
+        batches.append(current)
+    return batches
+
+
+def run_batches(
+    model: BertModel,
+    tokenizer: Tokenizer,
+    encodings: Sequence[Encoding],
+    fn: Callable[[EncoderOutput, dict[str, Tensor]], Tensor],
+    *,
+    max_tokens: int = DEFAULT_MAX_TOKENS,
+    max_batch: int = 512,
+    progress: bool = False,
+    desc: str = "encoding",
+) -> Iterator[tuple[list[int], Tensor]]:
+    """Yield (indices, fn(encoder output, batch)) for length-sorted batches of ``encodings``."""
+    device = next(model.parameters()).device
+    batches = length_batches([len(e.ids) for e in encodings], max_tokens, max_batch)
+    bar = tqdm(total=len(encodings), desc=desc, unit="text", disable=not progress, leave=False)
+    with torch.inference_mode():
+        for idx in batches:
+            batch = {k: v.to(device) for k, v in tokenizer.to_tensors([encodings[i] for i in idx]).items()}
+            yield idx, fn(model(**batch), batch)
+            bar.update(len(idx))
+    bar.close()
+
+
+def pool(output: EncoderOutput, attention_mask: Tensor, pooling: str) -> Tensor:
+    """(B, H) sentence vectors: mean over real tokens, the [CLS] vector, or the tanh pooler."""
+    if pooling == "mean":
+        m = attention_mask.unsqueeze(-1).to(output.last_hidden_state.dtype)
+        return (output.last_hidden_state * m).sum(1) / m.sum(1).clamp(min=1e-9)
+    if pooling == "cls":
+        return output.last_hidden_state[:, 0]
+    if pooling == "pooler":
+        return output.pooler_output
+    raise BertforgeError(f"unknown pooling {pooling!r} (choose from {', '.join(POOLING)})")
+
+
+def embed(
+    model: BertModel,
+    tokenizer: Tokenizer,
+    texts: Sequence[str],
+    *,
+    pooling: str = "mean",
+    normalize: bool = True,
+    max_length: int = 512,
+    max_tokens: int = DEFAULT_MAX_TOKENS,
+    progress: bool = False,
+) -> np.ndarray:
+    """(len(texts), H) float32 embeddings in the order given."""
+    if pooling not in POOLING:
+        raise BertforgeError(f"unknown pooling {pooling!r} (choose from {', '.join(POOLING)})")
+    encodings = tokenizer.encode_batch(list(texts), max_length=max_length)
+
+    def fn(out: EncoderOutput, batch: dict[str, Tensor]) -> Tensor:
+        v = pool(out, batch["attention_mask"], pooling).float()
+        return torch.nn.functional.normalize(v, dim=-1) if normalize else v
+
+    result = np.zeros((len(texts), model.config.hidden_size), dtype=np.float32)
+    for idx, vectors in run_batches(model, tokenizer, encodings, fn, max_tokens=max_tokens, progress=progress):
+        result[idx] = vectors.cpu().numpy()
+    return result
+
+
+@dataclass
+class PoolingSettings:
+    pooling: str = "mean"
+    normalize: bool = True
+    max_length: int = 512
+
+
+def pooling_settings(directory: Path) -> PoolingSettings:
+    """What a sentence-transformers directory says about pooling (1_Pooling/config.json), normalisation
+    (a Normalize module in modules.json) and length (sentence_bert_config.json). Without them: mean
+    pooling, normalised, up to 512 tokens."""
+    s = PoolingSettings()
+    pooling_cfg = directory / "1_Pooling" / "config.json"
+    if pooling_cfg.is_file():
+        cfg = json.loads(pooling_cfg.read_text(encoding="utf-8"))
+        if cfg.get("pooling_mode_cls_token"):
+            s.pooling = "cls"
+        elif cfg.get("pooling_mode_mean_tokens"):
+            s.pooling = "mean"
+    modules = directory / "modules.json"
+    if modules.is_file():
+        types = [m.get("type", "") for m in json.loads(modules.read_text(encoding="utf-8"))]
+        s.normalize = any(t.endswith("Normalize") for t in types)
+    sbert = directory / "sentence_bert_config.json"
+    if sbert.is_file():
+        s.max_length = int(json.loads(sbert.read_text(encoding="utf-8")).get("max_seq_length", s.max_length))
+    return s
+
+
+@dataclass
+class Embedder:
+    """A sentence encoder ready to use: model, tokenizer and the checkpoint's pooling settings."""
+
+    model: BertModel
+    tokenizer: Tokenizer
+    settings: PoolingSettings
+
+    @classmethod
+    def from_pretrained(cls, name_or_path: str | Path, device: str | None = None) -> Embedder:
+        from .assets import resolve_model_dir
+        from .checkpoint import load_pretrained
+
+        directory = resolve_model_dir(name_or_path)
+        model = load_pretrained(directory, device=device)
+        return cls(model, Tokenizer.from_pretrained(directory), pooling_settings(directory))
+
+    def __call__(
+        self,
+        texts: Sequence[str],
+        *,
+        pooling: str | None = None,
+        normalize: bool | None = None,
+        max_length: int | None = None,
+        max_tokens: int = DEFAULT_MAX_TOKENS,
+        progress: bool = False,
+    ) -> np.ndarray:
+        return embed(
+            self.model,
+            self.tokenizer,
+            texts,
+            pooling=pooling or self.settings.pooling,
+            normalize=self.settings.normalize if normalize is None else normalize,
+            max_length=max_length or min(self.settings.max_length, self.model.config.max_position_embeddings),
+            max_tokens=max_tokens,
+            progress=progress,
+        )
+
+    def similarity(self, a: Sequence[str], b: Sequence[str], **kwargs) -> np.ndarray:
+        """Cosine similarity of each pair (a[i], b[i])."""
+        if len(a) != len(b):
+            raise BertforgeError(f"{len(a)} first sentences but {len(b)} second sentences")
+        v = self(list(a) + list(b), normalize=True, **kwargs)  # one pass: better batches
+        return (v[: len(a)] * v[len(a) :]).sum(axis=1)

@@ -1,0 +1,198 @@
+"""The BERT encoder (Devlin et al., 2018), as the Hugging Face checkpoints define it.
+
+Post-LayerNorm residual layers, learned absolute positions, segment (token type) embeddings, a tanh
+pooler over the first token. Names here are ours; ``checkpoint.py`` translates them to and from
+Hugging Face's in one table.
+
+When a batch has padding, the encoder runs on the real tokens only (see ``padding.py``): embeddings,
+projections, feed-forward and LayerNorms see (N, H) packed tokens, and attention alone sees a tight
+(B, max_len) layout.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import partial
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from .attention import ATTENTION
+from .config import BertConfig
+from .errors import BertforgeError
+from .padding import Packing, from_slots, pad, to_slots, unpad
+
+ACTIVATIONS = {
+    "gelu": F.gelu,  # exact, erf-based: BERT as published
+    "gelu_new": partial(F.gelu, approximate="tanh"),
+    "gelu_pytorch_tanh": partial(F.gelu, approximate="tanh"),
+    "gelu_fast": partial(F.gelu, approximate="tanh"),
+    "relu": F.relu,
+    "silu": F.silu,
+    "swish": F.silu,
+}
+
+
+@dataclass
+class EncoderOutput:
+    last_hidden_state: Tensor  # (B, T, H); zeros at padding when the encoder unpadded
+    pooler_output: Tensor  # (B, H): tanh(W h_[CLS] + b)
+
+
+class Embeddings(nn.Module):
+    def __init__(self, config: BertConfig):
+        super().__init__()
+        H = config.hidden_size
+        self.word = nn.Embedding(config.vocab_size, H, padding_idx=config.pad_token_id)
+        self.position = nn.Embedding(config.max_position_embeddings, H)
+        self.token_type = nn.Embedding(config.type_vocab_size, H)
+        self.norm = nn.LayerNorm(H, eps=config.layer_norm_eps)
+        self.dropout = nn.Dropout(config.hidden_dropout_prob)
+
+    def forward(self, input_ids: Tensor, token_type_ids: Tensor, position_ids: Tensor) -> Tensor:
+        # any leading shape: (B, T) padded or (N,) packed
+        x = self.word(input_ids) + self.token_type(token_type_ids) + self.position(position_ids)
+        return self.dropout(self.norm(x))
+
+
+class SelfAttention(nn.Module):
+    def __init__(self, config: BertConfig, backend: str):
+        super().__init__()
+        self.num_heads = config.num_attention_heads
+        self.head_size = config.head_size
+        H = config.hidden_size
+        self.qkv = nn.Linear(H, 3 * H)  # query, key and value in one matmul
+        self.out = nn.Linear(H, H)
+        self.dropout_p = config.attention_probs_dropout_prob
+        self.backend = backend
+
+    def forward(self, x: Tensor, mask: Tensor | None, packing: Packing | None) -> Tensor:
+        qkv = self.qkv(x)  # (B, T, 3H) or packed (N, 3H)
+        if packing is not None:
+            qkv = to_slots(qkv, packing)  # (B, L, 3H), L = longest real sequence
+            mask = packing.key_mask()  # (B, 1, 1, L)
+        B, T, _ = qkv.shape
+        q, k, v = qkv.view(B, T, 3, self.num_heads, self.head_size).permute(2, 0, 3, 1, 4)  # 3 x (B, nh, T, hs)
+        dropout_p = self.dropout_p if self.training else 0.0
+        y = ATTENTION[self.backend](q, k, v, mask, dropout_p)  # (B, nh, T, hs)
+        y = y.transpose(1, 2).reshape(B, T, self.num_heads * self.head_size)  # (B, T, H)
+        if packing is not None:
+            y = from_slots(y, packing)  # (N, H)
+        return self.out(y)
+
+
+class FeedForward(nn.Module):
+    def __init__(self, config: BertConfig):
+        super().__init__()
+        self.up = nn.Linear(config.hidden_size, config.intermediate_size)
+        self.act = ACTIVATIONS[config.hidden_act]
+        self.down = nn.Linear(config.intermediate_size, config.hidden_size)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.down(self.act(self.up(x)))
+
+
+class Layer(nn.Module):
+    """One post-LayerNorm Transformer layer: x = LN(x + Attn(x)); x = LN(x + FFN(x))."""
+
+    def __init__(self, config: BertConfig, attention: str):
+        super().__init__()
+        self.attn = SelfAttention(config, attention)
+        self.attn_norm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+        self.ffn = FeedForward(config)
+        self.ffn_norm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+        self.dropout = nn.Dropout(config.hidden_dropout_prob)
+
+    def forward(self, x: Tensor, mask: Tensor | None, packing: Packing | None) -> Tensor:
+        x = self.attn_norm(x + self.dropout(self.attn(x, mask, packing)))
+        return self.ffn_norm(x + self.dropout(self.ffn(x)))
+
+
+class Pooler(nn.Module):
+    def __init__(self, config: BertConfig):
+        super().__init__()
+        self.dense = nn.Linear(config.hidden_size, config.hidden_size)
+
+    def forward(self, first_token: Tensor) -> Tensor:
+        return torch.tanh(self.dense(first_token))
+
+
+class BertModel(nn.Module):
+    """The encoder: embeddings, ``num_hidden_layers`` layers and the pooler.
+
+    ``attention`` names a backend in ``attention.ATTENTION`` ("sdpa" or "math"). ``unpad`` runs
+    padded batches on their real tokens only; outputs at real positions are the same either way,
+    and with ``unpad=False`` padding positions hold what the dense computation gives there.
+    """
+
+    def __init__(self, config: BertConfig, attention: str = "sdpa", unpad: bool = True):
+        super().__init__()
+        if attention not in ATTENTION:
+            raise BertforgeError(f"unknown attention backend {attention!r} (choose from {', '.join(ATTENTION)})")
+        self.config = config
+        self.unpad = unpad
+        self.embeddings = Embeddings(config)
+        self.layers = nn.ModuleList([Layer(config, attention) for _ in range(config.num_hidden_layers)])
+        self.pooler = Pooler(config)
+        self.apply(partial(init_weights, std=config.initializer_range))
+
+    def set_attention(self, backend: str) -> None:
+        if backend not in ATTENTION:
+            raise BertforgeError(f"unknown attention backend {backend!r} (choose from {', '.join(ATTENTION)})")
+        for layer in self.layers:
+            layer.attn.backend = backend
+
+    def forward(
+        self,
+        input_ids: Tensor,
+        attention_mask: Tensor | None = None,
+        token_type_ids: Tensor | None = None,
+        position_ids: Tensor | None = None,
+    ) -> EncoderOutput:
+        B, T = input_ids.shape
+        if T > self.config.max_position_embeddings:
+            raise BertforgeError(
+                f"sequence of {T} tokens is longer than the model's {self.config.max_position_embeddings} positions"
+            )
+        if token_type_ids is None:
+            token_type_ids = torch.zeros_like(input_ids)
+        if position_ids is None:
+            position_ids = torch.arange(T, device=input_ids.device).expand(B, T)
+        has_padding = attention_mask is not None and not bool(attention_mask.all())
+        packing = mask = None
+        if has_padding and self.unpad:
+            packing = Packing.from_mask(attention_mask)
+            ids, types, pos = (unpad(t, packing) for t in (input_ids, token_type_ids, position_ids))
+            x = self.embeddings(ids, types, pos)  # (N, H)
+        else:
+            x = self.embeddings(input_ids, token_type_ids, position_ids)  # (B, T, H)
+            if has_padding:
+                mask = attention_mask.bool()[:, None, None, :]  # (B, 1, 1, T)
+        for layer in self.layers:
+            x = layer(x, mask, packing)
+        hidden = pad(x, packing) if packing is not None else x  # (B, T, H)
+        return EncoderOutput(last_hidden_state=hidden, pooler_output=self.pooler(hidden[:, 0]))
+
+    def save_pretrained(self, directory: str | Path, tokenizer=None) -> Path:
+        """Write a Hugging Face directory (config.json, model.safetensors, tokenizer files) for ``BertModel``."""
+        from .checkpoint import save_pretrained
+
+        return save_pretrained(self, directory, tokenizer=tokenizer)
+
+
+def init_weights(module: nn.Module, std: float) -> None:
+    """BERT's initialisation: N(0, std) weights, zero biases, unit LayerNorms, a zero padding embedding."""
+    if isinstance(module, nn.Linear):
+        nn.init.normal_(module.weight, mean=0.0, std=std)
+        if module.bias is not None:
+            nn.init.zeros_(module.bias)
+    elif isinstance(module, nn.Embedding):
+        nn.init.normal_(module.weight, mean=0.0, std=std)
+        if module.padding_idx is not None:
+            with torch.no_grad():
+                module.weight[module.padding_idx].zero_()
+    elif isinstance(module, nn.LayerNorm):
+        nn.init.ones_(module.weight)
+        nn.init.zeros_(module.bias)
