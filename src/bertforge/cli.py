@@ -180,6 +180,175 @@ def similarity(
         typer.echo(f"agreement with gold: {right}/{len(judged)} at threshold {threshold}")
 
 
+@app.command()
+def pretrain(
+    data: Annotated[Path, typer.Option("--data", help="Shards written by prepare-pretrain.")],
+    out: Annotated[Path, typer.Option("--out", help="Run directory: checkpoints/, metrics.jsonl, curves.png, final/.")],
+    preset: Annotated[str, typer.Option(help="Model size: tiny, mini, small, medium, base, large or L{n}-H{m}.")] = "mini",
+    config: Annotated[Path | None, typer.Option("--config", help="A config.json instead of a preset.")] = None,
+    max_steps: Annotated[int, typer.Option("--max-steps", help="Optimizer steps.")] = 10000,
+    batch_size: Annotated[int, typer.Option("--batch-size", help="Sequences per step, over all processes.")] = 128,
+    grad_accum: Annotated[int, typer.Option("--grad-accum", help="Micro-batches per step.")] = 1,
+    lr: Annotated[float, typer.Option("--lr", help="Peak learning rate.")] = 1e-4,
+    warmup: Annotated[float, typer.Option("--warmup", help="Warmup steps (>= 1) or fraction of steps (< 1).")] = 0.05,
+    schedule: Annotated[str, typer.Option(help="linear | cosine | constant decay after warmup.")] = "linear",
+    optimizer: Annotated[str, typer.Option(help="adamw | lamb (for large batches).")] = "adamw",
+    weight_decay: Annotated[float, typer.Option("--weight-decay")] = 0.01,
+    save_every: Annotated[int, typer.Option("--save-every", help="Checkpoint every N steps (0: at the end).")] = 1000,
+    keep_last: Annotated[int, typer.Option("--keep-last", help="Checkpoints kept.")] = 2,
+    eval_every: Annotated[int, typer.Option("--eval-every", help="Evaluate every N steps (0: at the end).")] = 1000,
+    log_every: Annotated[int, typer.Option("--log-every", help="Log training metrics every N steps.")] = 10,
+    seed: Annotated[int, typer.Option("--seed")] = 0,
+    precision: Annotated[str, typer.Option(help="fp32 | bf16 (autocast).")] = "fp32",
+    compile: Annotated[bool, typer.Option("--compile", help="torch.compile the model.")] = False,
+    resume: Annotated[bool, typer.Option("--resume", help="Continue from the newest checkpoint in --out.")] = False,
+    device: Annotated[str | None, typer.Option(help="cpu, cuda, cuda:1 ... (default: cuda if present).")] = None,
+) -> None:
+    """Pretrain BERT (masked LM, plus next-sentence prediction when the shards have it).
+
+    Runs under torchrun for data parallelism:
+    torchrun --nproc-per-node 2 -m bertforge pretrain --data SHARDS --out RUN
+    """
+    from .config import BertConfig
+    from .data.pretrain import PretrainShards
+    from .heads import BertWithHead
+    from .tasks.pretrain import PretrainTask
+    from .tokenizer import Tokenizer
+    from .train import TrainArgs, checkpoints, train
+
+    manifest = PretrainShards(data, "train").manifest
+    tokenizer = Tokenizer.from_pretrained(manifest["vocab_path"], lowercase=manifest.get("lowercase"))
+    task = PretrainTask(data, tokenizer)
+    existing = checkpoints(out) if resume else []
+    if existing:
+        cfg = BertConfig.from_json(existing[-1] / "config.json").replace(architectures=None)
+    elif config is not None:
+        cfg = BertConfig.from_json(config)
+    else:
+        cfg = BertConfig.preset(preset)
+    cfg = cfg.replace(vocab_size=tokenizer.vocab_size, pad_token_id=tokenizer.pad_id)
+    if manifest["max_seq_len"] > cfg.max_position_embeddings:
+        raise BertforgeError(f"shards hold {manifest['max_seq_len']} tokens, the model only {cfg.max_position_embeddings} positions")
+    model = BertWithHead(cfg, task.head)
+    args = TrainArgs(
+        out=out, max_steps=max_steps, batch_size=batch_size, grad_accum=grad_accum, lr=lr, warmup=warmup,
+        schedule=schedule, optimizer=optimizer, weight_decay=weight_decay, save_every=save_every, keep_last=keep_last,
+        eval_every=eval_every or max_steps, log_every=log_every, seed=seed, precision=precision, compile=compile,
+        resume=resume, device=device,
+    )
+    if train(model, task, args).is_main:
+        task.export(model, out / "final")
+        typer.echo(f"wrote {out / 'final'} and {out / 'curves.png'}")
+
+
+@app.command()
+def plot(run: Annotated[Path, typer.Argument(help="A run directory with metrics.jsonl.")]) -> None:
+    """Plot a run's training and evaluation curves to RUN/curves.png."""
+    from .plot import plot_run
+
+    typer.echo(plot_run(run))
+
+
+@app.command()
+def finetune(
+    task: Annotated[str, typer.Argument(help="classify | pair | regress | tag")],
+    model: Model,
+    train: Annotated[Path, typer.Option("--train", help="Training data: CSV, TSV or JSONL (tag: also CoNLL).")],
+    out: Annotated[Path, typer.Option("--out", help="Output model directory (Hugging Face format); the run goes to OUT/run.")],
+    valid: Annotated[Path | None, typer.Option("--valid", help="Validation data (default: 10% of --train, seeded).")] = None,
+    text_column: Annotated[str, typer.Option("--text-column")] = "text",
+    text_pair_column: Annotated[str | None, typer.Option("--text-pair-column", help="Second text (pair; default text_pair).")] = None,
+    label_column: Annotated[str, typer.Option("--label-column")] = "label",
+    multi_label: Annotated[bool, typer.Option("--multi-label", help="classify: several labels per text (JSON list or 'a|b').")] = False,
+    max_length: Annotated[int, typer.Option("--max-length", help="Tokens per window.")] = 128,
+    long_text: Annotated[str, typer.Option("--long-text", help="Texts over --max-length: window (overlapping windows, logits averaged) | truncate.")] = "window",
+    stride: Annotated[int | None, typer.Option("--stride", help="Window overlap in tokens (default max-length/4).")] = None,
+    epochs: Annotated[float, typer.Option("--epochs")] = 3.0,
+    max_steps: Annotated[int | None, typer.Option("--max-steps", help="Stop after N steps (overrides --epochs).")] = None,
+    lr: Annotated[float, typer.Option("--lr")] = 5e-5,
+    batch_size: Annotated[int, typer.Option("--batch-size")] = 32,
+    grad_accum: Annotated[int, typer.Option("--grad-accum")] = 1,
+    warmup: Annotated[float, typer.Option("--warmup", help="Warmup steps (>= 1) or fraction (< 1).")] = 0.1,
+    weight_decay: Annotated[float, typer.Option("--weight-decay")] = 0.01,
+    eval_every: Annotated[int, typer.Option("--eval-every", help="Validate every N steps (0: every epoch).")] = 0,
+    patience: Annotated[int, typer.Option("--patience", help="Stop after N validations without improvement (0: never).")] = 2,
+    metric: Annotated[str | None, typer.Option("--metric", help="Validation metric that picks the best model (default: the task's).")] = None,
+    seed: Annotated[int, typer.Option("--seed")] = 0,
+    precision: Annotated[str, typer.Option(help="fp32 | bf16")] = "fp32",
+    save_every: Annotated[int, typer.Option("--save-every", help="Checkpoint every N steps (0: at the end).")] = 0,
+    resume: Annotated[bool, typer.Option("--resume", help="Continue from the newest checkpoint in OUT/run.")] = False,
+    device: Annotated[str | None, typer.Option(help="cpu, cuda ... (default: cuda if present).")] = None,
+) -> None:
+    """Fine-tune a model on your own data; keeps the best checkpoint by the validation metric.
+
+    Metrics: classify/pair accuracy (and macro F1), regress Pearson, tag entity F1.
+    """
+    from .finetune import finetune as run
+    from .tasks import TaskSpec
+    from .train import TrainArgs
+
+    spec = TaskSpec(
+        task, text_column=text_column, text_pair_column=text_pair_column, label_column=label_column,
+        max_length=max_length, long_text=long_text, stride=stride, multi_label=multi_label,
+    )
+    args = TrainArgs(
+        out=out / "run", epochs=epochs, max_steps=max_steps, lr=lr, batch_size=batch_size, grad_accum=grad_accum,
+        warmup=warmup, weight_decay=weight_decay, eval_every=eval_every, patience=patience, select_metric=metric,
+        seed=seed, precision=precision, save_every=save_every, resume=resume, device=device,
+    )
+    best = run(task, model, train, out, valid, spec=spec, args=args)
+    if best:
+        typer.echo(f"best validation (step {best.get('step')}): " + ", ".join(
+            f"{k} {v:.4f}" for k, v in best.items() if k != "step" and isinstance(v, float)))
+        typer.echo(f"wrote {out}")
+
+
+def _overrides(text_column, text_pair_column, label_column) -> dict:
+    return {"text_column": text_column, "text_pair_column": text_pair_column, "label_column": label_column}
+
+
+@app.command()
+def evaluate(
+    model: Model,
+    data: Annotated[Path, typer.Option("--data", help="Labelled file in the task's format.")],
+    output: Annotated[Path | None, typer.Option("--output", help="Write the metrics as JSON here.")] = None,
+    text_column: Annotated[str | None, typer.Option("--text-column", help="Default: as in training.")] = None,
+    text_pair_column: Annotated[str | None, typer.Option("--text-pair-column")] = None,
+    label_column: Annotated[str | None, typer.Option("--label-column")] = None,
+) -> None:
+    """Score a fine-tuned model on labelled data: the task's metrics (and a confusion matrix)."""
+    from .finetune import evaluate_file
+
+    result = evaluate_file(model, data, output, **_overrides(text_column, text_pair_column, label_column))
+    for k, v in result.items():
+        if isinstance(v, float):
+            typer.echo(f"{k:18} {v:.4f}")
+    if "confusion_matrix" in result:
+        labels = result["labels"]
+        w = max(8, *(len(lab) for lab in labels))
+        typer.echo("\nconfusion matrix (rows: gold, columns: predicted)")
+        typer.echo(" " * w + "".join(f"{lab[:w]:>{w + 1}}" for lab in labels))
+        for lab, row in zip(labels, result["confusion_matrix"], strict=True):
+            typer.echo(f"{lab[:w]:{w}}" + "".join(f"{v:>{w + 1}}" for v in row))
+    if output:
+        typer.echo(f"wrote {output}")
+
+
+@app.command()
+def predict(
+    model: Model,
+    input: Annotated[Path, typer.Option("--input", "-i", help="Texts in the task's format (labels not needed).")],
+    output: Annotated[Path, typer.Option("--output", "-o", help="JSONL: the input's fields plus the prediction.")],
+    text_column: Annotated[str | None, typer.Option("--text-column", help="Default: as in training.")] = None,
+    text_pair_column: Annotated[str | None, typer.Option("--text-pair-column")] = None,
+) -> None:
+    """Predict with a fine-tuned model: labels and probabilities, or tags with their spans."""
+    from .finetune import predict_file
+
+    n = predict_file(model, input, output, **_overrides(text_column, text_pair_column, None))
+    typer.echo(f"wrote {output} ({n} predictions)")
+
+
 def main() -> None:
     logging.basicConfig(level=logging.WARNING, format="bertforge: %(message)s")
     try:

@@ -72,6 +72,8 @@ class MLMHead(nn.Module):
 
 
 class PretrainingHead(nn.Module):
+    uses_pooler = True  # NSP reads the pooled [CLS]
+
     def __init__(self, config: BertConfig, bert: BertModel, nsp: bool = True):
         super().__init__()
         self.nsp = nn.Linear(config.hidden_size, 2) if nsp else None
@@ -97,6 +99,8 @@ class PretrainingHead(nn.Module):
 
 
 class MaskedLMHead(PretrainingHead):
+    uses_pooler = False
+
     def __init__(self, config: BertConfig, bert: BertModel):
         super().__init__(config, bert, nsp=False)
 
@@ -107,6 +111,8 @@ def _dropout(config: BertConfig) -> nn.Dropout:
 
 
 class ClassificationHead(nn.Module):
+    uses_pooler = True
+
     def __init__(self, config: BertConfig, bert: BertModel):
         super().__init__()
         self.config = config
@@ -144,6 +150,8 @@ def classification_loss(logits: Tensor, labels: Tensor, problem_type: str | None
 
 
 class TaggingHead(nn.Module):
+    uses_pooler = False
+
     def __init__(self, config: BertConfig, bert: BertModel):
         super().__init__()
         self.dropout = _dropout(config)
@@ -159,6 +167,8 @@ class TaggingHead(nn.Module):
 
 
 class SpanHead(nn.Module):
+    uses_pooler = False
+
     def __init__(self, config: BertConfig, bert: BertModel):
         super().__init__()
         self.qa = nn.Linear(config.hidden_size, 2)
@@ -182,6 +192,8 @@ class SpanHead(nn.Module):
 
 
 class ChoiceHead(nn.Module):
+    uses_pooler = True
+
     def __init__(self, config: BertConfig, bert: BertModel):
         super().__init__()
         self.dropout = _dropout(config)
@@ -216,6 +228,9 @@ class BertWithHead(nn.Module):
         self.head_name = head
         self.bert = BertModel(config, attention=attention, unpad=unpad)
         self.head = HEADS[head](config, self.bert)
+        # a head that reads tokens leaves the pooler out of the graph: freeze it, so DDP and the
+        # optimiser do not wait for gradients that never come (its weights are still saved)
+        self.bert.pooler.requires_grad_(self.head.uses_pooler)
 
     def forward(
         self,
@@ -233,7 +248,8 @@ class BertWithHead(nn.Module):
 
             enc = self.bert(flat(input_ids), flat(attention_mask), flat(token_type_ids))
             return self.head(enc, num_choices=input_ids.size(1), **targets)
-        return self.head(self.bert(input_ids, attention_mask, token_type_ids), **targets)
+        enc = self.bert(input_ids, attention_mask, token_type_ids, pool=self.head.uses_pooler)
+        return self.head(enc, **targets)
 
     def save_pretrained(self, directory: str | Path, tokenizer=None) -> Path:
         """Write a Hugging Face directory loadable by the matching ``transformers`` class."""

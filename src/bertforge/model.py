@@ -38,7 +38,7 @@ ACTIVATIONS = {
 @dataclass
 class EncoderOutput:
     last_hidden_state: Tensor  # (B, T, H); zeros at padding when the encoder unpadded
-    pooler_output: Tensor  # (B, H): tanh(W h_[CLS] + b)
+    pooler_output: Tensor | None  # (B, H): tanh(W h_[CLS] + b); None when not asked for
 
 
 class Embeddings(nn.Module):
@@ -150,7 +150,9 @@ class BertModel(nn.Module):
         attention_mask: Tensor | None = None,
         token_type_ids: Tensor | None = None,
         position_ids: Tensor | None = None,
+        pool: bool = True,
     ) -> EncoderOutput:
+        """``pool=False`` skips the pooler (``pooler_output`` is None), for heads that read tokens."""
         B, T = input_ids.shape
         if T > self.config.max_position_embeddings:
             raise BertforgeError(
@@ -173,7 +175,7 @@ class BertModel(nn.Module):
         for layer in self.layers:
             x = layer(x, mask, packing)
         hidden = pad(x, packing) if packing is not None else x  # (B, T, H)
-        return EncoderOutput(last_hidden_state=hidden, pooler_output=self.pooler(hidden[:, 0]))
+        return EncoderOutput(last_hidden_state=hidden, pooler_output=self.pooler(hidden[:, 0]) if pool else None)
 
     def save_pretrained(self, directory: str | Path, tokenizer=None) -> Path:
         """Write a Hugging Face directory (config.json, model.safetensors, tokenizer files) for ``BertModel``."""

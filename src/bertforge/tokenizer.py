@@ -224,11 +224,14 @@ class Tokenizer:
         truncation: str = "longest_first",
         stride: int = 0,
         add_special_tokens: bool = True,
+        is_pretokenized: bool = False,
     ) -> list[Encoding]:
-        """Many texts (or pairs) at once, in parallel inside ``tokenizers``."""
+        """Many texts (or pairs) at once, in parallel inside ``tokenizers``. With ``is_pretokenized``
+        each text is a list of words (offsets are then within each word, ``word_ids`` index the list)."""
         for i, t in enumerate(texts):
-            if not isinstance(t, str):
-                raise BertforgeError(f"text {i} is {type(t).__name__}, not a string")
+            ok = isinstance(t, list) and all(isinstance(w, str) for w in t) if is_pretokenized else isinstance(t, str)
+            if not ok:
+                raise BertforgeError(f"text {i} is {type(t).__name__}, not {'a list of words' if is_pretokenized else 'a string'}")
         backend = self._variant(max_length, truncation, stride)
         if pairs is not None:
             if len(pairs) != len(texts):
@@ -240,7 +243,7 @@ class Tokenizer:
         else:
             inputs = list(texts)
         try:
-            return backend.encode_batch(inputs, add_special_tokens=add_special_tokens)
+            return backend.encode_batch(inputs, is_pretokenized=is_pretokenized, add_special_tokens=add_special_tokens)
         except Exception as e:  # tokenizers raises when a truncation strategy cannot be honoured
             raise BertforgeError(f"cannot encode with max_length={max_length}, truncation={truncation}: {e}") from None
 

@@ -1,0 +1,195 @@
+"""Fine-tuning, evaluation and prediction for every task, from the user's files.
+
+These are the functions behind ``bertforge finetune / evaluate / predict`` and ``pipeline``: read
+the files, build the task and the model, then hand over to the one training loop or the one
+inference path.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import shutil
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from .assets import resolve_model_dir
+from .checkpoint import load_pretrained
+from .config import BertConfig
+from .errors import BertforgeError
+from .tasks import ARCHITECTURE_TASKS, TASKS, FinetuneTask, TaskSpec
+from .tokenizer import Tokenizer
+from .train import TrainArgs, train
+
+VALID_FRACTION = 0.1  # carved out of the training file, seeded, when no --valid is given
+
+
+def _atomic_text(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def finetune(
+    task: str,
+    model: str | Path,
+    train_file: str | Path,
+    out: str | Path,
+    valid_file: str | Path | None = None,
+    spec: TaskSpec | None = None,
+    args: TrainArgs | None = None,
+) -> dict[str, float]:
+    """Fine-tune ``model`` for ``task`` on a file; write the best model (by the task's validation
+    metric) to ``out`` in Hugging Face format, the run (metrics, curves, checkpoints) to ``out/run``.
+    Returns the best validation metrics."""
+    if task not in TASKS:
+        raise BertforgeError(f"unknown task {task!r} (choose from {', '.join(TASKS)})")
+    out = Path(out)
+    spec = spec or TaskSpec(task)
+    directory = resolve_model_dir(model)
+    tokenizer = Tokenizer.from_pretrained(directory)
+    spec.max_length = min(spec.max_length, BertConfig.from_json(directory / "config.json").max_position_embeddings)
+    t = TASKS[task](spec, tokenizer)
+    train_file = Path(train_file)
+    train_examples = t.read(train_file)
+    if valid_file is not None:
+        valid_examples = t.read(Path(valid_file))
+        valid_source = Path(valid_file)
+    else:
+        seed = args.seed if args else 0
+        order = list(range(len(train_examples)))
+        random.Random(seed).shuffle(order)
+        n_valid = max(1, round(len(order) * VALID_FRACTION))
+        if len(order) - n_valid < 2:
+            raise BertforgeError(f"{train_file}: {len(order)} examples are too few to carve out a validation split")
+        valid_examples = [train_examples[i] for i in sorted(order[:n_valid])]
+        train_examples = [train_examples[i] for i in sorted(order[n_valid:])]
+        valid_source = train_file
+    t.fit_labels(train_examples, train_file)
+    t.check_labels(valid_examples, valid_source)
+    net = load_pretrained(directory, head=t.head, id2label=t.id2label, problem_type=t.problem_type())
+    t.set_data(train_examples, valid_examples)
+    args = args or TrainArgs(out=out / "run")
+    args.out = out / "run"
+    args.select_metric = args.select_metric or t.select_metric
+    state = train(net, t, args)
+    if not state.is_main:
+        return {}
+    best = args.out / "best"
+    if not best.is_dir():  # no evaluation happened: keep the last weights
+        t.export(net, best)
+    for f in best.iterdir():
+        if f.is_file():
+            shutil.copy2(f, out / f.name)
+    best_row = next((r for r in state.history if r["step"] == state.best_step), state.history[-1] if state.history else {})
+    metrics = {k: v for k, v in best_row.items() if k not in ("split",)}
+    _atomic_text(out / "valid_metrics.json", json.dumps(metrics, indent=2) + "\n")
+    return metrics
+
+
+def load_task(name_or_path: str | Path, device: str | None = None, **overrides: Any) -> tuple[FinetuneTask, Any]:
+    """A fine-tuned model directory -> (its task, the model with its head), ready to predict."""
+    directory = resolve_model_dir(name_or_path)
+    config = BertConfig.from_json(directory / "config.json")
+    settings = config.extra.get("bertforge")
+    if settings is None:
+        arch = (config.architectures or ["BertModel"])[0]
+        if arch not in ARCHITECTURE_TASKS:
+            raise BertforgeError(
+                f"{directory}: has no task head ({arch}); fine-tune it first with `bertforge finetune`"
+            )
+        settings = {"task": ARCHITECTURE_TASKS[arch]}
+    spec = TaskSpec.from_dict({**settings, **{k: v for k, v in overrides.items() if v is not None}})
+    if spec.task not in TASKS:
+        raise BertforgeError(f"{directory}: unknown task {spec.task!r}")
+    t = TASKS[spec.task](spec, Tokenizer.from_pretrained(directory), config.id2label)
+    model = load_pretrained(directory, head=t.head, device=device)
+    return t, model
+
+
+def _chunks(items: Sequence, size: int):
+    for i in range(0, len(items), size):
+        yield items[i : i + size]
+
+
+def evaluate_file(model: str | Path, data: str | Path, output: str | Path | None = None, **overrides: Any) -> dict:
+    """The task's metrics on a labelled file (and written as JSON to ``output``)."""
+    t, net = load_task(model, **overrides)
+    examples = t.read(Path(data))
+    t.check_labels(examples, Path(data))
+    predictions = t.predict(net, examples, progress=True)
+    result = t.score(predictions, examples)
+    if output is not None:
+        _atomic_text(Path(output), json.dumps(result, indent=2, ensure_ascii=False) + "\n")
+    return result
+
+
+def predict_file(model: str | Path, input: str | Path, output: str | Path, chunk: int = 4096, **overrides: Any) -> int:
+    """Predictions for every record of ``input`` as JSONL in ``output`` (the input's fields plus the
+    prediction's), in the input's order; written to a temporary file and renamed when complete."""
+    t, net = load_task(model, **overrides)
+    examples = t.read(Path(input))
+    records = _input_fields(Path(input), examples)
+    output = Path(output)
+    output.parent.mkdir(parents=True, exist_ok=True)
+    tmp = output.with_name(f".{output.name}.tmp")
+    try:
+        with tmp.open("w", encoding="utf-8") as f:
+            for part in _chunks(list(range(len(examples))), chunk):
+                preds = t.predict(net, [examples[i] for i in part], progress=True)
+                for i, p in zip(part, preds, strict=True):
+                    f.write(json.dumps({**records[i], **p}, ensure_ascii=False) + "\n")
+        os.replace(tmp, output)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return len(examples)
+
+
+def _input_fields(path: Path, examples: list) -> list[dict]:
+    """What each prediction line repeats of its input: the record's fields (JSONL/CSV), or its words."""
+    from .data import tables
+
+    if hasattr(examples[0], "words") and path.suffix.lower() not in (".jsonl", ".json", ".csv"):
+        return [{} for _ in examples]
+    return [r.fields for r in tables.read_records(path)]
+
+
+class Pipeline:
+    """Predictions from Python: ``pipe("text")``, ``pipe(["a", "b"])``, ``pipe([("premise", "hypothesis")])``."""
+
+    def __init__(self, task: str | None, model: str | Path, device: str | None = None):
+        self.task, self.model = load_task(model, device=device)
+        if task is not None and task != self.task.name:
+            raise BertforgeError(f"{model}: is a {self.task.name} model, not {task}")
+
+    def __call__(self, inputs: Any) -> Any:
+        single = not isinstance(inputs, list)
+        items = [inputs] if single else inputs
+        examples = [self._example(x) for x in items]
+        preds = self.task.predict(self.model, examples)
+        return preds[0] if single else preds
+
+    def _example(self, x: Any):
+        from .tasks.sequence import TextExample
+        from .tasks.tag import TagExample
+
+        name = self.task.name
+        if name in ("classify", "pair", "regress"):
+            if isinstance(x, (tuple, list)) and len(x) == 2:
+                return TextExample(str(x[0]), str(x[1]), None, 0)
+            if name == "pair":
+                raise BertforgeError("a pair model takes (text, text_pair) tuples")
+            return TextExample(str(x), None, None, 0)
+        if name == "tag":
+            if isinstance(x, list):
+                return TagExample([str(w) for w in x], None, 0)
+            return self.task._from_text({self.task.spec.text_column: str(x)}, 0, Path("<input>"))
+        raise BertforgeError(f"no pipeline for task {name!r}")
+
+
+def pipeline(task: str | None, model: str | Path, device: str | None = None) -> Pipeline:
+    """``bertforge.pipeline("classify", "runs/sentiment")("a great film")``."""
+    return Pipeline(task, model, device)

@@ -1,0 +1,153 @@
+"""Task metrics, computed from predictions and gold labels with numpy alone."""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Hashable, Sequence
+
+import numpy as np
+
+
+def _prf(tp: float, fp: float, fn: float) -> tuple[float, float, float]:
+    p = tp / (tp + fp) if tp + fp else 0.0
+    r = tp / (tp + fn) if tp + fn else 0.0
+    f = 2 * p * r / (p + r) if p + r else 0.0
+    return p, r, f
+
+
+def classification(y_true: Sequence[Hashable], y_pred: Sequence[Hashable], labels: Sequence[Hashable]) -> dict:
+    """Accuracy, macro and weighted F1, per-class precision/recall/F1/support, and the confusion
+    matrix (rows: gold, columns: predicted, in ``labels`` order)."""
+    index = {lab: i for i, lab in enumerate(labels)}
+    cm = np.zeros((len(labels), len(labels)), dtype=np.int64)
+    for t, p in zip(y_true, y_pred, strict=True):
+        cm[index[t], index[p]] += 1
+    per_class = {}
+    for i, lab in enumerate(labels):
+        tp = cm[i, i]
+        p, r, f = _prf(tp, cm[:, i].sum() - tp, cm[i, :].sum() - tp)
+        per_class[str(lab)] = {"precision": p, "recall": r, "f1": f, "support": int(cm[i, :].sum())}
+    support = cm.sum(axis=1)
+    present = [c for c, s in zip(per_class.values(), support, strict=True) if s > 0]
+    total = max(int(cm.sum()), 1)
+    return {
+        "accuracy": float(np.trace(cm) / total),
+        "macro_f1": float(np.mean([c["f1"] for c in present])) if present else 0.0,
+        "macro_precision": float(np.mean([c["precision"] for c in present])) if present else 0.0,
+        "macro_recall": float(np.mean([c["recall"] for c in present])) if present else 0.0,
+        "weighted_f1": float(sum(c["f1"] * c["support"] for c in present) / total),
+        "per_class": per_class,
+        "labels": [str(lab) for lab in labels],
+        "confusion_matrix": cm.tolist(),
+    }
+
+
+def multilabel(true_sets: Sequence[set], pred_sets: Sequence[set], labels: Sequence[Hashable]) -> dict:
+    """Micro and macro F1 over labels, and subset accuracy (every label right)."""
+    tp, fp, fn = Counter(), Counter(), Counter()
+    for t, p in zip(true_sets, pred_sets, strict=True):
+        for lab in p & t:
+            tp[lab] += 1
+        for lab in p - t:
+            fp[lab] += 1
+        for lab in t - p:
+            fn[lab] += 1
+    micro = _prf(sum(tp.values()), sum(fp.values()), sum(fn.values()))
+    per = {str(lab): dict(zip(("precision", "recall", "f1"), _prf(tp[lab], fp[lab], fn[lab]), strict=True)) for lab in labels}
+    return {
+        "subset_accuracy": float(np.mean([t == p for t, p in zip(true_sets, pred_sets, strict=True)])),
+        "micro_f1": micro[2],
+        "macro_f1": float(np.mean([v["f1"] for v in per.values()])),
+        "per_class": per,
+    }
+
+
+def _ranks(x: np.ndarray) -> np.ndarray:
+    """Ranks from 1, ties sharing their average rank (as Spearman's coefficient needs)."""
+    order = np.argsort(x, kind="mergesort")
+    sorted_x = x[order]
+    ranks = np.empty(len(x), dtype=np.float64)
+    i = 0
+    while i < len(x):
+        j = i
+        while j + 1 < len(x) and sorted_x[j + 1] == sorted_x[i]:
+            j += 1
+        ranks[order[i : j + 1]] = (i + j) / 2 + 1
+        i = j + 1
+    return ranks
+
+
+def pearson(a: Sequence[float], b: Sequence[float]) -> float:
+    a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
+    a, b = a - a.mean(), b - b.mean()
+    denom = np.sqrt((a * a).sum() * (b * b).sum())
+    return float((a * b).sum() / denom) if denom else 0.0
+
+
+def spearman(a: Sequence[float], b: Sequence[float]) -> float:
+    return pearson(_ranks(np.asarray(a, dtype=np.float64)), _ranks(np.asarray(b, dtype=np.float64)))
+
+
+def regression(y_true: Sequence[float], y_pred: Sequence[float]) -> dict:
+    t, p = np.asarray(y_true, dtype=np.float64), np.asarray(y_pred, dtype=np.float64)
+    return {
+        "pearson": pearson(t, p),
+        "spearman": spearman(t, p),
+        "mse": float(((t - p) ** 2).mean()),
+        "mae": float(np.abs(t - p).mean()),
+    }
+
+
+# -- entities from BIO / IOBES tags, with seqeval's default (lenient, conlleval-like) rules ----------
+def _split_tag(tag: str) -> tuple[str, str]:
+    if tag in ("O", "") or len(tag) < 1:
+        return "O", ""
+    prefix, _, kind = tag.partition("-")
+    if not kind:  # a bare tag such as "PER" counts as inside an entity of that type
+        return ("I", tag) if prefix not in "BIESO" or len(prefix) > 1 else (prefix, "_")
+    return prefix, kind
+
+
+def entities(tags: Sequence[str]) -> list[tuple[str, int, int]]:
+    """(type, first, last) spans, inclusive. An I- after O or after another type opens an entity, as
+    seqeval and conlleval do; a B- always opens one."""
+    spans = []
+    prev_tag, prev_type, begin = "O", "", 0
+    for i, raw in enumerate([*tags, "O"]):
+        tag, kind = _split_tag(raw)
+        ends = (
+            prev_tag in ("E", "S")
+            or (prev_tag in ("B", "I") and tag in ("B", "S", "O"))
+            or (prev_tag != "O" and prev_type != kind)
+        )
+        if ends:
+            spans.append((prev_type, begin, i - 1))
+        starts = (
+            tag in ("B", "S")
+            or (prev_tag in ("E", "S", "O") and tag in ("E", "I"))
+            or (tag != "O" and prev_type != kind)
+        )
+        if starts:
+            begin = i
+        prev_tag, prev_type = tag, kind
+    return spans
+
+
+def entity_f1(true_seqs: Sequence[Sequence[str]], pred_seqs: Sequence[Sequence[str]]) -> dict:
+    """Entity-level micro precision/recall/F1 (exact span and type) and per-type scores."""
+    gold: set = set()
+    pred: set = set()
+    for s, (t, p) in enumerate(zip(true_seqs, pred_seqs, strict=True)):
+        gold |= {(s, *e) for e in entities(t)}
+        pred |= {(s, *e) for e in entities(p)}
+    p, r, f = _prf(len(gold & pred), len(pred - gold), len(gold - pred))
+    types = sorted({e[1] for e in gold | pred})
+    per_type = {}
+    for k in types:
+        g = {e for e in gold if e[1] == k}
+        q = {e for e in pred if e[1] == k}
+        tp_p, tp_r, tp_f = _prf(len(g & q), len(q - g), len(g - q))
+        per_type[k] = {"precision": tp_p, "recall": tp_r, "f1": tp_f, "support": len(g)}
+    tokens = sum(len(t) for t in true_seqs)
+    correct = sum(a == b for t, q in zip(true_seqs, pred_seqs, strict=True) for a, b in zip(t, q, strict=True))
+    return {"precision": p, "recall": r, "f1": f, "token_accuracy": correct / max(tokens, 1), "per_type": per_type}

@@ -1,0 +1,168 @@
+"""What every fine-tuning task shares: its settings (stored in the model's config.json), batching of
+encoded features for the training loop, evaluation through the prediction path, and export.
+
+A task subclass says how to read examples, how to turn them into features (token ids and targets),
+its loss, how to turn model outputs into predictions, and its metrics.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from ..errors import BertforgeError
+from ..heads import IGNORE_INDEX
+from ..tokenizer import Tokenizer
+
+LONG_TEXT = ("window", "truncate")
+
+
+@dataclass
+class TaskSpec:
+    """A task's settings; saved as ``"bertforge"`` in the model's config.json, so ``evaluate``,
+    ``predict`` and ``serve`` treat data exactly as training did."""
+
+    task: str
+    text_column: str = "text"
+    text_pair_column: str | None = None
+    label_column: str = "label"
+    max_length: int = 128
+    long_text: str = "window"  # texts over max_length: sliding windows with pooled logits, or cut
+    stride: int | None = None  # window overlap in tokens; None: max_length // 4
+    multi_label: bool = False
+    threshold: float = 0.5  # multi-label: sigmoid probability at which a label is predicted
+    label_separator: str = "|"  # multi-label labels in one CSV cell
+    extra: dict[str, Any] = field(default_factory=dict)  # task-specific settings (QA, summarisation)
+
+    def __post_init__(self) -> None:
+        if self.long_text not in LONG_TEXT:
+            raise BertforgeError(f"unknown --long-text {self.long_text!r} (choose from {', '.join(LONG_TEXT)})")
+        if self.max_length < 8:
+            raise BertforgeError(f"max length {self.max_length} is too small")
+
+    @property
+    def window_stride(self) -> int:
+        return self.stride if self.stride is not None else self.max_length // 4
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> TaskSpec:
+        names = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in d.items() if k in names})
+
+
+@dataclass
+class Feature:
+    ids: list[int]
+    type_ids: list[int]
+    target: Any  # int, float, list (multi-label or per-token), or a dict of targets
+    example: int  # index of the example it came from (several windows share one)
+
+
+def pad_2d(rows: Sequence[Sequence[int]], value: int) -> Tensor:
+    T = max(len(r) for r in rows)
+    out = np.full((len(rows), T), value, dtype=np.int64)
+    for i, r in enumerate(rows):
+        out[i, : len(r)] = r
+    return torch.from_numpy(out)
+
+
+class FinetuneTask:
+    """Base of every fine-tuning task; subclasses fill in the task-specific parts."""
+
+    name: ClassVar[str]
+    head: ClassVar[str]  # the head in heads.HEADS
+    select_metric: ClassVar[str]  # the validation metric that picks the best checkpoint
+
+    def __init__(self, spec: TaskSpec, tokenizer: Tokenizer, id2label: dict[int, str] | None = None):
+        self.spec = spec
+        self.tokenizer = tokenizer
+        self.id2label = id2label or {}
+        self.train_features: list[Feature] = []
+        self.valid_examples: list = []
+
+    @property
+    def label2id(self) -> dict[str, int]:
+        return {v: k for k, v in self.id2label.items()}
+
+    # -- the parts each task defines ------------------------------------------------------------------
+    def read(self, path: Path) -> list:
+        """Examples from a user's file (errors name the file, line and column)."""
+        raise NotImplementedError
+
+    def fit_labels(self, examples: list, path: Path) -> None:
+        """Infer the label set from training examples (tasks with labels)."""
+
+    def check_labels(self, examples: list, path: Path) -> None:
+        """Raise if ``examples`` carry a label the model does not know."""
+
+    def features(self, examples: list, train: bool) -> list[Feature]:
+        raise NotImplementedError
+
+    def loss(self, model: nn.Module, batch: dict[str, Tensor]) -> Tensor:
+        return model(**batch).loss
+
+    def predict(self, model: nn.Module, examples: list, progress: bool = False) -> list[dict]:
+        raise NotImplementedError
+
+    def score(self, predictions: list[dict], examples: list) -> dict:
+        raise NotImplementedError
+
+    def problem_type(self) -> str | None:
+        return None
+
+    # -- the training loop's Task protocol ------------------------------------------------------------
+    def set_data(self, train_examples: list, valid_examples: list) -> None:
+        self.train_features = self.features(train_examples, train=True)
+        self.valid_examples = valid_examples
+        if not self.train_features:
+            raise BertforgeError("no training features")
+
+    def num_train(self) -> int:
+        return len(self.train_features)
+
+    def collate(self, indices: list[int], rng: np.random.Generator | None = None) -> dict[str, Tensor]:
+        feats = [self.train_features[i] for i in indices]
+        batch = {
+            "input_ids": pad_2d([f.ids for f in feats], self.tokenizer.pad_id),
+            "token_type_ids": pad_2d([f.type_ids for f in feats], 0),
+            "attention_mask": pad_2d([[1] * len(f.ids) for f in feats], 0),
+        }
+        batch.update(self.targets(feats))
+        return batch
+
+    def targets(self, feats: list[Feature]) -> dict[str, Tensor]:
+        """The target tensors of a batch (default: ``labels`` from scalar targets)."""
+        values = [f.target for f in feats]
+        dtype = torch.float32 if isinstance(values[0], (float, list)) else torch.long
+        return {"labels": torch.tensor(values, dtype=dtype)}
+
+    def counts(self, batch: dict[str, Tensor]) -> dict[str, int]:
+        labels = batch["labels"]
+        if labels.dtype == torch.long and labels.dim() == 2:  # per-token targets
+            return {"loss": int((labels != IGNORE_INDEX).sum())}
+        return {"loss": int(labels.numel())}
+
+    def losses(self, model: nn.Module, batch: dict[str, Tensor]) -> dict[str, Tensor]:
+        return {"loss": self.loss(model, batch)}
+
+    def tokens(self, batch: dict[str, Tensor]) -> int:
+        return int(batch["attention_mask"].sum())
+
+    def evaluate(self, model: nn.Module) -> dict[str, float]:
+        metrics = self.score(self.predict(model, self.valid_examples), self.valid_examples)
+        return {k: float(v) for k, v in metrics.items() if isinstance(v, (int, float))}
+
+    def export(self, model: nn.Module, directory: Path) -> None:
+        config = model.config
+        config.extra["bertforge"] = self.spec.to_dict()
+        model.save_pretrained(directory, tokenizer=self.tokenizer)

@@ -1,0 +1,180 @@
+"""Token tagging: named entities, semantic roles, any BIO scheme.
+
+Input is either words with tags (CoNLL columns; JSONL ``{"tokens": [...], "tags": [...]}``) or raw
+text (JSONL ``{"text": ..., "entities": [{"start", "end", "label"}]}``, character spans), whose words
+are BERT's pre-tokens, so Chinese text is tagged character by character. The tag of a word is
+predicted at its first word piece; the other pieces carry no target. Sentences longer than the
+window are read in overlapping windows, and each word takes its tag from the window where it has
+the most context on both sides. Scores are entity-level precision/recall/F1 with seqeval's rules.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from tokenizers import Encoding
+from torch import nn
+
+from .. import metrics
+from ..data import tables
+from ..errors import BertforgeError
+from ..heads import IGNORE_INDEX
+from ..infer import run_batches
+from .base import Feature, FinetuneTask
+
+CONLL_SUFFIXES = (".conll", ".conllu", ".bio", ".iob", ".txt", ".tsv")
+
+
+@dataclass
+class TagExample:
+    words: list[str]
+    tags: list[str] | None
+    line: int
+    text: str | None = None  # raw text, when the example came as text
+    spans: list[tuple[int, int]] | None = None  # character span of each word in ``text``
+
+
+class TagTask(FinetuneTask):
+    name = "tag"
+    head = "tag"
+    select_metric = "f1"
+
+    # -- reading ------------------------------------------------------------------------------------
+    def read(self, path: Path) -> list[TagExample]:
+        path = Path(path)
+        if path.suffix.lower() in CONLL_SUFFIXES:
+            return [TagExample(w, t, n) for w, t, n in tables.read_conll(path)]
+        records = tables.read_records(path)
+        examples = []
+        for r in records:
+            f = r.fields
+            if isinstance(f.get("tokens"), list):
+                words = [str(w) for w in f["tokens"]]
+                tags = f.get("tags")
+                if tags is not None and (not isinstance(tags, list) or len(tags) != len(words)):
+                    raise BertforgeError(f"{path}: line {r.line}: 'tags' must be a list as long as 'tokens'")
+                if not words:
+                    raise BertforgeError(f"{path}: line {r.line}: empty 'tokens'")
+                examples.append(TagExample(words, [str(t) for t in tags] if tags is not None else None, r.line))
+            elif isinstance(f.get(self.spec.text_column), str):
+                examples.append(self._from_text(f, r.line, path))
+            else:
+                raise BertforgeError(f"{path}: line {r.line}: needs 'tokens' (a list) or {self.spec.text_column!r} (text)")
+        return examples
+
+    def _from_text(self, fields: dict, line: int, path: Path) -> TagExample:
+        text = fields[self.spec.text_column]
+        if not text.strip():
+            raise BertforgeError(f"{path}: line {line}: empty {self.spec.text_column!r}")
+        enc = self.tokenizer.encode(text, add_special_tokens=False)
+        spans: dict[int, list[int]] = {}
+        for w, (s, e) in zip(enc.word_ids, enc.offsets, strict=True):
+            if w is not None:
+                spans.setdefault(w, [s, e])[1] = e
+        word_spans = [tuple(spans[w]) for w in sorted(spans)]
+        words = [text[s:e] for s, e in word_spans]
+        tags = None
+        if "entities" in fields:
+            tags = ["O"] * len(words)
+            for ent in fields["entities"]:
+                try:
+                    start, end, label = int(ent["start"]), int(ent["end"]), str(ent["label"])
+                except (KeyError, TypeError, ValueError):
+                    raise BertforgeError(f"{path}: line {line}: entities need start, end and label") from None
+                inside = [i for i, (s, e) in enumerate(word_spans) if s >= start and e <= end]
+                for k, i in enumerate(inside):
+                    tags[i] = ("B-" if k == 0 else "I-") + label
+        return TagExample(words, tags, line, text, word_spans)
+
+    def fit_labels(self, examples: list[TagExample], path: Path) -> None:
+        if any(e.tags is None for e in examples):
+            raise BertforgeError(f"{path}: training data needs tags")
+        found = sorted({t for e in examples for t in e.tags} - {"O"})
+        if not found:
+            raise BertforgeError(f"{path}: every tag is 'O': nothing to learn")
+        self.id2label = dict(enumerate(["O", *found]))
+
+    def check_labels(self, examples: list[TagExample], path: Path) -> None:
+        known = set(self.label2id)
+        unknown: dict[str, int] = {}
+        for e in examples:
+            for t in e.tags or []:
+                if t not in known:
+                    unknown.setdefault(t, e.line)
+        if unknown:
+            shown = ", ".join(f"{t!r} (line {n})" for t, n in list(unknown.items())[:5])
+            raise BertforgeError(f"{path}: tags the model does not know: {shown}; it knows {', '.join(sorted(known))}")
+
+    # -- features -----------------------------------------------------------------------------------
+    def encode(self, examples: list[TagExample]) -> tuple[list[Encoding], list[int]]:
+        window = self.spec.long_text == "window"
+        encs = self.tokenizer.encode_batch(
+            [e.words for e in examples],
+            max_length=self.spec.max_length,
+            stride=self.spec.window_stride if window else 0,
+            is_pretokenized=True,
+        )
+        flat, owner = [], []
+        for i, e in enumerate(encs):
+            for w in [e, *(e.overflowing if window else [])]:
+                flat.append(w)
+                owner.append(i)
+        return flat, owner
+
+    @staticmethod
+    def first_pieces(enc: Encoding) -> dict[int, int]:
+        """word index -> position of its first piece in this window."""
+        firsts: dict[int, int] = {}
+        for pos, w in enumerate(enc.word_ids):
+            if w is not None and w not in firsts:
+                firsts[w] = pos
+        return firsts
+
+    def features(self, examples: list[TagExample], train: bool) -> list[Feature]:
+        encs, owner = self.encode(examples)
+        feats = []
+        for enc, i in zip(encs, owner, strict=True):
+            target = [IGNORE_INDEX] * len(enc.ids)
+            for w, pos in self.first_pieces(enc).items():
+                target[pos] = self.label2id[examples[i].tags[w]]
+            feats.append(Feature(enc.ids, enc.type_ids, target, i))
+        return feats
+
+    # -- prediction ---------------------------------------------------------------------------------
+    def predict(self, model: nn.Module, examples: list[TagExample], progress: bool = False) -> list[dict]:
+        encs, owner = self.encode(examples)
+        best: list[dict[int, tuple[int, int]]] = [{} for _ in examples]  # word -> (context, label id)
+        for idx, preds in run_batches(
+            model, self.tokenizer, encs, lambda o, b: o.logits.argmax(-1), progress=progress, desc="tagging"
+        ):
+            preds = preds.cpu().numpy()
+            for row, i in enumerate(idx):
+                enc = encs[i]
+                content = [p for p, w in enumerate(enc.word_ids) if w is not None]
+                lo, hi = content[0], content[-1]
+                for w, pos in self.first_pieces(enc).items():
+                    context = min(pos - lo, hi - pos)
+                    if w not in best[owner[i]] or context > best[owner[i]][w][0]:
+                        best[owner[i]][w] = (context, int(preds[row, pos]))
+        results = []
+        for ex, chosen in zip(examples, best, strict=True):
+            tags = [self.id2label[chosen[w][1]] if w in chosen else "O" for w in range(len(ex.words))]
+            results.append(self._result(ex, tags))
+        return results
+
+    @staticmethod
+    def _result(ex: TagExample, tags: list[str]) -> dict:
+        ents = []
+        for kind, first, last in metrics.entities(tags):
+            if ex.spans is not None:
+                start, end = ex.spans[first][0], ex.spans[last][1]
+                ents.append({"label": kind, "start": start, "end": end, "text": ex.text[start:end]})
+            else:
+                words = ex.words[first : last + 1]
+                ents.append({"label": kind, "start": first, "end": last + 1, "text": " ".join(words)})
+        return {"tokens": ex.words, "tags": tags, "entities": ents}
+
+    def score(self, predictions: list[dict], examples: list[TagExample]) -> dict:
+        return metrics.entity_f1([e.tags for e in examples], [p["tags"] for p in predictions])
+

@@ -1,0 +1,425 @@
+"""One training loop for pretraining and every fine-tuning task.
+
+A task says how to batch its data, how many targets each batch has, its losses and its evaluation
+(``Task``); this loop does the rest: seeded data order, gradient accumulation, mixed precision,
+clipping, schedules, DDP under torchrun, periodic evaluation with early stopping, atomic
+checkpoints and exact resume, a progress bar, metrics as JSONL and a plot of the curves.
+
+Losses are averaged over *targets* (masked tokens, labelled tokens, sequences), across the
+micro-batches of a step and across ranks: the targets of every micro-batch are counted before the
+step, so one process and N processes with the same global batch take the same step.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import os
+import random
+import shutil
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from torch import Tensor, nn
+from tqdm.auto import tqdm
+
+from .errors import BertforgeError
+from .optim import make_optimizer, make_schedule
+
+PRECISIONS = ("fp32", "bf16")
+
+
+class Task(Protocol):
+    """What the loop needs from a task."""
+
+    def num_train(self) -> int:
+        """Training examples (the loop samples indices in [0, n))."""
+
+    def collate(self, indices: list[int], rng: np.random.Generator) -> dict[str, Tensor]:
+        """A training batch of these examples; ``rng`` drives any randomness (e.g. dynamic masks)."""
+
+    def counts(self, batch: dict[str, Tensor]) -> dict[str, int]:
+        """Targets per loss term in this batch (the loss terms are means over these)."""
+
+    def losses(self, model: nn.Module, batch: dict[str, Tensor]) -> dict[str, Tensor]:
+        """Mean loss per term; the training loss is their target-weighted global sum."""
+
+    def tokens(self, batch: dict[str, Tensor]) -> int:
+        """Real (non-padding) tokens, for throughput."""
+
+    def evaluate(self, model: nn.Module) -> dict[str, float]:
+        """Held-out metrics (run on rank 0, in eval mode, without gradients)."""
+
+    def export(self, model: nn.Module, directory: Path) -> None:
+        """Write the model (Hugging Face format, tokenizer, task metadata) to ``directory``."""
+
+
+@dataclass
+class TrainArgs:
+    out: Path
+    max_steps: int | None = None  # wins over epochs
+    epochs: float = 1.0
+    batch_size: int = 32  # sequences per optimizer step, over all ranks and micro-batches
+    grad_accum: int = 1
+    lr: float = 5e-5
+    warmup: float = 0.1  # < 1: a fraction of the steps; >= 1: a number of steps
+    schedule: str = "linear"
+    weight_decay: float = 0.01
+    optimizer: str = "adamw"
+    max_grad_norm: float = 1.0
+    precision: str = "fp32"
+    compile: bool = False
+    seed: int = 0
+    save_every: int = 0  # steps between checkpoints; 0: only at the end
+    keep_last: int = 2
+    eval_every: int = 0  # steps between evaluations; 0: once per epoch
+    log_every: int = 10
+    resume: bool = False
+    device: str | None = None
+    select_metric: str | None = None  # keep the best checkpoint on this eval metric
+    select_mode: str = "max"
+    patience: int = 0  # evaluations without improvement before stopping; 0: never stop early
+    progress: bool = True
+
+
+@dataclass
+class TrainState:
+    step: int = 0
+    tokens: int = 0
+    elapsed: float = 0.0
+    best_metric: float | None = None
+    best_step: int | None = None
+    bad_evals: int = 0
+    history: list[dict] = field(default_factory=list)  # eval results
+    is_main: bool = field(default=True, metadata={"transient": True})  # rank 0 (not saved)
+
+
+# -- distributed ---------------------------------------------------------------------------------------
+@dataclass
+class Dist:
+    rank: int = 0
+    world: int = 1
+    local_rank: int = 0
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+
+def init_distributed(device: torch.device) -> Dist:
+    """From torchrun's environment; gloo on CPU, nccl on GPU. A single process needs nothing."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world == 1:
+        return Dist()
+    if not dist.is_initialized():
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    return Dist(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", "0")))
+
+
+def pick_device(requested: str | None) -> torch.device:
+    if requested:
+        return torch.device(requested)
+    if torch.cuda.is_available():
+        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+    return torch.device("cpu")
+
+
+def _all_reduce(values: list[float], d: Dist) -> list[float]:
+    if d.world == 1:
+        return values
+    t = torch.tensor(values, dtype=torch.float64)
+    dist.all_reduce(t)
+    return t.tolist()
+
+
+# -- data order ----------------------------------------------------------------------------------------
+class Schedule:
+    """Which examples each rank sees at each micro-step: a seeded permutation per epoch, cut into
+    global micro-batches of ``batch_size / grad_accum``; rank r takes the r-th slice of each. The
+    position is a pure function of the step, so resuming needs no sampler state."""
+
+    def __init__(self, n: int, args: TrainArgs, d: Dist):
+        self.n, self.seed, self.d = n, args.seed, d
+        per_step = args.batch_size
+        if per_step % (args.grad_accum * d.world):
+            raise BertforgeError(
+                f"batch size {per_step} is not divisible by grad-accum {args.grad_accum} x {d.world} processes"
+            )
+        self.micro = per_step // args.grad_accum  # global micro-batch
+        self.local = self.micro // d.world
+        self.grad_accum = args.grad_accum
+        self.micro_per_epoch = n // self.micro
+        if self.micro_per_epoch == 0:
+            raise BertforgeError(f"{n} training examples are fewer than one batch of {self.micro}")
+        self.steps_per_epoch = max(1, self.micro_per_epoch // self.grad_accum)
+        self._perm: tuple[int, np.ndarray] | None = None
+
+    def _permutation(self, epoch: int) -> np.ndarray:
+        if self._perm is None or self._perm[0] != epoch:
+            self._perm = (epoch, np.random.default_rng([self.seed, epoch]).permutation(self.n))
+        return self._perm[1]
+
+    def micro_batch(self, step: int, k: int) -> tuple[int, int, list[int]]:
+        """(epoch, index of the global micro-batch, this rank's example indices) for micro-step k of ``step``."""
+        g = step * self.grad_accum + k
+        epoch, j = divmod(g, self.micro_per_epoch)
+        perm = self._permutation(epoch)
+        start = j * self.micro + self.d.rank * self.local
+        return epoch, g, perm[start : start + self.local].tolist()
+
+
+# -- checkpoints ----------------------------------------------------------------------------------------
+def checkpoints(out: Path) -> list[Path]:
+    root = out / "checkpoints"
+    found = [p for p in root.glob("step-*") if p.is_dir() and (p / "trainer_state.json").is_file()]
+    return sorted(found, key=lambda p: int(p.name.split("-")[1]))
+
+
+def _rng_state() -> dict[str, Any]:
+    """The global RNGs, in types that load with ``weights_only=True``."""
+    _, keys, pos, has_gauss, cached = np.random.get_state()
+    version, internal, gauss_next = random.getstate()
+    return {
+        "torch": torch.get_rng_state(),
+        "numpy": {"keys": torch.from_numpy(keys.astype(np.int64)), "pos": pos, "has_gauss": has_gauss, "cached": cached},
+        "python": {"version": version, "internal": list(internal), "gauss_next": gauss_next},
+    }
+
+
+def _set_rng_state(s: dict[str, Any]) -> None:
+    torch.set_rng_state(s["torch"])
+    n = s["numpy"]
+    np.random.set_state(("MT19937", n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["cached"]))
+    p = s["python"]
+    random.setstate((p["version"], tuple(p["internal"]), p["gauss_next"]))
+
+
+def save_checkpoint(
+    out: Path, model: nn.Module, optimizer, scheduler, state: TrainState, task: Task, keep_last: int
+) -> Path:
+    """RUN/checkpoints/step-N, written under a temporary name and renamed: never half there."""
+    root = out / "checkpoints"
+    root.mkdir(parents=True, exist_ok=True)
+    final = root / f"step-{state.step}"
+    tmp = root / f".tmp-step-{state.step}-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    task.export(model, tmp)
+    torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict()}, tmp / "optimizer.pt")
+    torch.save(_rng_state(), tmp / "rng.pt")
+    saved = {k: v for k, v in asdict(state).items() if k != "is_main"}
+    (tmp / "trainer_state.json").write_text(json.dumps(saved, indent=1) + "\n")
+    if final.exists():
+        shutil.rmtree(final)
+    os.replace(tmp, final)
+    for old in checkpoints(out)[:-keep_last] if keep_last > 0 else []:
+        shutil.rmtree(old, ignore_errors=True)
+    return final
+
+
+def load_checkpoint(path: Path, model: nn.Module, optimizer, scheduler) -> TrainState:
+    from .checkpoint import load_state, read_weights
+
+    load_state(model, read_weights(path), str(path))
+    try:
+        opt = torch.load(path / "optimizer.pt", map_location="cpu", weights_only=True)
+    except Exception as e:
+        raise BertforgeError(f"{path / 'optimizer.pt'}: cannot read optimizer state ({type(e).__name__})") from None
+    optimizer.load_state_dict(opt["optimizer"])
+    scheduler.load_state_dict(opt["scheduler"])
+    _set_rng_state(torch.load(path / "rng.pt", weights_only=True))
+    return TrainState(**json.loads((path / "trainer_state.json").read_text()))
+
+
+# -- the loop ------------------------------------------------------------------------------------------
+class MetricsLog:
+    """RUN/metrics.jsonl: one JSON object a line ({"step", "split", ...}); only rank 0 writes."""
+
+    def __init__(self, path: Path, enabled: bool, resume_step: int | None):
+        self.path, self.enabled = path, enabled
+        if enabled and resume_step is not None and path.is_file():
+            # a killed run may have logged past its last checkpoint: drop those lines
+            kept = [ln for ln in path.read_text().splitlines() if ln and json.loads(ln)["step"] <= resume_step]
+            path.write_text("".join(ln + "\n" for ln in kept))
+        elif enabled and path.exists():
+            path.unlink()
+
+    def write(self, row: dict) -> None:
+        if self.enabled:
+            with self.path.open("a") as f:
+                f.write(json.dumps(row) + "\n")
+
+
+def _seed_step(seed: int, step: int, k: int, rank: int) -> None:
+    """Dropout draws depend on (seed, step, micro-step, rank) alone, so a resumed run repeats them."""
+    torch.manual_seed((seed * 1_000_003 + step * 1_009 + k * 31 + rank) % (2**63))
+
+
+def train(model: nn.Module, task: Task, args: TrainArgs, on_eval: Callable[[dict], None] | None = None) -> TrainState:
+    """Train ``model`` on ``task``; returns the final state. Checkpoints, metrics and plots go to ``args.out``."""
+    if args.precision not in PRECISIONS:
+        raise BertforgeError(f"unknown precision {args.precision!r} (choose from {', '.join(PRECISIONS)})")
+    device = pick_device(args.device)
+    d = init_distributed(device)
+    out = args.out
+    if d.main:
+        out.mkdir(parents=True, exist_ok=True)
+    existing = checkpoints(out)
+    if existing and not args.resume:
+        raise BertforgeError(f"{out} already holds checkpoints: pass --resume to continue, or choose another --out")
+
+    torch.manual_seed(args.seed)
+    model.to(device)
+    sched = Schedule(task.num_train(), args, d)
+    total_steps = args.max_steps or max(1, math.ceil(args.epochs * sched.steps_per_epoch))
+    warmup = int(args.warmup * total_steps) if args.warmup < 1 else int(args.warmup)
+    optimizer = make_optimizer(model, args.optimizer, args.lr, args.weight_decay, device)
+    scheduler = make_schedule(optimizer, args.schedule, warmup, total_steps)
+    state = TrainState()
+    if args.resume and existing:
+        state = load_checkpoint(existing[-1], model, optimizer, scheduler)
+        if d.main:
+            tqdm.write(f"bertforge: resumed from {existing[-1]} (step {state.step})")
+    log = MetricsLog(out / "metrics.jsonl", d.main, state.step if args.resume and existing else None)
+    if d.main:
+        (out / "train_args.json").write_text(json.dumps({**asdict(args), "out": str(out)}, indent=1) + "\n")
+
+    runner: nn.Module = model
+    if d.world > 1:
+        runner = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+    if args.compile:
+        runner = torch.compile(runner)
+    use_bf16 = args.precision == "bf16"
+    eval_every = args.eval_every or sched.steps_per_epoch
+
+    bar = tqdm(total=total_steps, initial=state.step, desc="training", unit="step", disable=not (d.main and args.progress))
+    window: dict[str, float] = {"loss": 0.0, "steps": 0, "tokens": 0, "time": 0.0}
+    stop = False
+    while state.step < total_steps and not stop:
+        t0 = time.perf_counter()
+        model.train()
+        batches = []
+        for k in range(args.grad_accum):
+            epoch, g, idx = sched.micro_batch(state.step, k)
+            rng = np.random.default_rng([args.seed, epoch, g, d.rank])
+            batches.append({key: v.to(device, non_blocking=True) for key, v in task.collate(idx, rng).items()})
+        counts = [task.counts(b) for b in batches]
+        terms = sorted(counts[0])
+        totals = dict(zip(terms, _all_reduce([float(sum(c[t] for c in counts)) for t in terms], d), strict=True))
+        step_loss = 0.0
+        tokens = 0
+        for k, batch in enumerate(batches):
+            _seed_step(args.seed, state.step, k, d.rank)
+            last = k == len(batches) - 1
+            sync = runner.no_sync() if (d.world > 1 and not last) else contextlib.nullcontext()
+            with sync, torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_bf16):
+                means = task.losses(runner, batch)
+                # each term's mean over this micro-batch, weighted to its share of the step's targets;
+                # DDP averages gradients over ranks, hence the factor world
+                loss = sum(
+                    means[t] * (counts[k][t] / totals[t]) for t in terms if counts[k][t] > 0 and totals[t] > 0
+                )
+            if not torch.is_tensor(loss):
+                continue
+            (loss * d.world).backward()
+            step_loss += float(loss.detach())
+            tokens += task.tokens(batch)
+        grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), args.max_grad_norm or float("inf"))
+        optimizer.step()
+        scheduler.step()
+        optimizer.zero_grad(set_to_none=True)
+        step_loss, tokens = _all_reduce([step_loss, float(tokens)], d)
+        state.step += 1
+        dt = time.perf_counter() - t0
+        state.tokens += int(tokens)
+        state.elapsed += dt
+        window["loss"] += step_loss
+        window["steps"] += 1
+        window["tokens"] += tokens
+        window["time"] += dt
+        lr = scheduler.get_last_lr()[0]
+        if not math.isfinite(step_loss):
+            raise BertforgeError(f"loss became {step_loss} at step {state.step}: lower --lr or use fp32")
+        if d.main:
+            bar.update(1)
+            bar.set_postfix(loss=f"{step_loss:.4f}", lr=f"{lr:.2e}", tok_s=f"{tokens / dt:,.0f}", refresh=False)
+        if state.step % args.log_every == 0 or state.step == total_steps:
+            log.write(
+                {
+                    "step": state.step,
+                    "split": "train",
+                    "loss": window["loss"] / window["steps"],
+                    "lr": lr,
+                    "grad_norm": float(grad_norm),
+                    "tokens_per_s": window["tokens"] / max(window["time"], 1e-9),
+                    "tokens": state.tokens,
+                    "elapsed_s": round(state.elapsed, 2),
+                }
+            )
+            window = {"loss": 0.0, "steps": 0, "tokens": 0, "time": 0.0}
+        if state.step % eval_every == 0 or state.step == total_steps:
+            stop = _evaluate(model, task, args, state, d, log, on_eval)
+        if args.save_every and state.step % args.save_every == 0 and state.step < total_steps:
+            if d.main:
+                save_checkpoint(out, model, optimizer, scheduler, state, task, args.keep_last)
+            _barrier(d)
+    bar.close()
+    state.is_main = d.main
+    if d.main:
+        save_checkpoint(out, model, optimizer, scheduler, state, task, args.keep_last)
+        from .plot import plot_run
+
+        plot_run(out)
+    _barrier(d)
+    return state
+
+
+def _evaluate(model, task: Task, args: TrainArgs, state: TrainState, d: Dist, log: MetricsLog, on_eval) -> bool:
+    """Evaluate on rank 0, keep the best model, and say whether to stop early (all ranks agree)."""
+    stop = 0.0
+    if d.main:
+        model.eval()
+        with torch.no_grad(), torch.autocast(model_device(model).type, dtype=torch.bfloat16, enabled=args.precision == "bf16"):
+            metrics = task.evaluate(model)
+        model.train()
+        row = {"step": state.step, "split": "eval", **metrics}
+        log.write(row)
+        state.history.append(row)
+        if on_eval:
+            on_eval(row)
+        tqdm.write("bertforge: step {}: {}".format(state.step, ", ".join(f"{k} {v:.4f}" for k, v in metrics.items())))
+        if args.select_metric:
+            if args.select_metric not in metrics:
+                raise BertforgeError(f"metric {args.select_metric!r} is not among {', '.join(metrics)}")
+            value = metrics[args.select_metric]
+            better = state.best_metric is None or (
+                value > state.best_metric if args.select_mode == "max" else value < state.best_metric
+            )
+            if better:
+                state.best_metric, state.best_step, state.bad_evals = value, state.step, 0
+                tmp = args.out / ".best.tmp"
+                shutil.rmtree(tmp, ignore_errors=True)
+                task.export(model, tmp)
+                shutil.rmtree(args.out / "best", ignore_errors=True)
+                os.replace(tmp, args.out / "best")
+            else:
+                state.bad_evals += 1
+                if args.patience and state.bad_evals >= args.patience:
+                    tqdm.write(f"bertforge: no {args.select_metric} improvement in {args.patience} evaluations: stopping")
+                    stop = 1.0
+    return bool(_all_reduce([stop], d)[0])
+
+
+def model_device(model: nn.Module) -> torch.device:
+    return next(model.parameters()).device
+
+
+def _barrier(d: Dist) -> None:
+    if d.world > 1:
+        dist.barrier()
