@@ -122,10 +122,15 @@ class Pooler(nn.Module):
 class BertModel(nn.Module):
     """The encoder: embeddings, ``num_hidden_layers`` layers and the pooler.
 
-    ``attention`` names a backend in ``attention.ATTENTION`` ("sdpa" or "math"). ``unpad`` runs
-    padded batches on their real tokens only; outputs at real positions are the same either way,
-    and with ``unpad=False`` padding positions hold what the dense computation gives there.
+    ``attention`` names a backend in ``attention.ATTENTION`` ("sdpa" or "math"). With ``unpad``, a
+    batch whose padding exceeds ``UNPAD_ABOVE`` of its tokens runs on its real tokens only (random
+    training batches); a batch with little padding (the length-sorted batches of inference) runs
+    dense, where gathering and scattering tokens would cost more than the padding. Outputs at real
+    positions are the same either way; padding positions hold zeros when unpadded and what the dense
+    computation gives there otherwise.
     """
+
+    UNPAD_ABOVE = 0.2  # fraction of padding tokens above which unpadding pays for its gathers
 
     def __init__(self, config: BertConfig, attention: str = "sdpa", unpad: bool = True):
         super().__init__()
@@ -162,9 +167,10 @@ class BertModel(nn.Module):
             token_type_ids = torch.zeros_like(input_ids)
         if position_ids is None:
             position_ids = torch.arange(T, device=input_ids.device).expand(B, T)
-        has_padding = attention_mask is not None and not bool(attention_mask.all())
+        real = int(attention_mask.sum()) if attention_mask is not None else B * T
+        has_padding = real < B * T
         packing = mask = None
-        if has_padding and self.unpad:
+        if has_padding and self.unpad and real < (1 - self.UNPAD_ABOVE) * B * T:
             packing = Packing.from_mask(attention_mask)
             ids, types, pos = (unpad(t, packing) for t in (input_ids, token_type_ids, position_ids))
             x = self.embeddings(ids, types, pos)  # (N, H)

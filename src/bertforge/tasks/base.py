@@ -82,6 +82,7 @@ class FinetuneTask:
     name: ClassVar[str]
     head: ClassVar[str]  # the head in heads.HEADS
     select_metric: ClassVar[str]  # the validation metric that picks the best checkpoint
+    default_max_length: ClassVar[int] = 128  # tokens per window when the user gives none
 
     def __init__(self, spec: TaskSpec, tokenizer: Tokenizer, id2label: dict[int, str] | None = None):
         self.spec = spec
@@ -95,8 +96,9 @@ class FinetuneTask:
         return {v: k for k, v in self.id2label.items()}
 
     # -- the parts each task defines ------------------------------------------------------------------
-    def read(self, path: Path) -> list:
-        """Examples from a user's file (errors name the file, line and column)."""
+    def read(self, path: Path, labelled: bool = False) -> list:
+        """Examples from a user's file (errors name the file, line and column); ``labelled`` requires
+        the targets (training, evaluation), else they are read when present."""
         raise NotImplementedError
 
     def fit_labels(self, examples: list, path: Path) -> None:
@@ -119,6 +121,12 @@ class FinetuneTask:
 
     def problem_type(self) -> str | None:
         return None
+
+    def load_model(self, directory: Path) -> nn.Module:
+        """The model to fine-tune: ``directory``'s encoder (and head, if it has this one) under this task's head."""
+        from ..checkpoint import load_pretrained
+
+        return load_pretrained(directory, head=self.head, id2label=self.id2label, problem_type=self.problem_type())
 
     # -- the training loop's Task protocol ------------------------------------------------------------
     def set_data(self, train_examples: list, valid_examples: list) -> None:

@@ -39,18 +39,21 @@ class TextExample:
 class SequenceTask(FinetuneTask):
     name = "classify"
     head = "classify"
-    select_metric = "accuracy"
+
+    @property
+    def select_metric(self) -> str:
+        return "micro_f1" if self.spec.multi_label else "accuracy"
 
     @property
     def is_pair(self) -> bool:
         return self.spec.text_pair_column is not None
 
     # -- reading ------------------------------------------------------------------------------------
-    def read(self, path: Path) -> list[TextExample]:
+    def read(self, path: Path, labelled: bool = False) -> list[TextExample]:
         records = tables.read_records(path)
         texts = tables.texts(records, self.spec.text_column, path)
         pairs = tables.texts(records, self.spec.text_pair_column, path) if self.is_pair else [None] * len(texts)
-        raw = tables.column(records, self.spec.label_column, path, required=False)
+        raw = tables.column(records, self.spec.label_column, path, required=labelled)
         labels = [self._parse_label(v, r.line, path) for v, r in zip(raw, records, strict=True)]
         return [TextExample(t, p, y, r.line) for t, p, y, r in zip(texts, pairs, labels, records, strict=True)]
 
@@ -180,7 +183,10 @@ class RegressTask(SequenceTask):
     """A number per text or pair; one output, mean-squared error."""
 
     name = "regress"
-    select_metric = "pearson"
+
+    @property
+    def select_metric(self) -> str:
+        return "pearson"
 
     def _parse_label(self, value: Any, line: int, path: Path) -> Any:
         if value is None:

@@ -21,7 +21,7 @@ from ..data import tables
 from ..errors import BertforgeError
 from ..heads import IGNORE_INDEX
 from ..infer import run_batches
-from .base import Feature, FinetuneTask
+from .base import Feature, FinetuneTask, pad_2d
 
 CONLL_SUFFIXES = (".conll", ".conllu", ".bio", ".iob", ".txt", ".tsv")
 
@@ -41,10 +41,17 @@ class TagTask(FinetuneTask):
     select_metric = "f1"
 
     # -- reading ------------------------------------------------------------------------------------
-    def read(self, path: Path) -> list[TagExample]:
+    def read(self, path: Path, labelled: bool = False) -> list[TagExample]:
         path = Path(path)
         if path.suffix.lower() in CONLL_SUFFIXES:
             return [TagExample(w, t, n) for w, t, n in tables.read_conll(path)]
+        examples = self._read_records(path)
+        missing = next((e for e in examples if e.tags is None), None)
+        if labelled and missing is not None:
+            raise BertforgeError(f"{path}: line {missing.line}: no tags ('tags' list or 'entities')")
+        return examples
+
+    def _read_records(self, path: Path) -> list[TagExample]:
         records = tables.read_records(path)
         examples = []
         for r in records:
@@ -140,6 +147,9 @@ class TagTask(FinetuneTask):
                 target[pos] = self.label2id[examples[i].tags[w]]
             feats.append(Feature(enc.ids, enc.type_ids, target, i))
         return feats
+
+    def targets(self, feats: list[Feature]) -> dict:
+        return {"labels": pad_2d([f.target for f in feats], IGNORE_INDEX)}
 
     # -- prediction ---------------------------------------------------------------------------------
     def predict(self, model: nn.Module, examples: list[TagExample], progress: bool = False) -> list[dict]:

@@ -1,0 +1,1 @@
+"""Data for training: pretraining instances (sentence splitting, masking, shards) and task files."""

@@ -1,0 +1,275 @@
+"""Fine-tuning, evaluation and prediction end to end: every task on small data, the saved directory
+loaded by transformers, and the bad inputs a user will hit."""
+
+from __future__ import annotations
+
+import csv
+import json
+import random
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+import bertforge
+from bertforge import BertConfig, BertforgeError, BertModel, Tokenizer
+from bertforge.assets import fetch
+from bertforge.finetune import evaluate_file, finetune, load_task, pipeline, predict_file
+from bertforge.tasks.sequence import TextExample
+from bertforge.tasks import TaskSpec
+from bertforge.train import TrainArgs
+
+BERTFORGE = Path(sys.executable).parent / "bertforge"
+POS = ["good", "great", "wonderful", "excellent", "superb", "lovely"]
+NEG = ["bad", "awful", "terrible", "boring", "dreadful", "poor"]
+FILLER = "the a film movie plot story actors scene music script was is and it this very quite".split()
+
+
+@pytest.fixture(scope="module")
+def tiny_dir(tmp_path_factory) -> Path:
+    """A randomly initialised tiny BERT with the real uncased vocabulary: fast to fine-tune."""
+    tok = Tokenizer.from_pretrained(fetch("minilm-l6"))
+    torch.manual_seed(0)
+    model = BertModel(BertConfig.preset("tiny", vocab_size=tok.vocab_size, max_position_embeddings=128))
+    return model.save_pretrained(tmp_path_factory.mktemp("tiny"), tokenizer=tok)
+
+
+def _sentiment_rows(n: int, seed: int) -> list[tuple[str, str]]:
+    rnd = random.Random(seed)
+    rows = []
+    for _ in range(n):
+        label = rnd.choice(["positive", "negative"])
+        words = rnd.sample(FILLER, 6) + [rnd.choice(POS if label == "positive" else NEG)]
+        rnd.shuffle(words)
+        rows.append((" ".join(words), label))
+    return rows
+
+
+def _write_csv(path: Path, header: list[str], rows: list) -> Path:
+    with path.open("w", newline="", encoding="utf-8") as f:
+        w = csv.writer(f)
+        w.writerow(header)
+        w.writerows(rows)
+    return path
+
+
+def _args(out: Path, steps: int = 60, **kw) -> TrainArgs:
+    return TrainArgs(out=out, max_steps=steps, batch_size=16, lr=2e-3, warmup=0.1, eval_every=steps, progress=False, **kw)
+
+
+@pytest.fixture(scope="module")
+def sentiment_model(tiny_dir, tmp_path_factory) -> tuple[Path, Path]:
+    d = tmp_path_factory.mktemp("sentiment")
+    train = _write_csv(d / "train.csv", ["text", "label"], _sentiment_rows(480, 0))
+    test = _write_csv(d / "test.csv", ["text", "label"], _sentiment_rows(100, 1))
+    metrics = finetune("classify", tiny_dir, train, d / "model", args=_args(d / "model" / "run", steps=90))
+    assert metrics["accuracy"] > 0.9  # validation carved from train
+    return d / "model", test
+
+
+def test_classify_learns_and_evaluates(sentiment_model, tmp_path):
+    model, test = sentiment_model
+    result = evaluate_file(model, test, tmp_path / "m.json")
+    assert result["accuracy"] > 0.9
+    saved = json.loads((tmp_path / "m.json").read_text())
+    assert {"accuracy", "macro_f1", "confusion_matrix", "per_class"} <= set(saved)
+    assert sum(map(sum, saved["confusion_matrix"])) == 100
+    assert (model / "run" / "curves.png").stat().st_size > 1000
+    assert (model / "run" / "metrics.jsonl").read_text().count('"split": "eval"') >= 1
+
+
+def test_saved_classifier_loads_in_transformers_with_same_predictions(sentiment_model):
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    model, _ = sentiment_model
+    hf = AutoModelForSequenceClassification.from_pretrained(model).eval()
+    tok = AutoTokenizer.from_pretrained(model)
+    texts = ["a wonderful film", "the plot was awful", "superb actors and lovely music", "boring script"]
+    with torch.no_grad():
+        logits = hf(**tok(texts, padding=True, return_tensors="pt")).logits
+    hf_labels = [hf.config.id2label[i] for i in logits.argmax(-1).tolist()]
+    ours = pipeline("classify", model)(texts)
+    assert [p["label"] for p in ours] == hf_labels == ["positive", "negative", "positive", "negative"]
+    probs = torch.softmax(logits, -1)
+    for p, row in zip(ours, probs, strict=True):
+        assert p["probabilities"][p["label"]] == pytest.approx(float(row.max()), abs=1e-4)
+
+
+def test_predict_keeps_order_and_fields(sentiment_model, tmp_path):
+    model, _ = sentiment_model
+    texts = ["a very long " + "lovely " * 50 + "film", "awful", "the story was great and the music superb"]
+    inp = tmp_path / "in.jsonl"
+    inp.write_text("".join(json.dumps({"id": i, "text": t}) + "\n" for i, t in enumerate(texts)))
+    n = predict_file(model, inp, tmp_path / "out.jsonl")
+    rows = [json.loads(x) for x in (tmp_path / "out.jsonl").read_text().splitlines()]
+    assert n == 3 and [r["id"] for r in rows] == [0, 1, 2]
+    assert [r["label"] for r in rows] == ["positive", "negative", "positive"]
+    assert all(abs(sum(r["probabilities"].values()) - 1) < 1e-4 for r in rows)
+
+
+def test_long_text_windows_not_truncated(sentiment_model):
+    """Texts past max_length are read in windows whose logits are averaged, not cut: a sentiment word
+    after the first window still counts, and a 100,000-character text is predicted whole."""
+    model, _ = sentiment_model
+    task, net = load_task(model)
+    filler = "the film was a story and " * 12  # ~75 tokens: the last word lands in the second window
+    examples = [TextExample(filler + " awful awful", None, None, 1), TextExample(filler + " superb superb", None, None, 2)]
+    encs, owner = task.encode(examples)
+    assert owner == [0, 0, 1, 1] if task.spec.max_length == 64 else owner.count(0) >= 1
+    preds = task.predict(net, examples)
+    assert [p["label"] for p in preds] == ["negative", "positive"]
+    # truncation reads the filler only: both texts look the same
+    spec = TaskSpec.from_dict({**task.spec.to_dict(), "long_text": "truncate", "max_length": 64})
+    cut = type(task)(spec, task.tokenizer, task.id2label)
+    assert cut.encode(examples)[1] == [0, 1]
+    cut_preds = cut.predict(net, examples)
+    assert cut_preds[0]["probabilities"] == cut_preds[1]["probabilities"]
+    # averaged logits: the prediction equals the mean over the windows computed by hand
+    long_spec = TaskSpec.from_dict({**task.spec.to_dict(), "max_length": 64})
+    win = type(task)(long_spec, task.tokenizer, task.id2label)
+    encs, owner = win.encode(examples[:1])
+    assert len(encs) >= 2
+    batch = win.tokenizer.to_tensors(encs)
+    with torch.no_grad():
+        mean_logits = net(**batch).logits.mean(0)
+    expected = torch.softmax(mean_logits, -1)
+    got = win.predict(net, examples[:1])[0]["probabilities"]
+    assert [got[win.id2label[i]] for i in range(2)] == pytest.approx(expected.tolist(), abs=1e-5)
+    # a 100,000-character text
+    huge = [TextExample(("the film was a story " * 5000)[:100_000], None, None, 1)]
+    encs, owner = task.encode(huge)
+    assert len(encs) > 100
+    assert task.predict(net, huge)[0]["label"] in ("positive", "negative")
+
+
+def test_multilabel_and_regression_and_pair(tiny_dir, tmp_path):
+    rnd = random.Random(0)
+    rows = []
+    for _ in range(400):
+        tags = sorted(rnd.sample(["sport", "music", "food"], rnd.randint(1, 2)))
+        words = {"sport": "football", "music": "guitar", "food": "pizza"}
+        rows.append((" ".join(words[t] for t in tags) + " " + " ".join(rnd.sample(FILLER, 4)), "|".join(tags)))
+    train = _write_csv(tmp_path / "ml.csv", ["text", "label"], rows)
+    spec = TaskSpec("classify", multi_label=True)
+    m = finetune("classify", tiny_dir, train, tmp_path / "ml", spec=spec, args=_args(tmp_path / "ml" / "run", 80))
+    assert m["micro_f1"] > 0.9
+    out = pipeline("classify", tmp_path / "ml")("pizza and guitar tonight")
+    assert set(out["labels"]) == {"food", "music"}
+
+    # the label lives in the second text only: a model that ignored text_pair would be at chance
+    pairs = []
+    for _ in range(400):
+        b = rnd.choice(POS + NEG)
+        pairs.append((" ".join(rnd.sample(FILLER, 5)), f"it is {b}", "yes" if b in POS else "no", 1.0 if b in POS else 0.0))
+    ptrain = _write_csv(tmp_path / "pairs.csv", ["text", "text_pair", "label", "score"], pairs)
+    m = finetune("pair", tiny_dir, ptrain, tmp_path / "pair", args=_args(tmp_path / "pair" / "run", 100))
+    assert m["accuracy"] > 0.9
+    assert pipeline("pair", tmp_path / "pair")(("the plot and the music", "it is great"))["label"] == "yes"
+    rspec = TaskSpec("regress", text_pair_column="text_pair", label_column="score")
+    m = finetune("regress", tiny_dir, ptrain, tmp_path / "reg", spec=rspec, args=_args(tmp_path / "reg" / "run", 100))
+    assert m["pearson"] > 0.7 and "spearman" in m
+
+
+def test_tagging_chinese_characters_and_transformers(tiny_dir, tmp_path):
+    """Character-level BIO on People's Daily; the saved model loads as BertForTokenClassification."""
+    src = fetch("peoples-daily")
+    lines = (src / "train.conll").read_text(encoding="utf-8").split("\n\n")[:300]
+    (tmp_path / "train.conll").write_text("\n\n".join(lines) + "\n", encoding="utf-8")
+    zh = Tokenizer.from_pretrained(fetch("chinese-vocab"))
+    torch.manual_seed(0)
+    zdir = BertModel(BertConfig.preset("tiny", vocab_size=zh.vocab_size)).save_pretrained(tmp_path / "zh", tokenizer=zh)
+    m = finetune("tag", zdir, tmp_path / "train.conll", tmp_path / "ner", args=_args(tmp_path / "ner" / "run", 40))
+    assert {"f1", "precision", "recall", "token_accuracy"} <= set(m)
+    from transformers import AutoModelForTokenClassification
+
+    hf = AutoModelForTokenClassification.from_pretrained(tmp_path / "ner").eval()
+    task, net = load_task(tmp_path / "ner")
+    text = "江泽民在北京会见了新华社记者"
+    pred = pipeline("tag", tmp_path / "ner")(text)
+    assert len(pred["tags"]) == len(text)  # one tag per character
+    ids = torch.tensor([task.tokenizer.encode(text).ids])
+    with torch.no_grad():
+        hf_tags = [hf.config.id2label[i] for i in hf(ids).logits[0, 1:-1].argmax(-1).tolist()]
+    assert pred["tags"] == hf_tags
+    for ent in pred["entities"]:
+        assert text[ent["start"] : ent["end"]] == ent["text"]
+
+
+def test_tag_jsonl_text_with_entity_spans(tiny_dir, tmp_path):
+    rnd = random.Random(0)
+    names = ["Alice", "Bob", "Carol", "Dave"]
+    places = ["Paris", "Berlin", "Rome", "Oslo"]
+    rows = []
+    for _ in range(300):
+        n, p = rnd.choice(names), rnd.choice(places)
+        text = f"{n} flew to {p} on Monday"
+        rows.append({"text": text, "entities": [{"start": 0, "end": len(n), "label": "PER"},
+                                                {"start": text.index(p), "end": text.index(p) + len(p), "label": "LOC"}]})
+    (tmp_path / "t.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    m = finetune("tag", tiny_dir, tmp_path / "t.jsonl", tmp_path / "tagm", args=_args(tmp_path / "tagm" / "run", 80))
+    assert m["f1"] > 0.9
+    out = pipeline("tag", tmp_path / "tagm")("Carol flew to Oslo on Monday")
+    assert [(e["label"], e["text"]) for e in out["entities"]] == [("PER", "carol"), ("LOC", "oslo")] or [
+        (e["label"], e["text"]) for e in out["entities"]
+    ] == [("PER", "Carol"), ("LOC", "Oslo")]
+
+
+# -- bad input: one line on stderr, exit 2, nothing half-written ------------------------------------
+def _cli(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run([str(BERTFORGE), *args], capture_output=True, text=True, cwd=cwd, timeout=300)
+
+
+def _one_line_error(proc: subprocess.CompletedProcess, *needles: str) -> None:
+    assert proc.returncode == 2, proc.stderr
+    lines = [ln for ln in proc.stderr.splitlines() if ln.startswith("bertforge: error:")]
+    assert len(lines) == 1 and "Traceback" not in proc.stderr, proc.stderr
+    for n in needles:
+        assert n in lines[0], lines[0]
+
+
+def test_bad_inputs(tiny_dir, sentiment_model, tmp_path):
+    model, _ = sentiment_model
+    good = _write_csv(tmp_path / "good.csv", ["text", "label"], _sentiment_rows(40, 3))
+    out = tmp_path / "out"
+    # missing column
+    _one_line_error(_cli("finetune", "classify", "-m", str(tiny_dir), "--train", str(good), "--out", str(out),
+                         "--label-column", "sentiment"), "good.csv", "'sentiment'", "columns: text, label")
+    # empty row
+    bad = tmp_path / "empty.csv"
+    bad.write_text("text,label\nfine film,positive\n,negative\n")
+    _one_line_error(_cli("finetune", "classify", "-m", str(tiny_dir), "--train", str(bad), "--out", str(out)),
+                    "empty.csv", "line 3", "empty 'text'")
+    # non-UTF-8
+    latin = tmp_path / "latin.csv"
+    latin.write_bytes("text,label\ncaf\xe9 au lait,positive\n".encode("latin-1"))
+    _one_line_error(_cli("finetune", "classify", "-m", str(tiny_dir), "--train", str(latin), "--out", str(out)),
+                    "latin.csv", "line 2", "not UTF-8")
+    # a single class
+    one = _write_csv(tmp_path / "one.csv", ["text", "label"], [("a", "positive"), ("b", "positive"), ("c", "positive")])
+    _one_line_error(_cli("finetune", "classify", "-m", str(tiny_dir), "--train", str(one), "--out", str(out)),
+                    "one.csv", "single class")
+    # labels the model does not know, in validation and in evaluation
+    unk = _write_csv(tmp_path / "unk.csv", ["text", "label"], [("a film", "neutral"), ("b", "positive")])
+    _one_line_error(_cli("finetune", "classify", "-m", str(tiny_dir), "--train", str(good), "--valid", str(unk),
+                         "--out", str(out)), "unk.csv", "'neutral'")
+    _one_line_error(_cli("evaluate", "-m", str(model), "--data", str(unk)), "'neutral' (line 2)")
+    # a model without a head for the task
+    _one_line_error(_cli("evaluate", "-m", str(tiny_dir), "--data", str(good)), "no task head")
+    # a missing file
+    _one_line_error(_cli("predict", "-m", str(model), "-i", str(tmp_path / "nope.jsonl"), "-o", str(tmp_path / "p.jsonl")),
+                    "nope.jsonl", "no such file")
+    assert not out.exists() and not (tmp_path / "p.jsonl").exists()
+    # a malformed JSONL line stops before anything is written
+    broken = tmp_path / "broken.jsonl"
+    broken.write_text('{"text": "fine"}\n{"text": oops}\n')
+    _one_line_error(_cli("predict", "-m", str(model), "-i", str(broken), "-o", str(tmp_path / "p.jsonl")),
+                    "broken.jsonl", "line 2")
+    assert not (tmp_path / "p.jsonl").exists()
+
+
+def test_pipeline_rejects_wrong_task(sentiment_model):
+    model, _ = sentiment_model
+    with pytest.raises(BertforgeError, match="is a classify model, not tag"):
+        bertforge.pipeline("tag", model)
