@@ -122,6 +122,8 @@ class BertConfig:
             return cls.from_dict(d)
         except TypeError as e:
             raise BertforgeError(f"{path}: bad config ({e})") from None
+        except BertforgeError as e:  # model_type, activation, head count ...: say which file
+            raise BertforgeError(f"{path}: {e}") from None
 
     def save(self, path: str | Path) -> None:
         Path(path).write_text(json.dumps(self.to_dict(), indent=2, ensure_ascii=False) + "\n", encoding="utf-8")

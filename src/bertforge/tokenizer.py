@@ -37,6 +37,8 @@ def _backend_from_vocab(
     if missing:
         raise BertforgeError(f"vocabulary lacks the special token(s) {', '.join(missing)}")
     tk = _Backend(WordPiece(vocab, unk_token="[UNK]", max_input_chars_per_word=MAX_WORD_CHARS))
+    # as in transformers: "[MASK]" in raw text is the mask token, and decode can skip the specials
+    tk.add_special_tokens(list(SPECIAL_TOKENS))
     tk.normalizer = normalizers.BertNormalizer(
         clean_text=True, handle_chinese_chars=chinese_chars, strip_accents=strip_accents, lowercase=lowercase
     )
@@ -107,11 +109,17 @@ class Tokenizer:
         model_max_length: int = 512,
     ) -> Tokenizer:
         """From a vocab.txt or a token -> id dict. ``lowercase=None`` infers it from the vocabulary."""
+        source = None
         if not isinstance(vocab, dict):
-            vocab = read_vocab(Path(vocab))
+            source = Path(vocab)
+            vocab = read_vocab(source)
         if lowercase is None:
             lowercase = not _looks_cased(vocab)
-        return cls(_backend_from_vocab(vocab, lowercase, strip_accents, chinese_chars), lowercase, model_max_length)
+        try:
+            backend = _backend_from_vocab(vocab, lowercase, strip_accents, chinese_chars)
+        except BertforgeError as e:
+            raise BertforgeError(f"{source}: {e}" if source else str(e)) from None
+        return cls(backend, lowercase, model_max_length)
 
     @classmethod
     def from_pretrained(cls, name_or_path: str | Path, lowercase: bool | None = None) -> Tokenizer:

@@ -270,6 +270,8 @@ def train(model: nn.Module, task: Task, args: TrainArgs, on_eval: Callable[[dict
     out = args.out
     if d.main:
         out.mkdir(parents=True, exist_ok=True)
+    for stale in (out / "checkpoints").glob(".tmp-step-*") if d.main else []:
+        shutil.rmtree(stale, ignore_errors=True)  # left by a run killed while saving
     existing = checkpoints(out)
     if existing and not args.resume:
         raise BertforgeError(f"{out} already holds checkpoints: pass --resume to continue, or choose another --out")

@@ -1,0 +1,163 @@
+"""Shared fixtures: registry assets, the tiny fixtures in tests/assets, random Hugging Face models.
+
+Assets come through ``bertforge.assets.fetch``, which downloads what is missing: a test that needs an
+asset fails when it cannot be had, it is never skipped.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+import torch
+import transformers
+
+import bertforge
+from bertforge.assets import fetch
+
+ASSETS = Path(__file__).parent / "assets"
+
+transformers.utils.logging.set_verbosity_error()
+transformers.utils.logging.disable_progress_bar()
+
+# A tiny encoder: big enough for every code path (several heads, token types, padding), small enough
+# that building and running one costs milliseconds.
+TINY = dict(
+    vocab_size=300,
+    hidden_size=32,
+    num_hidden_layers=2,
+    num_attention_heads=4,
+    intermediate_size=64,
+    max_position_embeddings=64,
+    type_vocab_size=2,
+    hidden_dropout_prob=0.1,
+    attention_probs_dropout_prob=0.1,
+)
+
+
+# -- assets -----------------------------------------------------------------------------------------
+@pytest.fixture(scope="session")
+def minilm_dir() -> Path:
+    return fetch("minilm-l6", quiet=True)
+
+
+@pytest.fixture(scope="session")
+def chinese_vocab() -> Path:
+    return fetch("chinese-vocab", quiet=True)
+
+
+@pytest.fixture(scope="session")
+def rotten_tomatoes() -> dict[str, list[dict[str, str]]]:
+    """split -> rows (text, label)."""
+    root = fetch("rotten-tomatoes", quiet=True)
+    return {s: _read_csv(root / f"{s}.csv") for s in ("train", "valid", "test")}
+
+
+@pytest.fixture(scope="session")
+def wiki_topics() -> dict[str, list[dict[str, str]]]:
+    """split -> records (title, text, topic)."""
+    root = fetch("wiki-topics-en", quiet=True)
+    return {s: _read_jsonl(root / f"{s}.jsonl") for s in ("train", "valid", "test")}
+
+
+@pytest.fixture(scope="session")
+def chinese_sentiment() -> dict[str, list[dict[str, str]]]:
+    root = fetch("chinese-sentiment", quiet=True)
+    return {s: _read_csv(root / f"{s}.csv") for s in ("train", "valid", "test")}
+
+
+@pytest.fixture(scope="session")
+def chinese_corpus() -> Path:
+    return fetch("chinese-sentiment", quiet=True) / "corpus.txt"
+
+
+def _read_csv(path: Path) -> list[dict[str, str]]:
+    with path.open(encoding="utf-8", newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def _read_jsonl(path: Path) -> list[dict[str, str]]:
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+
+
+# -- tiny fixtures in tests/assets ------------------------------------------------------------------
+@pytest.fixture(scope="session")
+def tiny_vocab() -> Path:
+    """132 uncased WordPiece entries: the specials, punctuation, digits, letters, ##letters, common words."""
+    return ASSETS / "vocab.txt"
+
+
+@pytest.fixture(scope="session")
+def tiny_corpus() -> Path:
+    """24 plain English sentences, with capitals, numbers and a few rare words."""
+    return ASSETS / "corpus.txt"
+
+
+# -- random models and batches ----------------------------------------------------------------------
+def perturb(model: torch.nn.Module, seed: int, scale: float = 0.1) -> torch.nn.Module:
+    """Add N(0, scale) noise to every parameter, so that biases are non-zero, LayerNorms are not the
+    identity and attention is far from uniform: a wrong name or a transposed weight then shows."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(torch.randn(p.shape, generator=g) * scale)
+    return model
+
+
+@pytest.fixture
+def hf_model() -> Callable[..., torch.nn.Module]:
+    """Factory: a transformers model (class name, default BertModel) on the tiny config with
+    ``overrides``, randomly initialised from ``seed`` and perturbed, in eval mode."""
+
+    def make(cls_name: str = "BertModel", seed: int = 0, attn: str = "sdpa", **overrides) -> torch.nn.Module:
+        config = transformers.BertConfig(**{**TINY, **overrides}, attn_implementation=attn)
+        torch.manual_seed(seed)
+        model = getattr(transformers, cls_name)(config)
+        return perturb(model, seed).eval()
+
+    return make
+
+
+@pytest.fixture
+def our_model() -> Callable[..., torch.nn.Module]:
+    """Factory: our BertModel (head=None) or BertWithHead on the tiny config, perturbed, in eval mode."""
+
+    def make(head: str | None = None, seed: int = 0, **overrides) -> torch.nn.Module:
+        config = bertforge.BertConfig(**{**TINY, **overrides})
+        torch.manual_seed(seed)
+        model = bertforge.BertModel(config) if head is None else bertforge.BertWithHead(config, head)
+        return perturb(model, seed).eval()
+
+    return make
+
+
+def random_batch(
+    lengths: list[int],
+    vocab_size: int = TINY["vocab_size"],
+    type_vocab_size: int = 2,
+    seed: int = 0,
+    side: str = "right",
+    total: int | None = None,
+) -> dict[str, torch.Tensor]:
+    """input_ids, attention_mask, token_type_ids for sequences of the given real lengths, padded (with
+    id 0, type 0) to ``total`` (default: the longest) on the given side. Token types are random
+    at real positions; ids avoid 0 so that padding is recognisable."""
+    g = torch.Generator().manual_seed(seed)
+    T = total or max(lengths)
+    ids = torch.zeros(len(lengths), T, dtype=torch.long)
+    types = torch.zeros_like(ids)
+    mask = torch.zeros_like(ids)
+    for i, n in enumerate(lengths):
+        where = slice(0, n) if side == "right" else slice(T - n, T)
+        ids[i, where] = torch.randint(1, vocab_size, (n,), generator=g)
+        types[i, where] = torch.randint(0, type_vocab_size, (n,), generator=g)
+        mask[i, where] = 1
+    return {"input_ids": ids, "attention_mask": mask, "token_type_ids": types}
+
+
+@pytest.fixture
+def make_batch() -> Callable[..., dict[str, torch.Tensor]]:
+    return random_batch

@@ -1,0 +1,222 @@
+"""The ``bertforge`` console script, run as users run it: fetch, vocab, embed, similarity.
+
+Every error must be one line on stderr, "bertforge: error: ...", exit status 2, and no traceback.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from bertforge import Embedder, assets
+from bertforge.cli import _read_pairs, main
+from bertforge.tokenizer import SPECIAL_TOKENS
+
+BERTFORGE = Path(sys.executable).parent / "bertforge"
+
+
+def run_all(*commands: list, ok: bool = True) -> list[subprocess.CompletedProcess]:
+    """Run several ``bertforge`` command lines at once (each mostly waits on imports) and return
+    their results in order; with ``ok`` each must exit 0."""
+    env = {**os.environ, "BERTFORGE_HOME": str(assets.home())}
+    procs = [
+        subprocess.Popen([str(BERTFORGE), *map(str, args)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+        for args in commands
+    ]
+    results = []
+    for args, p in zip(commands, procs, strict=True):
+        out, err = p.communicate(timeout=300)
+        results.append(subprocess.CompletedProcess(args, p.returncode, out, err))
+        if ok:
+            assert p.returncode == 0, err
+    return results
+
+
+def run(*args: str | Path, ok: bool = True) -> subprocess.CompletedProcess:
+    return run_all(list(args), ok=ok)[0]
+
+
+def assert_one_line_error(proc: subprocess.CompletedProcess, message: str) -> None:
+    assert proc.returncode == 2, (proc.stdout, proc.stderr)
+    lines = proc.stderr.splitlines()
+    assert len(lines) == 1, proc.stderr
+    assert lines[0].startswith("bertforge: error: ") and message in lines[0], lines[0]
+    assert "Traceback" not in proc.stderr + proc.stdout
+
+
+@pytest.fixture(scope="module")
+def embedder() -> Embedder:
+    return Embedder.from_pretrained("minilm-l6")
+
+
+def test_console_script_is_installed():
+    assert BERTFORGE.is_file()
+
+
+HELP = {
+    "": ["fetch", "vocab", "embed", "similarity"],
+    "fetch": ["--all", "--list"],
+    "vocab": ["--corpus", "--vocab-size", "--out", "--cased", "--min-frequency"],
+    "embed": ["--model", "--input", "--output", "--pooling", "--normalize", "--max-length", "--max-tokens"],
+    "similarity": ["--model", "--pairs", "--threshold"],
+}
+
+
+def test_help_of_each_command():
+    results = run_all(*([c, "--help"] if c else ["--help"] for c in HELP))
+    for (command, options), proc in zip(HELP.items(), results, strict=True):
+        assert proc.stdout.startswith(f"Usage: bertforge {command}".rstrip()), proc.stdout
+        for option in options:
+            assert option in proc.stdout, (command, option)
+
+
+def test_similarity_of_two_sentences(embedder):
+    a, b = "A man is playing a guitar.", "Someone plays the guitar."
+    proc, unrelated = run_all(
+        ["similarity", a, b], ["similarity", a, "The stock market fell sharply today.", "--threshold", "0.5"]
+    )
+    m = re.fullmatch(r"(-?\d\.\d{4})  (same|different) meaning\n", proc.stdout)
+    assert m, proc.stdout
+    expected = float(embedder.similarity([a], [b])[0])
+    assert abs(float(m.group(1)) - expected) < 1e-4
+    assert m.group(2) == ("same" if expected >= 0.7 else "different")
+    assert unrelated.stdout.endswith("  different meaning\n")
+
+
+def test_similarity_pairs_file_with_gold_labels(tmp_path, embedder):
+    pairs = tmp_path / "pairs.tsv"
+    pairs.write_text(
+        "# a comment, then a blank line\n\n"
+        "A man is playing a guitar.\tSomeone plays the guitar.\tyes\n"
+        "A man is playing a guitar.\tThe stock market fell sharply today.\tno\n"
+        "The cat sleeps on the sofa.\tA kitten is napping on the couch.\n",
+        encoding="utf-8",
+    )
+    proc = run("similarity", "--pairs", pairs)
+    lines = proc.stdout.splitlines()
+    assert lines[0].split()[:3] == ["cosine", "same?", "gold"]
+    assert len(lines) == 1 + 3 + 1
+    scores = embedder.similarity(
+        ["A man is playing a guitar.", "A man is playing a guitar.", "The cat sleeps on the sofa."],
+        ["Someone plays the guitar.", "The stock market fell sharply today.", "A kitten is napping on the couch."],
+    )
+    for line, score in zip(lines[1:4], scores, strict=True):
+        assert abs(float(line.split()[0]) - score) < 1e-3
+    assert lines[1].split()[1:3] == ["yes", "yes"] and lines[2].split()[1:3] == ["no", "no"]
+    assert lines[-1] == "agreement with gold: 2/2 at threshold 0.7"
+
+
+def test_similarity_errors_are_one_line(tmp_path):
+    malformed, non_utf8 = tmp_path / "malformed.tsv", tmp_path / "latin1.tsv"
+    malformed.write_text("one\ttwo\nno tab on this line\n")
+    non_utf8.write_bytes("one\ttwo\nthree\tcaf\u00e9\n".encode("latin-1"))
+    results = run_all(
+        ["similarity", "--pairs", malformed],
+        ["similarity", "--pairs", tmp_path / "missing.tsv"],
+        ["similarity", "--pairs", non_utf8],
+        ["similarity", "only one"],
+        ok=False,
+    )
+    messages = [
+        f"{malformed}: line 2: expected two tab-separated sentences",
+        f"{tmp_path / 'missing.tsv'}: no such file",
+        f"{non_utf8}: line 2 is not UTF-8 text",
+        "give two sentences, or --pairs FILE",
+    ]
+    for proc, message in zip(results, messages, strict=True):
+        assert_one_line_error(proc, message)
+
+
+@pytest.mark.parametrize(
+    "content, message",
+    [
+        (b"one\t\n", "line 1: expected two tab-separated sentences"),
+        (b"one\ttwo\tmaybe\n", "line 1: unknown label 'maybe' (use 1/0, yes/no, same/different)"),
+        (b"# only a comment\n\n", "no sentence pairs"),
+        (b"a\tb\n\xff\n", "line 2 is not UTF-8 text"),
+    ],
+)
+def test_more_pairs_errors_in_process(tmp_path, monkeypatch, capsys, content, message):
+    pairs = tmp_path / "pairs.tsv"
+    pairs.write_bytes(content)
+    monkeypatch.setattr(sys, "argv", ["bertforge", "similarity", "--pairs", str(pairs)])
+    with pytest.raises(SystemExit) as e:
+        main()
+    assert e.value.code == 2
+    assert capsys.readouterr().err == f"bertforge: error: {pairs}: {message}\n"
+
+
+def test_pairs_lines_split_on_newlines_only(tmp_path):
+    pairs = tmp_path / "pairs.tsv"
+    pairs.write_bytes("a\u2028still a\tb\x0cstill b\t1\r\nc\td\n".encode())
+    a, b, gold = _read_pairs(pairs)
+    assert a == ["a\u2028still a", "c"] and b == ["b\x0cstill b", "d"] and gold == [True, None]
+
+
+def test_embed_writes_the_embedder_output(tmp_path, rotten_tomatoes, embedder):
+    texts = [r["text"].replace("\n", " ") for r in rotten_tomatoes["valid"][:19]] + ["one line\u2028with a separator"]
+    (tmp_path / "texts.txt").write_text("\n".join(texts) + "\n", encoding="utf-8")
+    proc, _ = run_all(
+        ["embed", "--model", "minilm-l6", "--input", tmp_path / "texts.txt", "--output", tmp_path / "out.npy"],
+        ["embed", "-m", "minilm-l6", "-i", tmp_path / "texts.txt", "-o", tmp_path / "out.jsonl", "--pooling", "cls", "--no-normalize"],
+    )
+    assert proc.stdout.strip() == f"wrote {tmp_path / 'out.npy'}: 20 x 384"
+    vectors = np.load(tmp_path / "out.npy")
+    assert vectors.shape == (20, 384) and vectors.dtype == np.float32
+    np.testing.assert_allclose(vectors, embedder(texts), atol=1e-6)
+    assert not (tmp_path / "out.npy.tmp").exists()
+    records = [json.loads(line) for line in (tmp_path / "out.jsonl").read_text().splitlines()]
+    assert [r["text"] for r in records] == texts
+    np.testing.assert_allclose(np.array([r["embedding"] for r in records]), embedder(texts, pooling="cls", normalize=False), atol=1e-6)
+
+
+def test_embed_errors(tmp_path):
+    (tmp_path / "texts.txt").write_text("hello\n")
+    bad_suffix, bad_model = run_all(
+        ["embed", "-m", "minilm-l6", "-i", tmp_path / "texts.txt", "-o", tmp_path / "out.csv"],
+        ["embed", "-m", tmp_path / "nope", "-i", tmp_path / "texts.txt", "-o", tmp_path / "out.npy"],
+        ok=False,
+    )
+    assert_one_line_error(bad_suffix, "out.csv: output must end in .npy or .jsonl")
+    assert_one_line_error(bad_model, "nope: no such file or directory, and not a registry name")
+
+
+def test_vocab_writes_a_vocabulary(tmp_path, tiny_corpus):
+    outs = {cased: tmp_path / ("cased" if cased else "uncased") / "vocab.txt" for cased in (False, True)}
+    results = run_all(
+        ["vocab", "--corpus", tiny_corpus, "--vocab-size", "200", "--out", outs[False]],
+        ["vocab", "--corpus", tiny_corpus, "--vocab-size", "200", "--out", outs[True], "--cased"],
+    )
+    for (cased, out), proc in zip(outs.items(), results, strict=True):
+        tokens = out.read_text(encoding="utf-8").split("\n")[:-1]
+        assert proc.stdout.strip() == f"wrote {out} ({len(tokens)} entries, {'cased' if cased else 'uncased'})"
+        assert tokens[:5] == list(SPECIAL_TOKENS) and 100 < len(tokens) <= 200
+        assert ("The" in tokens) is cased and "the" in tokens
+
+
+def test_vocab_error_for_a_missing_corpus(tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(sys, "argv", ["bertforge", "vocab", "--corpus", str(tmp_path / "none.txt")])
+    with pytest.raises(SystemExit) as e:
+        main()
+    assert e.value.code == 2
+    assert capsys.readouterr().err == f"bertforge: error: {tmp_path / 'none.txt'}: no such file\n"
+
+
+def test_fetch(minilm_dir):
+    listing, fetched, unknown, nothing = run_all(
+        ["fetch", "--list"], ["fetch", "minilm-l6"], ["fetch", "imagenet"], ["fetch"], ok=False
+    )
+    assert listing.returncode == 0 and fetched.returncode == 0
+    rows = [line.split() for line in listing.stdout.splitlines()]
+    assert [r[0] for r in rows] == list(assets.REGISTRY)
+    assert [r[2] for r in rows if r[0] == "minilm-l6"] == ["fetched"]
+    assert fetched.stdout.strip() == str(minilm_dir)
+    assert_one_line_error(unknown, "unknown asset 'imagenet'")
+    assert_one_line_error(nothing, "name an asset (or --all, --list)")
