@@ -36,7 +36,11 @@ def read(path: Path, limit: int | None = None) -> list[tuple[str, str]]:
 
 def run_transformers(model_dir: Path, train_rows, test_rows, args) -> tuple[float, float]:
     """(test accuracy, training examples/s) for AutoModelForSequenceClassification trained by hand."""
-    from transformers import AutoModelForSequenceClassification, AutoTokenizer, get_linear_schedule_with_warmup
+    from transformers import (
+        AutoModelForSequenceClassification,
+        AutoTokenizer,
+        get_linear_schedule_with_warmup,
+    )
 
     labels = sorted({y for _, y in train_rows})
     label2id = {y: i for i, y in enumerate(labels)}

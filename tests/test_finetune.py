@@ -15,10 +15,10 @@ import torch
 
 import bertforge
 from bertforge import BertConfig, BertforgeError, BertModel, Tokenizer
+from bertforge.api import evaluate_file, finetune, load_task, pipeline, predict_file
 from bertforge.assets import fetch
-from bertforge.finetune import evaluate_file, finetune, load_task, pipeline, predict_file
-from bertforge.tasks.sequence import TextExample
 from bertforge.tasks import TaskSpec
+from bertforge.tasks.sequence import TextExample
 from bertforge.train import TrainArgs
 
 BERTFORGE = Path(sys.executable).parent / "bertforge"

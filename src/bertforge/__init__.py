@@ -3,15 +3,34 @@
     >>> import bertforge
     >>> model = bertforge.load_pretrained("minilm-l6")
     >>> tok = bertforge.Tokenizer.from_pretrained("minilm-l6")
+
+Names are imported on first use, so ``bertforge --help`` and light imports do not pay for torch.
 """
 
-from .checkpoint import load_pretrained, save_pretrained
-from .config import BertConfig
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING
+
 from .errors import BertforgeError
-from .heads import BertWithHead
-from .infer import Embedder, embed
-from .model import BertModel, EncoderOutput
-from .tokenizer import Tokenizer, train_vocab
+
+_EXPORTS = {
+    "BertConfig": "config",
+    "BertModel": "model",
+    "EncoderOutput": "model",
+    "BertWithHead": "heads",
+    "load_pretrained": "checkpoint",
+    "save_pretrained": "checkpoint",
+    "Tokenizer": "tokenizer",
+    "train_vocab": "tokenizer",
+    "Embedder": "infer",
+    "embed": "infer",
+    "finetune": "api",
+    "evaluate_file": "api",
+    "predict_file": "api",
+    "load_task": "api",
+    "pipeline": "api",
+}
 
 __all__ = [
     "BertConfig",
@@ -22,8 +41,35 @@ __all__ = [
     "EncoderOutput",
     "Tokenizer",
     "embed",
+    "evaluate_file",
+    "finetune",
     "load_pretrained",
+    "load_task",
+    "pipeline",
+    "predict_file",
     "save_pretrained",
     "train_vocab",
 ]
 __version__ = "0.1.0"
+
+
+def __getattr__(name: str):
+    if name in _EXPORTS:
+        value = getattr(importlib.import_module(f".{_EXPORTS[name]}", __name__), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'bertforge' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))
+
+
+if TYPE_CHECKING:
+    from .api import evaluate_file, finetune, load_task, pipeline, predict_file
+    from .checkpoint import load_pretrained, save_pretrained
+    from .config import BertConfig
+    from .heads import BertWithHead
+    from .infer import Embedder, embed
+    from .model import BertModel, EncoderOutput
+    from .tokenizer import Tokenizer, train_vocab

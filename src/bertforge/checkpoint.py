@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -59,6 +60,12 @@ HEAD_KEYS: dict[str, list[tuple[str, tuple[str, ...]]]] = {
     "tag": [("head.classifier.{p}", ("classifier.{p}",))],
     "span": [("head.qa.{p}", ("qa_outputs.{p}",))],
     "choice": [("head.classifier.{p}", ("classifier.{p}",))],
+    # no Hugging Face class: our own names, under "extsum." (transformers' AutoModel still reads "bert.")
+    "extsum": [("head.scorer.{p}", ("extsum.scorer.{p}",)), ("head.inter.norm.{p}", ("extsum.inter.norm.{p}",))]
+    + [
+        (f"head.inter.{w}_{{p}}", (f"extsum.inter.{w}_{{p}}",))
+        for w in ("qkv", "out", "attn_norm", "up", "down", "ffn_norm")
+    ],
 }
 ARCHITECTURES = {
     None: "BertModel",
@@ -68,6 +75,7 @@ ARCHITECTURES = {
     "tag": "BertForTokenClassification",
     "span": "BertForQuestionAnswering",
     "choice": "BertForMultipleChoice",
+    "extsum": "BertForExtractiveSummarization",
 }
 # Checkpoint tensors that carry no information of their own.
 _REDUNDANT = ("embeddings.position_ids", "embeddings.token_type_ids", "cls.predictions.decoder.weight")
@@ -93,7 +101,7 @@ def key_table(config: BertConfig, head: str | None) -> list[tuple[str, tuple[str
 
 # -- reading ---------------------------------------------------------------------------------------
 def _one_line(e: BaseException) -> str:
-    text = str(e).strip().splitlines()
+    text = re.sub(r"\x1b\[[0-9;]*m", "", str(e)).strip().splitlines()  # torch's messages carry terminal colours
     return f"{type(e).__name__}: {text[0] if text else ''}".rstrip(": ")
 
 
@@ -195,8 +203,11 @@ def load_state(model: BertModel | BertWithHead, state: dict[str, Tensor], source
     result = model.load_state_dict(new_state, strict=False)
     leftover = set(result.missing_keys) - set(report.initialised) - set(_TIED)
     assert not leftover and not result.unexpected_keys, (leftover, result.unexpected_keys)
-    if report.initialised:
-        log.warning("%s: freshly initialised (not in checkpoint): %s", source, ", ".join(report.initialised))
+    # a pooler that this head never reads (transformers' token-level classes have none) is not news
+    unread = () if head is None or model.head.uses_pooler else ("bert.pooler.dense.weight", "bert.pooler.dense.bias")
+    worth_saying = [n for n in report.initialised if n not in unread]
+    if worth_saying:
+        log.warning("%s: freshly initialised (not in checkpoint): %s", source, ", ".join(worth_saying))
     if report.unused:
         log.warning("%s: checkpoint weights not used: %s", source, ", ".join(report.unused))
     return report

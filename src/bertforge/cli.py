@@ -40,8 +40,12 @@ def _read_lines(path: Path) -> list[str]:
     except UnicodeDecodeError as e:
         line = path.read_bytes()[: e.start].count(b"\n") + 1
         raise BertforgeError(f"{path}: line {line} is not UTF-8 text") from None
-    lines = text.splitlines()
-    return lines
+    # split on "\n" only: str.splitlines would also break at U+2028, \x85, \x0c ... inside a text,
+    # and the rows written would no longer match the file's lines
+    lines = text.split("\n")
+    if lines and lines[-1] == "":
+        lines.pop()
+    return [line.removesuffix("\r") for line in lines]
 
 
 @app.command()
@@ -180,6 +184,50 @@ def similarity(
         typer.echo(f"agreement with gold: {right}/{len(judged)} at threshold {threshold}")
 
 
+@app.command("prepare-pretrain")
+def prepare_pretrain(
+    corpus: Annotated[list[str], typer.Option("--corpus", help="Text or JSONL file(s) or globs; repeat the option.")],
+    vocab: Annotated[str, typer.Option("--vocab", help="vocab.txt, tokenizer.json, model directory or registry name.")],
+    out: Annotated[Path, typer.Option("--out", help="Directory for the shards and manifest.json.")],
+    max_seq_len: Annotated[int, typer.Option("--max-seq-len", help="Tokens per instance, [CLS] and [SEP] included.")] = 128,
+    nsp: Annotated[bool, typer.Option("--nsp/--no-nsp", help="Sentence pairs with next-sentence labels, or packed single segments (MLM only).")] = True,
+    whole_word_mask: Annotated[bool, typer.Option("--whole-word-mask", help="Mask whole words (Chinese: words from --zh-segmenter).")] = False,
+    dynamic_mask: Annotated[bool, typer.Option("--dynamic-mask", help="Store no masks; draw them per batch at training time.")] = False,
+    dupe_factor: Annotated[int, typer.Option("--dupe-factor", help="Passes over the data, each with fresh pairs and masks.")] = 5,
+    seed: Annotated[int, typer.Option("--seed")] = 0,
+    eval_fraction: Annotated[float, typer.Option("--eval-fraction", help="Documents held out for evaluation (at least 1 of 2+).")] = 0.01,
+    masked_lm_prob: Annotated[float, typer.Option("--masked-lm-prob", help="Fraction of tokens to predict.")] = 0.15,
+    max_predictions_per_seq: Annotated[int, typer.Option("--max-predictions-per-seq", help="Cap on masked tokens per instance.")] = 20,
+    short_seq_prob: Annotated[float, typer.Option("--short-seq-prob", help="Documents that aim for a random shorter length.")] = 0.1,
+    shard_size: Annotated[int, typer.Option("--shard-size", help="Instances per shard file.")] = 100_000,
+    workers: Annotated[int | None, typer.Option("--workers", help="Processes (default: all cores).")] = None,
+    zh_segmenter: Annotated[str, typer.Option("--zh-segmenter", help="Chinese word boundaries for --whole-word-mask: jieba | none.")] = "jieba",
+) -> None:
+    """Turn text corpora into masked-LM / next-sentence instances on disk, for `bertforge pretrain`.
+
+    Text files: one sentence a line or paragraphs (split into sentences), a blank line between
+    documents. JSONL: one document a record, in its "text" field.
+    """
+    import time
+
+    from .data.pretrain import PretrainDataConfig, prepare
+
+    config = PretrainDataConfig(
+        max_seq_len=max_seq_len, nsp=nsp, whole_word_mask=whole_word_mask, dynamic_mask=dynamic_mask,
+        masked_lm_prob=masked_lm_prob, max_predictions_per_seq=max_predictions_per_seq, short_seq_prob=short_seq_prob,
+        dupe_factor=dupe_factor, seed=seed, eval_fraction=eval_fraction, shard_size=shard_size, zh_segmenter=zh_segmenter,
+    )
+    start = time.perf_counter()
+    manifest = prepare(corpus, vocab, out, config, workers=workers)
+    train, held_out = manifest["splits"]["train"], manifest["splits"]["eval"]
+    shards = len(train["shards"]) + len(held_out["shards"])
+    typer.echo(
+        f"wrote {out}: {manifest['corpus']['documents']:,} documents ({held_out['documents']:,} held out), "
+        f"{train['instances']:,} train + {held_out['instances']:,} eval instances, "
+        f"{train['tokens'] + held_out['tokens']:,} tokens, {shards} shard(s) in {time.perf_counter() - start:.1f}s"
+    )
+
+
 @app.command()
 def pretrain(
     data: Annotated[Path, typer.Option("--data", help="Shards written by prepare-pretrain.")],
@@ -200,6 +248,7 @@ def pretrain(
     log_every: Annotated[int, typer.Option("--log-every", help="Log training metrics every N steps.")] = 10,
     seed: Annotated[int, typer.Option("--seed")] = 0,
     precision: Annotated[str, typer.Option(help="fp32 | bf16 (autocast).")] = "fp32",
+    dropout: Annotated[float | None, typer.Option("--dropout", help="Hidden and attention dropout (default: the preset's, 0.1 as in BERT; short runs learn faster with 0).")] = None,
     compile: Annotated[bool, typer.Option("--compile", help="torch.compile the model.")] = False,
     resume: Annotated[bool, typer.Option("--resume", help="Continue from the newest checkpoint in --out.")] = False,
     device: Annotated[str | None, typer.Option(help="cpu, cuda, cuda:1 ... (default: cuda if present).")] = None,
@@ -209,6 +258,8 @@ def pretrain(
     Runs under torchrun for data parallelism:
     torchrun --nproc-per-node 2 -m bertforge pretrain --data SHARDS --out RUN
     """
+    import torch
+
     from .config import BertConfig
     from .data.pretrain import PretrainShards
     from .heads import BertWithHead
@@ -227,8 +278,11 @@ def pretrain(
     else:
         cfg = BertConfig.preset(preset)
     cfg = cfg.replace(vocab_size=tokenizer.vocab_size, pad_token_id=tokenizer.pad_id)
+    if dropout is not None:
+        cfg = cfg.replace(hidden_dropout_prob=dropout, attention_probs_dropout_prob=dropout)
     if manifest["max_seq_len"] > cfg.max_position_embeddings:
         raise BertforgeError(f"shards hold {manifest['max_seq_len']} tokens, the model only {cfg.max_position_embeddings} positions")
+    torch.manual_seed(seed)  # the initial weights are part of what --seed reproduces
     model = BertWithHead(cfg, task.head)
     args = TrainArgs(
         out=out, max_steps=max_steps, batch_size=batch_size, grad_accum=grad_accum, lr=lr, warmup=warmup,
@@ -251,16 +305,16 @@ def plot(run: Annotated[Path, typer.Argument(help="A run directory with metrics.
 
 @app.command()
 def finetune(
-    task: Annotated[str, typer.Argument(help="classify | pair | regress | tag")],
+    task: Annotated[str, typer.Argument(help="classify | pair | regress | tag | qa | extsum")],
     model: Model,
-    train: Annotated[Path, typer.Option("--train", help="Training data: CSV, TSV or JSONL (tag: also CoNLL).")],
+    train: Annotated[Path, typer.Option("--train", help="Training data: CSV, TSV or JSONL (tag: also CoNLL; qa: also SQuAD JSON).")],
     out: Annotated[Path, typer.Option("--out", help="Output model directory (Hugging Face format); the run goes to OUT/run.")],
     valid: Annotated[Path | None, typer.Option("--valid", help="Validation data (default: 10% of --train, seeded).")] = None,
     text_column: Annotated[str, typer.Option("--text-column")] = "text",
     text_pair_column: Annotated[str | None, typer.Option("--text-pair-column", help="Second text (pair; default text_pair).")] = None,
     label_column: Annotated[str, typer.Option("--label-column")] = "label",
     multi_label: Annotated[bool, typer.Option("--multi-label", help="classify: several labels per text (JSON list or 'a|b').")] = False,
-    max_length: Annotated[int, typer.Option("--max-length", help="Tokens per window.")] = 128,
+    max_length: Annotated[int | None, typer.Option("--max-length", help="Tokens per window (default 128; qa 384, extsum 512).")] = None,
     long_text: Annotated[str, typer.Option("--long-text", help="Texts over --max-length: window (overlapping windows, logits averaged) | truncate.")] = "window",
     stride: Annotated[int | None, typer.Option("--stride", help="Window overlap in tokens (default max-length/4).")] = None,
     epochs: Annotated[float, typer.Option("--epochs")] = 3.0,
@@ -278,18 +332,36 @@ def finetune(
     save_every: Annotated[int, typer.Option("--save-every", help="Checkpoint every N steps (0: at the end).")] = 0,
     resume: Annotated[bool, typer.Option("--resume", help="Continue from the newest checkpoint in OUT/run.")] = False,
     device: Annotated[str | None, typer.Option(help="cpu, cuda ... (default: cuda if present).")] = None,
+    max_query_length: Annotated[int | None, typer.Option("--max-query-length", help="qa: question tokens kept (default 64).")] = None,
+    doc_stride: Annotated[int | None, typer.Option("--doc-stride", help="qa: context tokens shared by consecutive windows (default 128).")] = None,
+    max_answer_length: Annotated[int | None, typer.Option("--max-answer-length", help="qa: longest answer in tokens (default 30).")] = None,
+    null_threshold: Annotated[float | None, typer.Option("--null-threshold", help="qa (SQuAD 2.0): answer '' when null score > best span + this (default 0).")] = None,
+    inter_layers: Annotated[int | None, typer.Option("--inter-layers", help="extsum: Transformer layers over the sentence vectors (default 2, as BertSum; 0: a linear scorer).")] = None,
+    top_k: Annotated[int | None, typer.Option("--top-k", help="extsum: sentences in a summary (default 3).")] = None,
+    max_words: Annotated[int | None, typer.Option("--max-words", help="extsum: summary length budget in words, instead of --top-k.")] = None,
+    trigram_blocking: Annotated[bool | None, typer.Option("--trigram-blocking/--no-trigram-blocking", help="extsum: skip sentences repeating a trigram (default on).")] = None,
+    oracle_k: Annotated[int | None, typer.Option("--oracle-k", help="extsum: most sentences the greedy ROUGE oracle labels, for data with a summary and no labels (default 3).")] = None,
 ) -> None:
     """Fine-tune a model on your own data; keeps the best checkpoint by the validation metric.
 
-    Metrics: classify/pair accuracy (and macro F1), regress Pearson, tag entity F1.
+    Metrics: classify/pair accuracy (and macro F1), regress Pearson, tag entity F1, qa SQuAD F1,
+    extsum sentence F1 against labels (ROUGE-2 against summaries when the validation data has no labels).
     """
-    from .finetune import finetune as run
-    from .tasks import TaskSpec
+    from .api import finetune as run
+    from .tasks import TASKS, TaskSpec
     from .train import TrainArgs
 
+    if task not in TASKS:
+        raise BertforgeError(f"unknown task {task!r} (choose from {', '.join(TASKS)})")
+    extra = _task_settings(
+        task, max_query_length=max_query_length, doc_stride=doc_stride, max_answer_length=max_answer_length,
+        null_threshold=null_threshold, inter_layers=inter_layers, top_k=top_k, max_words=max_words,
+        trigram_blocking=trigram_blocking, oracle_k=oracle_k,
+    )
     spec = TaskSpec(
         task, text_column=text_column, text_pair_column=text_pair_column, label_column=label_column,
-        max_length=max_length, long_text=long_text, stride=stride, multi_label=multi_label,
+        max_length=max_length or TASKS[task].default_max_length, long_text=long_text, stride=stride,
+        multi_label=multi_label, extra=extra,
     )
     args = TrainArgs(
         out=out / "run", epochs=epochs, max_steps=max_steps, lr=lr, batch_size=batch_size, grad_accum=grad_accum,
@@ -307,6 +379,23 @@ def _overrides(text_column, text_pair_column, label_column) -> dict:
     return {"text_column": text_column, "text_pair_column": text_pair_column, "label_column": label_column}
 
 
+_TASK_OPTIONS = {
+    "max_query_length": "qa", "doc_stride": "qa", "max_answer_length": "qa", "null_threshold": "qa",
+    "inter_layers": "extsum", "top_k": "extsum", "max_words": "extsum", "trigram_blocking": "extsum", "oracle_k": "extsum",
+}
+
+
+def _task_settings(task: str | None, **options) -> dict:
+    """The task-specific options that were given (TaskSpec.extra). --max-words alone lifts the default --top-k."""
+    given = {k: v for k, v in options.items() if v is not None}
+    for k in given:
+        if task is not None and _TASK_OPTIONS[k] != task:
+            raise BertforgeError(f"--{k.replace('_', '-')} is a {_TASK_OPTIONS[k]} option, not for {task}")
+    if "max_words" in given and "top_k" not in given:
+        given["top_k"] = 0  # no limit on the number of sentences
+    return given
+
+
 @app.command()
 def evaluate(
     model: Model,
@@ -315,11 +404,20 @@ def evaluate(
     text_column: Annotated[str | None, typer.Option("--text-column", help="Default: as in training.")] = None,
     text_pair_column: Annotated[str | None, typer.Option("--text-pair-column")] = None,
     label_column: Annotated[str | None, typer.Option("--label-column")] = None,
+    null_threshold: Annotated[float | None, typer.Option("--null-threshold", help="qa: default as in training.")] = None,
+    top_k: Annotated[int | None, typer.Option("--top-k", help="extsum: sentences per summary (default: as in training).")] = None,
+    max_words: Annotated[int | None, typer.Option("--max-words", help="extsum: length budget in words.")] = None,
+    trigram_blocking: Annotated[bool | None, typer.Option("--trigram-blocking/--no-trigram-blocking", help="extsum.")] = None,
 ) -> None:
-    """Score a fine-tuned model on labelled data: the task's metrics (and a confusion matrix)."""
-    from .finetune import evaluate_file
+    """Score a fine-tuned model on labelled data: the task's metrics (and a confusion matrix).
 
-    result = evaluate_file(model, data, output, **_overrides(text_column, text_pair_column, label_column))
+    qa: SQuAD exact match and F1 (v2.0: also HasAns / NoAns); extsum: ROUGE-1/2/L F1 against
+    `summary` and sentence precision/recall/F1 against `labels`, where the data has them.
+    """
+    from .api import evaluate_file
+
+    extra = _task_settings(None, null_threshold=null_threshold, top_k=top_k, max_words=max_words, trigram_blocking=trigram_blocking)
+    result = evaluate_file(model, data, output, **_overrides(text_column, text_pair_column, label_column), extra=extra)
     for k, v in result.items():
         if isinstance(v, float):
             typer.echo(f"{k:18} {v:.4f}")
@@ -341,12 +439,57 @@ def predict(
     output: Annotated[Path, typer.Option("--output", "-o", help="JSONL: the input's fields plus the prediction.")],
     text_column: Annotated[str | None, typer.Option("--text-column", help="Default: as in training.")] = None,
     text_pair_column: Annotated[str | None, typer.Option("--text-pair-column")] = None,
+    null_threshold: Annotated[float | None, typer.Option("--null-threshold", help="qa: default as in training.")] = None,
+    top_k: Annotated[int | None, typer.Option("--top-k", help="extsum: sentences per summary (default: as in training).")] = None,
+    max_words: Annotated[int | None, typer.Option("--max-words", help="extsum: length budget in words.")] = None,
+    trigram_blocking: Annotated[bool | None, typer.Option("--trigram-blocking/--no-trigram-blocking", help="extsum.")] = None,
 ) -> None:
-    """Predict with a fine-tuned model: labels and probabilities, or tags with their spans."""
-    from .finetune import predict_file
+    """Predict with a fine-tuned model: labels and probabilities, tags with their spans, answers
+    (qa: answer, score, start, end in the context's characters) or summaries (extsum: summary, selected)."""
+    from .api import predict_file
 
-    n = predict_file(model, input, output, **_overrides(text_column, text_pair_column, None))
+    extra = _task_settings(None, null_threshold=null_threshold, top_k=top_k, max_words=max_words, trigram_blocking=trigram_blocking)
+    n = predict_file(model, input, output, **_overrides(text_column, text_pair_column, None), extra=extra)
     typer.echo(f"wrote {output} ({n} predictions)")
+
+
+@app.command()
+def summarize(
+    input: Annotated[Path, typer.Option("--input", "-i", help="JSONL documents: 'sentences' (a list) or 'text'.")],
+    output: Annotated[Path, typer.Option("--output", "-o", help="JSONL: the input's fields plus summary and selected.")],
+    model: Model = "minilm-l6",
+    method: Annotated[str, typer.Option(help="centroid | cluster | lead")] = "centroid",
+    top_k: Annotated[int | None, typer.Option("--top-k", help="Sentences per summary (default 3).")] = None,
+    max_words: Annotated[int | None, typer.Option("--max-words", help="centroid: length budget in words, instead of --top-k.")] = None,
+    trigram_blocking: Annotated[bool, typer.Option("--trigram-blocking/--no-trigram-blocking", help="centroid: skip sentences repeating a trigram.")] = True,
+    text_column: Annotated[str, typer.Option("--text-column")] = "text",
+) -> None:
+    """Summarise documents without training: the sentences closest to the document's centroid in
+    sentence-embedding space, one sentence per k-means cluster, or the first ones (Lead-k).
+
+    Prints ROUGE-1/2/L F1 (against `summary`) and sentence F1 (against `labels`) when the input has them.
+    """
+    import json
+    import os
+
+    from .data import tables
+    from .infer import Embedder
+    from .tasks.extsum import read_documents, score_summaries, summarize_untrained
+
+    documents = read_documents(input, text_column)
+    if top_k is None:
+        top_k = None if max_words is not None else 3
+    embedder = Embedder.from_pretrained(model) if method != "lead" else None
+    preds = summarize_untrained(embedder, documents, method, top_k, max_words, trigram_blocking, progress=True)
+    output.parent.mkdir(parents=True, exist_ok=True)
+    tmp = output.with_name(f".{output.name}.tmp")
+    with tmp.open("w", encoding="utf-8") as f:
+        for r, p in zip(tables.read_records(input), preds, strict=True):
+            f.write(json.dumps({**r.fields, **p}, ensure_ascii=False) + "\n")
+    os.replace(tmp, output)
+    for k, v in score_summaries(preds, documents).items():
+        typer.echo(f"{k:18} {v:.4f}")
+    typer.echo(f"wrote {output} ({len(preds)} summaries)")
 
 
 def main() -> None:

@@ -9,10 +9,12 @@ given targets, the same loss as the matching ``transformers`` class:
   tag       every token -> labels                                         BertForTokenClassification
   span      every token -> (start, end) logits                            BertForQuestionAnswering
   choice    each (context, choice) pooled -> one score                    BertForMultipleChoice
+  extsum    each sentence's [CLS] -> one score (BertSum, Liu 2019)        (ours: BertForExtractiveSummarization)
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -207,6 +209,107 @@ class ChoiceHead(nn.Module):
         return HeadOutput(logits, F.cross_entropy(logits.float(), labels.view(-1)))
 
 
+def sinusoidal_positions(n: int, dim: int, device: torch.device) -> Tensor:
+    """(n, dim) sine/cosine position codes (Vaswani et al., 2017): no weights, any length."""
+    pos = torch.arange(n, device=device, dtype=torch.float32)[:, None]
+    freq = torch.exp(torch.arange(0, dim, 2, device=device, dtype=torch.float32) * (-math.log(10000.0) / dim))
+    out = torch.zeros(n, dim, device=device)
+    out[:, 0::2] = torch.sin(pos * freq)
+    out[:, 1::2] = torch.cos(pos * freq[: dim // 2])
+    return out
+
+
+class InterSentenceEncoder(nn.Module):
+    """BertSum's ``ExtTransformerEncoder``: ``n`` pre-LayerNorm Transformer layers over a document's
+    sentence vectors (sinusoidal sentence positions added first), then a LayerNorm.
+
+    The weights of the ``n`` layers are stacked along a leading dimension (``qkv_weight`` is
+    (n, 3H, H)), so the checkpoint key table names a fixed set of tensors whatever ``n`` is; with
+    ``n = 0`` the module is the identity and its (empty or unused) weights are frozen.
+    """
+
+    def __init__(self, config: BertConfig, n: int):
+        super().__init__()
+        H, F_ = config.hidden_size, config.intermediate_size
+        self.n, self.num_heads, self.eps = n, config.num_attention_heads, config.layer_norm_eps
+        self.act = ACTIVATIONS[config.hidden_act]
+        self.dropout = config.hidden_dropout_prob
+
+        def stacked(*shape: int, fill: float | None = None) -> nn.Parameter:
+            t = torch.empty(n, *shape)
+            if fill is None:
+                nn.init.normal_(t, mean=0.0, std=config.initializer_range)
+            else:
+                nn.init.constant_(t, fill)
+            return nn.Parameter(t)
+
+        self.qkv_weight, self.qkv_bias = stacked(3 * H, H), stacked(3 * H, fill=0.0)
+        self.out_weight, self.out_bias = stacked(H, H), stacked(H, fill=0.0)
+        self.attn_norm_weight, self.attn_norm_bias = stacked(H, fill=1.0), stacked(H, fill=0.0)
+        self.up_weight, self.up_bias = stacked(F_, H), stacked(F_, fill=0.0)
+        self.down_weight, self.down_bias = stacked(H, F_), stacked(H, fill=0.0)
+        self.ffn_norm_weight, self.ffn_norm_bias = stacked(H, fill=1.0), stacked(H, fill=0.0)
+        self.norm = nn.LayerNorm(H, eps=config.layer_norm_eps)
+        self.requires_grad_(n > 0)
+
+    def forward(self, x: Tensor, mask: Tensor) -> Tensor:
+        if self.n == 0:
+            return x
+        B, S, H = x.shape
+        p = self.dropout if self.training else 0.0
+        x = x * mask[..., None] + sinusoidal_positions(S, H, x.device).to(x.dtype)  # (B, S, H)
+        keys = mask[:, None, None, :]  # (B, 1, 1, S)
+        for i in range(self.n):
+            h = F.layer_norm(x, (H,), self.attn_norm_weight[i], self.attn_norm_bias[i], self.eps)
+            q, k, v = F.linear(h, self.qkv_weight[i], self.qkv_bias[i]).view(B, S, 3, self.num_heads, -1).permute(
+                2, 0, 3, 1, 4
+            )  # 3 x (B, nh, S, hs)
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=keys, dropout_p=p)  # (B, nh, S, hs)
+            y = F.linear(y.transpose(1, 2).reshape(B, S, H), self.out_weight[i], self.out_bias[i])
+            x = x + F.dropout(y, p, self.training)
+            h = F.layer_norm(x, (H,), self.ffn_norm_weight[i], self.ffn_norm_bias[i], self.eps)
+            h = F.linear(self.act(F.linear(h, self.up_weight[i], self.up_bias[i])), self.down_weight[i], self.down_bias[i])
+            x = x + F.dropout(h, p, self.training)
+        return self.norm(x)
+
+
+class ExtractiveSummaryHead(nn.Module):
+    """BertSum (Liu, 2019): every sentence of a document starts with its own [CLS]; the encoder's
+    vector there is the sentence's, optionally passed through inter-sentence Transformer layers
+    (``config.extra["extsum_inter_layers"]``), and a linear layer scores it (sigmoid: in the summary).
+
+    Inputs come flat, so a long document can be encoded as several windows: the encoder runs on
+    (W, T) windows and ``sentence_index`` (B, S) points each sentence of each of the B documents at
+    its [CLS] among the W x T token positions; ``sentence_mask`` (B, S) marks real sentences.
+    """
+
+    uses_pooler = False
+
+    def __init__(self, config: BertConfig, bert: BertModel):
+        super().__init__()
+        self.inter = InterSentenceEncoder(config, int(config.extra.get("extsum_inter_layers", 0)))
+        self.scorer = nn.Linear(config.hidden_size, 1)
+        _initialised(self.scorer, config)
+
+    def score(self, vectors: Tensor, mask: Tensor) -> Tensor:
+        """(B, S) logits from (B, S, H) sentence vectors."""
+        return self.scorer(self.inter(vectors, mask)).squeeze(-1)
+
+    def forward(
+        self, enc: EncoderOutput, sentence_index: Tensor, sentence_mask: Tensor, labels: Tensor | None = None
+    ) -> HeadOutput:
+        """(B, S) logits (meaningless where ``sentence_mask`` is False); given 0/1 ``labels``, the mean
+        binary cross-entropy over real sentences."""
+        hidden = enc.last_hidden_state
+        vectors = hidden.reshape(-1, hidden.size(-1))[sentence_index]  # (B, S, H)
+        mask = sentence_mask.bool()
+        logits = self.score(vectors, mask)  # (B, S)
+        if labels is None:
+            return HeadOutput(logits)
+        loss = F.binary_cross_entropy_with_logits(logits.float()[mask], labels.float()[mask])
+        return HeadOutput(logits, loss)
+
+
 HEADS: dict[str, type[nn.Module]] = {
     "pretrain": PretrainingHead,
     "mlm": MaskedLMHead,
@@ -214,6 +317,7 @@ HEADS: dict[str, type[nn.Module]] = {
     "tag": TaggingHead,
     "span": SpanHead,
     "choice": ChoiceHead,
+    "extsum": ExtractiveSummaryHead,
 }
 
 

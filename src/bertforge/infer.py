@@ -20,6 +20,7 @@ from tqdm.auto import tqdm
 
 from .errors import BertforgeError
 from .model import BertModel, EncoderOutput
+from .runtime import model_device, prepare
 from .tokenizer import Tokenizer
 
 DEFAULT_MAX_TOKENS = 8192  # padded tokens per batch: big enough for throughput, small for memory
@@ -54,7 +55,7 @@ def run_batches(
     desc: str = "encoding",
 ) -> Iterator[tuple[list[int], Tensor]]:
     """Yield (indices, fn(encoder output, batch)) for length-sorted batches of ``encodings``."""
-    device = next(model.parameters()).device
+    device = model_device(model)
     batches = length_batches([len(e.ids) for e in encodings], max_tokens, max_batch)
     bar = tqdm(total=len(encodings), desc=desc, unit="text", disable=not progress, leave=False)
     with torch.inference_mode():
@@ -141,12 +142,18 @@ class Embedder:
     settings: PoolingSettings
 
     @classmethod
-    def from_pretrained(cls, name_or_path: str | Path, device: str | None = None) -> Embedder:
+    def from_pretrained(
+        cls,
+        name_or_path: str | Path,
+        device: str | None = None,
+        precision: str = "fp32",
+        runtime: str = "torch",
+        compile: bool = False,
+    ) -> Embedder:
         from .assets import resolve_model_dir
-        from .checkpoint import load_pretrained
 
         directory = resolve_model_dir(name_or_path)
-        model = load_pretrained(directory, device=device)
+        model = load_for_inference(directory, None, device, precision, runtime, compile)
         return cls(model, Tokenizer.from_pretrained(directory), pooling_settings(directory))
 
     def __call__(
@@ -176,3 +183,34 @@ class Embedder:
             raise BertforgeError(f"{len(a)} first sentences but {len(b)} second sentences")
         v = self(list(a) + list(b), normalize=True, **kwargs)  # one pass: better batches
         return (v[: len(a)] * v[len(a) :]).sum(axis=1)
+
+
+def onnx_path(directory: Path, precision: str) -> Path:
+    """Where `bertforge export onnx` puts a model directory's graph."""
+    return directory / ("model.int8.onnx" if precision == "int8" else "model.onnx")
+
+
+def load_for_inference(
+    directory: Path,
+    head: str | None,
+    device: str | None = None,
+    precision: str = "fp32",
+    runtime: str = "torch",
+    compile: bool = False,
+):
+    """The model of a directory, ready for ``run_batches``: PyTorch at a precision, or its ONNX graph."""
+    from .checkpoint import load_pretrained
+    from .config import BertConfig
+    from .runtime import RUNTIMES, OnnxModel
+
+    if runtime not in RUNTIMES:
+        raise BertforgeError(f"unknown runtime {runtime!r} (choose from {', '.join(RUNTIMES)})")
+    if runtime == "onnx":
+        if precision not in ("fp32", "int8", "auto"):
+            raise BertforgeError("the onnx runtime runs fp32 or int8 graphs")
+        path = onnx_path(directory, "int8" if precision == "int8" else "fp32")
+        if not path.is_file():
+            flag = " --int8" if precision == "int8" else ""
+            raise BertforgeError(f"{path}: no ONNX graph; run `bertforge export onnx --model {directory}{flag}` first")
+        return OnnxModel(path, BertConfig.from_json(directory / "config.json"), head)
+    return prepare(load_pretrained(directory, head=head), precision, device, compile)

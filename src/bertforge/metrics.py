@@ -1,7 +1,9 @@
-"""Task metrics, computed from predictions and gold labels with numpy alone."""
+"""Task metrics, computed from predictions and gold labels: numpy, and the rouge-score package for ROUGE."""
 
 from __future__ import annotations
 
+import re
+import string
 from collections import Counter
 from collections.abc import Hashable, Sequence
 
@@ -151,3 +153,121 @@ def entity_f1(true_seqs: Sequence[Sequence[str]], pred_seqs: Sequence[Sequence[s
     tokens = sum(len(t) for t in true_seqs)
     correct = sum(a == b for t, q in zip(true_seqs, pred_seqs, strict=True) for a, b in zip(t, q, strict=True))
     return {"precision": p, "recall": r, "f1": f, "token_accuracy": correct / max(tokens, 1), "per_type": per_type}
+
+
+# -- question answering: the official SQuAD v1.1 and v2.0 evaluation scripts --------------------------
+def squad_normalize(text: str) -> str:
+    """Lowercase, drop punctuation, drop the articles a/an/the, collapse whitespace (the official rule)."""
+    text = "".join(ch for ch in text.lower() if ch not in _PUNCTUATION)
+    text = _ARTICLES.sub(" ", text)
+    return " ".join(text.split())
+
+
+_PUNCTUATION = frozenset(string.punctuation)
+_ARTICLES = re.compile(r"\b(a|an|the)\b", re.UNICODE)
+
+
+def squad_exact(gold: str, pred: str) -> float:
+    return float(squad_normalize(gold) == squad_normalize(pred))
+
+
+def squad_f1(gold: str, pred: str, version_2: bool = False) -> float:
+    """Token-overlap F1 of the normalised answers. v2.0 scores an empty answer against an empty gold
+    as 1 (v1.1 as 0: it never has empty golds)."""
+    g, p = squad_normalize(gold).split(), squad_normalize(pred).split()
+    if version_2 and (not g or not p):
+        return float(g == p)
+    same = sum((Counter(g) & Counter(p)).values())
+    if same == 0:
+        return 0.0
+    precision, recall = same / len(p), same / len(g)
+    return 2 * precision * recall / (precision + recall)
+
+
+def squad_v1(golds: Sequence[Sequence[str]], preds: Sequence[str]) -> dict:
+    """SQuAD v1.1: exact match and F1 in percent, each the max over an example's gold answers."""
+    if not golds:
+        return {"exact_match": 0.0, "f1": 0.0}
+    em = [max(squad_exact(g, p) for g in gs) for gs, p in zip(golds, preds, strict=True)]
+    f1 = [max(squad_f1(g, p) for g in gs) for gs, p in zip(golds, preds, strict=True)]
+    return {"exact_match": 100 * float(np.mean(em)), "f1": 100 * float(np.mean(f1))}
+
+
+def squad_v2(golds: Sequence[Sequence[str]], preds: Sequence[str]) -> dict:
+    """SQuAD v2.0: exact and F1 in percent; an unanswerable question has the gold answer "" (pass an
+    empty list), and the scores are also split into answerable (HasAns) and unanswerable (NoAns)."""
+    exact, f1, has = [], [], []
+    for gs, p in zip(golds, preds, strict=True):
+        has.append(bool(gs))
+        gs = [g for g in gs if squad_normalize(g)] or [""]
+        exact.append(max(squad_exact(g, p) for g in gs))
+        f1.append(max(squad_f1(g, p, version_2=True) for g in gs))
+    out: dict = {"exact": 0.0, "f1": 0.0, "total": len(golds)}
+    if golds:
+        out.update(exact=100 * float(np.mean(exact)), f1=100 * float(np.mean(f1)))
+    for name, keep in (("HasAns", True), ("NoAns", False)):
+        idx = [i for i, h in enumerate(has) if h == keep]
+        if idx:
+            out[f"{name}_exact"] = 100 * float(np.mean([exact[i] for i in idx]))
+            out[f"{name}_f1"] = 100 * float(np.mean([f1[i] for i in idx]))
+            out[f"{name}_total"] = len(idx)
+    return out
+
+
+# -- summarisation ------------------------------------------------------------------------------------
+ROUGE_TYPES = ("rouge1", "rouge2", "rougeL")
+_CJK = re.compile(r"[\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff\U00020000-\U0002a6df]")
+
+
+def has_cjk(text: str) -> bool:
+    return _CJK.search(text) is not None
+
+
+class CharTokenizer:
+    """ROUGE tokens for Chinese (and mixed) text: every CJK character is a token, other text is split
+    into lowercase letter/digit runs as rouge-score does. rouge-score's own tokenizer deletes every
+    character outside [a-z0-9], so it would score Chinese text as empty."""
+
+    _TOKEN = re.compile(r"[\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff\U00020000-\U0002a6df]|[a-z0-9]+")
+
+    def tokenize(self, text: str) -> list[str]:
+        return self._TOKEN.findall(text.lower())
+
+
+def rouge_tokenizer(texts: Sequence[str]):
+    """The tokenizer ROUGE should use for these texts: characters when any has CJK text, else
+    rouge-score's default (lowercase alphanumeric words, Porter-stemmed)."""
+    from rouge_score import tokenizers
+
+    if any(has_cjk(t) for t in texts):
+        return CharTokenizer()
+    return tokenizers.DefaultTokenizer(use_stemmer=True)
+
+
+def rouge(references: Sequence[str], predictions: Sequence[str]) -> dict:
+    """Mean ROUGE-1/2/L F1 (and precision/recall) in percent, with the rouge-score package."""
+    from rouge_score import rouge_scorer
+
+    tokenizer = rouge_tokenizer([*references, *predictions])
+    scorer = rouge_scorer.RougeScorer(list(ROUGE_TYPES), tokenizer=tokenizer)
+    sums = {f"{t}_{m}": 0.0 for t in ROUGE_TYPES for m in ("f1", "precision", "recall")}
+    for ref, pred in zip(references, predictions, strict=True):
+        for t, s in scorer.score(ref, pred).items():
+            sums[f"{t}_f1"] += s.fmeasure
+            sums[f"{t}_precision"] += s.precision
+            sums[f"{t}_recall"] += s.recall
+    n = max(len(references), 1)
+    return {k: 100 * v / n for k, v in sums.items()}
+
+
+def selection_prf(gold: Sequence[Sequence[int]], selected: Sequence[Sequence[int]]) -> dict:
+    """Micro precision/recall/F1 of selected sentence indices against gold 0/1 labels per sentence."""
+    tp = fp = fn = 0
+    for labels, chosen in zip(gold, selected, strict=True):
+        chosen = set(chosen)
+        positive = {i for i, y in enumerate(labels) if y}
+        tp += len(chosen & positive)
+        fp += len(chosen - positive)
+        fn += len(positive - chosen)
+    p, r, f = _prf(tp, fp, fn)
+    return {"precision": p, "recall": r, "f1": f}

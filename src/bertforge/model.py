@@ -167,17 +167,20 @@ class BertModel(nn.Module):
             token_type_ids = torch.zeros_like(input_ids)
         if position_ids is None:
             position_ids = torch.arange(T, device=input_ids.device).expand(B, T)
-        real = int(attention_mask.sum()) if attention_mask is not None else B * T
-        has_padding = real < B * T
         packing = mask = None
-        if has_padding and self.unpad and real < (1 - self.UNPAD_ABOVE) * B * T:
-            packing = Packing.from_mask(attention_mask)
+        if attention_mask is not None:
+            mask = attention_mask.bool()[:, None, None, :]  # (B, 1, 1, T)
+            if self.unpad:  # (the dense path reads no data here, so it exports and compiles as a graph)
+                real = int(attention_mask.sum())
+                if real == B * T:
+                    mask = None  # no padding: the unmasked kernels are faster
+                elif real < (1 - self.UNPAD_ABOVE) * B * T:
+                    packing = Packing.from_mask(attention_mask)
+        if packing is not None:
             ids, types, pos = (unpad(t, packing) for t in (input_ids, token_type_ids, position_ids))
             x = self.embeddings(ids, types, pos)  # (N, H)
         else:
             x = self.embeddings(input_ids, token_type_ids, position_ids)  # (B, T, H)
-            if has_padding:
-                mask = attention_mask.bool()[:, None, None, :]  # (B, 1, 1, T)
         for layer in self.layers:
             x = layer(x, mask, packing)
         hidden = pad(x, packing) if packing is not None else x  # (B, T, H)

@@ -1,4 +1,4 @@
-"""Fine-tuning, evaluation and prediction for every task, from the user's files.
+"""The workflows users run: fine-tuning, evaluation, prediction and pipelines, for every task.
 
 These are the functions behind ``bertforge finetune / evaluate / predict`` and ``pipeline``: read
 the files, build the task and the model, then hand over to the one training loop or the one
@@ -14,6 +14,8 @@ import shutil
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
+
+import torch
 
 from .assets import resolve_model_dir
 from .checkpoint import load_pretrained
@@ -48,15 +50,15 @@ def finetune(
     if task not in TASKS:
         raise BertforgeError(f"unknown task {task!r} (choose from {', '.join(TASKS)})")
     out = Path(out)
-    spec = spec or TaskSpec(task)
+    spec = spec or TaskSpec(task, max_length=TASKS[task].default_max_length)
     directory = resolve_model_dir(model)
     tokenizer = Tokenizer.from_pretrained(directory)
     spec.max_length = min(spec.max_length, BertConfig.from_json(directory / "config.json").max_position_embeddings)
     t = TASKS[task](spec, tokenizer)
     train_file = Path(train_file)
-    train_examples = t.read(train_file)
+    train_examples = t.read(train_file, labelled=True)
     if valid_file is not None:
-        valid_examples = t.read(Path(valid_file))
+        valid_examples = t.read(Path(valid_file), labelled=True)
         valid_source = Path(valid_file)
     else:
         seed = args.seed if args else 0
@@ -70,7 +72,8 @@ def finetune(
         valid_source = train_file
     t.fit_labels(train_examples, train_file)
     t.check_labels(valid_examples, valid_source)
-    net = load_pretrained(directory, head=t.head, id2label=t.id2label, problem_type=t.problem_type())
+    torch.manual_seed(args.seed if args else 0)  # the fresh head's weights are part of what the seed reproduces
+    net = t.load_model(directory)
     t.set_data(train_examples, valid_examples)
     args = args or TrainArgs(out=out / "run")
     args.out = out / "run"
@@ -101,8 +104,9 @@ def load_task(name_or_path: str | Path, device: str | None = None, **overrides: 
             raise BertforgeError(
                 f"{directory}: has no task head ({arch}); fine-tune it first with `bertforge finetune`"
             )
-        settings = {"task": ARCHITECTURE_TASKS[arch]}
-    spec = TaskSpec.from_dict({**settings, **{k: v for k, v in overrides.items() if v is not None}})
+        settings = {"task": ARCHITECTURE_TASKS[arch], "max_length": TASKS[ARCHITECTURE_TASKS[arch]].default_max_length}
+    extra = {**settings.get("extra", {}), **{k: v for k, v in (overrides.pop("extra", None) or {}).items() if v is not None}}
+    spec = TaskSpec.from_dict({**settings, **{k: v for k, v in overrides.items() if v is not None}, "extra": extra})
     if spec.task not in TASKS:
         raise BertforgeError(f"{directory}: unknown task {spec.task!r}")
     t = TASKS[spec.task](spec, Tokenizer.from_pretrained(directory), config.id2label)
@@ -118,7 +122,7 @@ def _chunks(items: Sequence, size: int):
 def evaluate_file(model: str | Path, data: str | Path, output: str | Path | None = None, **overrides: Any) -> dict:
     """The task's metrics on a labelled file (and written as JSON to ``output``)."""
     t, net = load_task(model, **overrides)
-    examples = t.read(Path(data))
+    examples = t.read(Path(data), labelled=True)
     t.check_labels(examples, Path(data))
     predictions = t.predict(net, examples, progress=True)
     result = t.score(predictions, examples)
@@ -152,24 +156,59 @@ def _input_fields(path: Path, examples: list) -> list[dict]:
     """What each prediction line repeats of its input: the record's fields (JSONL/CSV), or its words."""
     from .data import tables
 
+    if hasattr(examples[0], "fields"):  # qa: SQuAD JSON has no record per question
+        return [e.fields for e in examples]
     if hasattr(examples[0], "words") and path.suffix.lower() not in (".jsonl", ".json", ".csv"):
         return [{} for _ in examples]
     return [r.fields for r in tables.read_records(path)]
 
 
-class Pipeline:
-    """Predictions from Python: ``pipe("text")``, ``pipe(["a", "b"])``, ``pipe([("premise", "hypothesis")])``."""
+TASK_ALIASES = {"summarize": "extsum", "question-answering": "qa"}
 
-    def __init__(self, task: str | None, model: str | Path, device: str | None = None):
-        self.task, self.model = load_task(model, device=device)
+
+def model_task(name_or_path: str | Path) -> str | None:
+    """The task a model directory was fine-tuned for (None for a bare encoder)."""
+    config = BertConfig.from_json(resolve_model_dir(name_or_path) / "config.json")
+    settings = config.extra.get("bertforge")
+    if settings is not None:
+        return settings.get("task")
+    return ARCHITECTURE_TASKS.get((config.architectures or ["BertModel"])[0])
+
+
+class Pipeline:
+    """Predictions from Python: ``pipe("text")``, ``pipe(["a", "b"])``, ``pipe([("premise", "hypothesis")])``,
+    ``pipe({"question": ..., "context": ...})``, ``pipe("a long document")``.
+
+    ``settings`` override the task's (qa: ``null_threshold``...; extsum: ``top_k``, ``max_words``...).
+    "summarize" with a model that was not fine-tuned for it (e.g. ``minilm-l6``) summarises without
+    training: ``method`` centroid (default), cluster or lead.
+    """
+
+    def __init__(self, task: str | None, model: str | Path, device: str | None = None, **settings: Any):
+        task = TASK_ALIASES.get(task, task)
+        self.embedder = None
+        if task == "extsum" and model_task(model) != "extsum":
+            from .infer import Embedder
+            from .tasks.extsum import METHODS
+
+            self.untrained = {"method": "centroid", "top_k": 3, "max_words": None, "trigram_blocking": True, **settings}
+            if self.untrained["method"] not in METHODS:
+                raise BertforgeError(f"unknown method {self.untrained['method']!r} (choose from {', '.join(METHODS)})")
+            self.embedder = Embedder.from_pretrained(model, device=device)
+            return
+        self.task, self.model = load_task(model, device=device, extra=settings)
         if task is not None and task != self.task.name:
             raise BertforgeError(f"{model}: is a {self.task.name} model, not {task}")
 
     def __call__(self, inputs: Any) -> Any:
         single = not isinstance(inputs, list)
         items = [inputs] if single else inputs
-        examples = [self._example(x) for x in items]
-        preds = self.task.predict(self.model, examples)
+        if self.embedder is not None:
+            from .tasks.extsum import document_input, summarize_untrained
+
+            preds = summarize_untrained(self.embedder, [document_input(x) for x in items], **self.untrained)
+        else:
+            preds = self.task.predict(self.model, [self._example(x) for x in items])
         return preds[0] if single else preds
 
     def _example(self, x: Any):
@@ -177,6 +216,8 @@ class Pipeline:
         from .tasks.tag import TagExample
 
         name = self.task.name
+        if hasattr(self.task, "example"):
+            return self.task.example(x)
         if name in ("classify", "pair", "regress"):
             if isinstance(x, (tuple, list)) and len(x) == 2:
                 return TextExample(str(x[0]), str(x[1]), None, 0)
@@ -190,6 +231,7 @@ class Pipeline:
         raise BertforgeError(f"no pipeline for task {name!r}")
 
 
-def pipeline(task: str | None, model: str | Path, device: str | None = None) -> Pipeline:
-    """``bertforge.pipeline("classify", "runs/sentiment")("a great film")``."""
-    return Pipeline(task, model, device)
+def pipeline(task: str | None, model: str | Path, device: str | None = None, **settings: Any) -> Pipeline:
+    """``bertforge.pipeline("classify", "runs/sentiment")("a great film")``,
+    ``pipeline("qa", "runs/squad")({"question": ..., "context": ...})``, ``pipeline("summarize", "minilm-l6")(text)``."""
+    return Pipeline(task, model, device, **settings)

@@ -1,0 +1,182 @@
+"""How a loaded model runs: precision (fp32, bf16, fp16, int8), optional torch.compile, or an
+exported ONNX graph under onnxruntime. Whatever is chosen presents the same call as the PyTorch
+model (``model(input_ids, attention_mask, token_type_ids)`` -> EncoderOutput / HeadOutput), so the
+one inference path in ``infer.py`` runs them all.
+
+  fp32  the reference
+  bf16  weights and activations in bfloat16: CPUs with AVX512-BF16 / AMX, and GPUs
+  fp16  GPUs only
+  int8  dynamic quantization of every linear layer (weights int8 per output channel, activations
+        quantized per batch on the fly), CPU only; embeddings, LayerNorms and attention stay fp32
+  auto  bf16 where the hardware computes it natively, else fp32
+"""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from .errors import BertforgeError
+from .heads import BertWithHead, HeadOutput
+from .model import BertModel, EncoderOutput
+
+PRECISIONS = ("auto", "fp32", "bf16", "fp16", "int8")
+RUNTIMES = ("torch", "onnx")
+
+
+def native_bf16(device: torch.device) -> bool:
+    """Does this device compute bfloat16 matmuls natively (AMX / AVX512-BF16 on CPU, Ampere+ GPUs)?"""
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported()
+    try:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):
+        return False
+
+
+def resolve_precision(precision: str, device: torch.device) -> str:
+    if precision not in PRECISIONS:
+        raise BertforgeError(f"unknown precision {precision!r} (choose from {', '.join(PRECISIONS)})")
+    if precision == "auto":
+        return "bf16" if native_bf16(device) else "fp32"
+    if precision == "fp16" and device.type != "cuda":
+        raise BertforgeError("fp16 needs a GPU; on a CPU use bf16 or int8")
+    if precision == "int8" and device.type != "cpu":
+        raise BertforgeError("int8 dynamic quantization runs on the CPU; on a GPU use bf16 or fp16")
+    return precision
+
+
+def prepare(model: nn.Module, precision: str = "fp32", device: str | torch.device | None = None, compile: bool = False) -> nn.Module:
+    """Put a loaded model in eval mode, on its device, at the given precision (and compiled)."""
+    device = torch.device(device) if device is not None else torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    precision = resolve_precision(precision, device)
+    model.eval().to(device)
+    if precision == "bf16":
+        model.to(torch.bfloat16)
+    elif precision == "fp16":
+        model.to(torch.float16)
+    elif precision == "int8":
+        model = quantize_int8(model)
+    model.precision = precision
+    if compile:
+        model.forward = torch.compile(model.forward, dynamic=True)
+    return model
+
+
+def quantize_int8(model: nn.Module) -> nn.Module:
+    """Dynamic int8 quantization of the linear layers (PyTorch's x86/fbgemm kernels, VNNI/AMX where present)."""
+    from torch.ao.quantization import per_channel_dynamic_qconfig, quantize_dynamic
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # torch.ao's quantized tensors carry deprecation notices
+        return quantize_dynamic(model, {nn.Linear: per_channel_dynamic_qconfig}, dtype=torch.qint8)
+
+
+def model_device(model: Any) -> torch.device:
+    """The device a model's inputs go to (ONNX sessions take CPU tensors)."""
+    if isinstance(model, nn.Module):
+        return next(model.parameters()).device
+    return torch.device("cpu")
+
+
+# -- ONNX ------------------------------------------------------------------------------------------------
+INPUTS = ("input_ids", "attention_mask", "token_type_ids")
+EXPORTABLE_HEADS = (None, "classify", "tag", "span")
+
+
+class _Graph(nn.Module):
+    """The model as a function of three tensors to a tuple of tensors: what an ONNX graph can be."""
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model = model
+
+    def forward(self, input_ids, attention_mask, token_type_ids):
+        out = self.model(input_ids, attention_mask, token_type_ids)
+        if isinstance(out, EncoderOutput):
+            return out.last_hidden_state, out.pooler_output
+        if out.end_logits is not None:
+            return out.logits, out.end_logits
+        return (out.logits,)
+
+
+def output_names(head: str | None) -> list[str]:
+    return {None: ["last_hidden_state", "pooler_output"], "span": ["logits", "end_logits"]}.get(head, ["logits"])
+
+
+def export_onnx(model: BertModel | BertWithHead, path: str | Path, int8: bool = False) -> Path:
+    """An ONNX graph with dynamic batch and length; ``int8`` quantizes its linear layers (onnxruntime)."""
+    try:
+        import onnxruntime  # noqa: F401
+    except ImportError:
+        raise BertforgeError("ONNX export needs the onnx extra: pip install 'bertforge[onnx]'") from None
+    head = model.head_name if isinstance(model, BertWithHead) else None
+    if head not in EXPORTABLE_HEADS:
+        raise BertforgeError(f"the {head} head cannot be exported to ONNX (exportable: encoder, classify, tag, span)")
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    encoder = model.bert if isinstance(model, BertWithHead) else model
+    was_unpad = encoder.unpad
+    encoder.unpad = False  # the dense path has no data-dependent branches
+    model.eval()
+    graph = _Graph(model).eval()  # (a wrapper left in training mode would put the model back in it)
+    example = (torch.full((2, 8), 100), torch.ones(2, 8, dtype=torch.long), torch.zeros(2, 8, dtype=torch.long))
+    batch, seq = torch.export.Dim("batch"), torch.export.Dim("sequence", max=model.config.max_position_embeddings)
+    fp32_path = path.with_name(path.stem + ".fp32.onnx") if int8 else path
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            program = torch.onnx.export(
+                graph, example, input_names=list(INPUTS), output_names=output_names(head),
+                dynamic_shapes=({0: batch, 1: seq},) * 3, dynamo=True, opset_version=18,
+            )
+            program.save(str(fp32_path))
+    finally:
+        encoder.unpad = was_unpad
+    if int8:
+        from onnxruntime.quantization import QuantType, quantize_dynamic
+
+        quantize_dynamic(str(fp32_path), str(path), weight_type=QuantType.QInt8, per_channel=True)
+        fp32_path.unlink()
+        for extra in path.parent.glob(fp32_path.name + ".data"):
+            extra.unlink()
+    return path
+
+
+class OnnxModel:
+    """An onnxruntime session that answers like the PyTorch model it was exported from."""
+
+    def __init__(self, path: str | Path, config, head: str | None, threads: int | None = None):
+        import onnxruntime as ort
+
+        options = ort.SessionOptions()
+        if threads:
+            options.intra_op_num_threads = threads
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        try:
+            self.session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+        except Exception as e:
+            raise BertforgeError(f"{path}: not a loadable ONNX model ({str(e).splitlines()[0]})") from None
+        self.config = config
+        self.head_name = head
+        self.precision = "onnx"
+        self.outputs = [o.name for o in self.session.get_outputs()]
+
+    def eval(self) -> OnnxModel:
+        return self
+
+    def __call__(self, input_ids, attention_mask=None, token_type_ids=None, **_: Any):
+        feed = {
+            "input_ids": input_ids.numpy(),
+            "attention_mask": (attention_mask if attention_mask is not None else torch.ones_like(input_ids)).numpy(),
+            "token_type_ids": (token_type_ids if token_type_ids is not None else torch.zeros_like(input_ids)).numpy(),
+        }
+        out = dict(zip(self.outputs, (torch.from_numpy(np.asarray(a)) for a in self.session.run(None, feed)), strict=True))
+        if self.head_name is None:
+            return EncoderOutput(out["last_hidden_state"], out["pooler_output"])
+        return HeadOutput(out["logits"], end_logits=out.get("end_logits"))

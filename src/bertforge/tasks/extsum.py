@@ -1,0 +1,538 @@
+"""Extractive summarisation: pick the sentences of a document that summarise it.
+
+Fine-tuned (BertSum, Liu 2019). Every sentence is wrapped in its own [CLS] ... [SEP]; segment ids
+alternate 0/1 from sentence to sentence (interval segments), so the encoder can tell neighbours
+apart; the encoder's vector at each sentence's [CLS] is that sentence's, scored by the ``extsum``
+head (a linear layer, optionally after ``inter_layers`` Transformer layers over the sentence
+vectors) and trained with binary cross-entropy against 0/1 labels per sentence. Labels are given,
+or derived from a reference summary by the greedy ROUGE oracle (add the sentence that most raises
+ROUGE-1 F + ROUGE-2 F, while it rises, up to ``oracle_k`` sentences).
+
+Documents longer than the model's positions are read in **windows**, not with position embeddings
+extended by copying. A window is a run of whole consecutive sentences that fits ``max_length``
+tokens (a sentence longer than ``max_sentence_tokens`` keeps its first ones), so every sentence is
+read once, whole, among its neighbours, at positions the encoder was pretrained on. Copying the
+position embeddings 0-511 to 512-1023 (BertSum's choice for 800-token news) makes token 512 look
+like token 0 until fine-tuning tells them apart, and attention cost grows with the square of the
+document; the scientific papers this is meant for run to thousands of tokens, and a few hundred
+training documents cannot teach an encoder new positions. What windows
+lose, attention across window boundaries and the place of a window in the document (every window
+starts at position 0), the inter-sentence layers give back: they run over all the sentence vectors
+of a document, whatever window each came from, with document-level sentence positions. On aclsum
+papers (several windows each) they are worth it: see benchmarks/aclsum.py.
+
+Selection: the ``top_k`` best-scored sentences, or as many as fit ``max_words`` (the best one always
+goes in), skipping a sentence that shares a word trigram with one already chosen (trigram blocking),
+then put back in document order.
+
+Training-free (for users without labels): sentence embeddings (minilm-l6's mean pooling) and either
+the sentences closest to the document's centroid, or one sentence per k-means cluster (the one
+closest to its cluster's centre, as bert-extractive-summarizer does); and the Lead-k baseline.
+
+Data: JSONL with ``sentences`` (a list) or ``text`` (a string, split into sentences here: English
+. ! ? and Chinese 。！？ ends), and ``labels`` (0/1 per sentence) and/or ``summary`` (a string).
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from .. import metrics
+from ..data import tables
+from ..errors import BertforgeError
+from ..infer import run_batches
+from .base import FinetuneTask, pad_2d
+
+log = logging.getLogger("bertforge")
+
+EXTSUM_DEFAULTS: dict[str, Any] = {
+    "top_k": 3,  # sentences in a summary (Lead-3 is the classic baseline); None: only max_words limits
+    "max_words": None,  # length budget in words (a CJK character counts as a word)
+    "trigram_blocking": True,  # skip a sentence sharing a trigram with the summary so far (Paulus et al., 2018)
+    "inter_layers": 2,  # Transformer layers over the sentence vectors, as BertSum's best model; windows of a long document need them to tell sentences apart
+    "oracle_k": 3,  # most sentences the greedy ROUGE oracle picks, when labels come from a summary
+    "max_sentence_tokens": 128,  # tokens kept of one sentence
+}
+METHODS = ("centroid", "cluster", "lead")
+
+
+@dataclass
+class Document:
+    sentences: list[str]
+    labels: list[int] | None  # 0/1 per sentence
+    summary: str | None
+    line: int
+
+
+# -- sentences and words ----------------------------------------------------------------------------------
+_CJK_CHAR = r"\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff"
+# a full-width end (no space needed), or . ! ? followed by whitespace; closing quotes/brackets stay with it
+_BOUNDARY = re.compile(r"[。！？]+[”’」』）】\"']*\s*|[.!?]+[\"'”’)\]]*\s+|\n\s*\n\s*")
+_ABBREVIATIONS = frozenset(
+    "mr mrs ms dr prof sr jr st vs e.g i.e cf al fig figs eq eqs sec no vol pp inc ltd co approx resp".split()
+)
+_WORD = re.compile(rf"[{_CJK_CHAR}]|\w+")
+
+
+def split_sentences(text: str) -> list[str]:
+    """Sentences of a text: after 。！？ (Chinese), after . ! ? and whitespace when the next one starts
+    like a sentence (capital, digit, quote, bracket, CJK) and the word before is not an abbreviation
+    or an initial, and at blank lines."""
+    out, begin = [], 0
+    for m in _BOUNDARY.finditer(text):
+        end = m.end()
+        if m.group()[0] in ".!?" and "\n\n" not in m.group().replace(" ", ""):
+            nxt = text[end : end + 1]
+            word = text[begin : m.start()].split()[-1:] or [""]
+            prev = word[0].lower().lstrip("(\"'")
+            if not (nxt and (nxt.isupper() or nxt.isdigit() or nxt in "\"'“‘([" or re.match(f"[{_CJK_CHAR}]", nxt))):
+                continue
+            if m.group()[0] == "." and (prev in _ABBREVIATIONS or (len(prev) == 1 and prev.isalpha())):
+                continue
+        sentence = text[begin:end].strip()
+        if sentence:
+            out.append(sentence)
+        begin = end
+    tail = text[begin:].strip()
+    if tail:
+        out.append(tail)
+    return out
+
+
+def words(sentence: str) -> list[str]:
+    """Lowercase words; every CJK character is one."""
+    return _WORD.findall(sentence.lower())
+
+
+def _trigrams(sentence: str) -> set[tuple[str, ...]]:
+    w = words(sentence)
+    return {tuple(w[i : i + 3]) for i in range(len(w) - 2)}
+
+
+def join(sentences: list[str]) -> str:
+    """A summary's text: Chinese sentences run on, others are separated by a space."""
+    return ("" if any(metrics.has_cjk(s) for s in sentences) else " ").join(sentences)
+
+
+# -- selection (pure functions) ---------------------------------------------------------------------------
+def select(
+    sentences: list[str], scores: Any, top_k: int | None = 3, max_words: int | None = None, trigram_blocking: bool = True
+) -> list[int]:
+    """Indices of the summary, in document order: best-scored first, up to ``top_k`` sentences and
+    ``max_words`` words (the best sentence always goes in), skipping trigram repeats."""
+    if top_k is None and max_words is None:
+        raise BertforgeError("give a number of sentences (top_k) or a length budget (max_words)")
+    order = np.argsort(-np.asarray(scores, dtype=np.float64), kind="stable")
+    chosen: list[int] = []
+    seen: set[tuple[str, ...]] = set()
+    used = 0
+    for i in order.tolist():
+        if top_k is not None and len(chosen) >= top_k:
+            break
+        n = len(words(sentences[i]))
+        if max_words is not None and chosen and used + n > max_words:
+            continue
+        grams = _trigrams(sentences[i])
+        if trigram_blocking and grams & seen:
+            continue
+        chosen.append(i)
+        seen |= grams
+        used += n
+    return sorted(chosen)
+
+
+def _ngrams(tokens: list[str], n: int) -> dict[tuple[str, ...], int]:
+    out: dict[tuple[str, ...], int] = {}
+    for i in range(len(tokens) - n + 1):
+        g = tuple(tokens[i : i + n])
+        out[g] = out.get(g, 0) + 1
+    return out
+
+
+def _f1(candidate: dict, reference: dict) -> float:
+    overlap = sum(min(c, reference.get(g, 0)) for g, c in candidate.items())
+    if not overlap:
+        return 0.0
+    p, r = overlap / sum(candidate.values()), overlap / sum(reference.values())
+    return 2 * p * r / (p + r)
+
+
+def greedy_oracle(sentences: list[str], summary: str, k: int = 3) -> list[int]:
+    """The greedy ROUGE oracle (Nallapati et al., 2017; BertSum's labels): starting from nothing, add
+    the sentence that most raises ROUGE-1 F + ROUGE-2 F of the selection against ``summary``, while
+    it rises, up to ``k`` sentences. Tokens as ROUGE's (stemmed words; characters for Chinese)."""
+    tokenizer = metrics.rouge_tokenizer([summary, *sentences])
+    ref = [_ngrams(tokenizer.tokenize(summary), n) for n in (1, 2)]
+    grams = [[_ngrams(t, n) for n in (1, 2)] for t in map(tokenizer.tokenize, sentences)]
+    chosen: list[int] = []
+    pool: list[dict] = [{}, {}]
+    best = 0.0
+    for _ in range(min(k, len(sentences))):
+        pick, pick_score = None, best
+        for i in range(len(sentences)):
+            if i in chosen:
+                continue
+            cand = [{g: pool[n].get(g, 0) + grams[i][n].get(g, 0) for g in pool[n].keys() | grams[i][n].keys()}
+                    for n in (0, 1)]
+            score = _f1(cand[0], ref[0]) + _f1(cand[1], ref[1])
+            if score > pick_score:
+                pick, pick_score = i, score
+        if pick is None:
+            break
+        chosen.append(pick)
+        best = pick_score
+        for n in (0, 1):
+            for g, c in grams[pick][n].items():
+                pool[n][g] = pool[n].get(g, 0) + c
+    return sorted(chosen)
+
+
+def lead(sentences: list[str], k: int = 3) -> list[int]:
+    return list(range(min(k, len(sentences))))
+
+
+def centroid_scores(vectors: np.ndarray) -> np.ndarray:
+    """Cosine similarity of each sentence vector to the document's mean vector."""
+    v = vectors / np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-12)
+    c = v.mean(axis=0)
+    return v @ (c / max(float(np.linalg.norm(c)), 1e-12))
+
+
+def kmeans(vectors: np.ndarray, k: int, seed: int = 0, iterations: int = 50) -> tuple[np.ndarray, np.ndarray]:
+    """(centres (k, H), assignment (n,)): Lloyd's algorithm from a k-means++ start, seeded."""
+    rng = np.random.default_rng(seed)
+    n = len(vectors)
+    centres = [vectors[rng.integers(n)]]
+    for _ in range(1, k):
+        d = np.min([((vectors - c) ** 2).sum(1) for c in centres], axis=0)
+        centres.append(vectors[rng.choice(n, p=d / d.sum())] if d.sum() > 0 else vectors[rng.integers(n)])
+    centres = np.stack(centres)
+    assign = np.zeros(n, dtype=np.int64)
+    for it in range(iterations):
+        new = ((vectors[:, None] - centres[None]) ** 2).sum(-1).argmin(1)
+        if it and (new == assign).all():
+            break
+        assign = new
+        for j in range(k):
+            if (assign == j).any():
+                centres[j] = vectors[assign == j].mean(0)
+    return centres, assign
+
+
+def cluster_select(vectors: np.ndarray, k: int, seed: int = 0) -> list[int]:
+    """One sentence per k-means cluster, the one closest to its centre, in document order."""
+    k = min(k, len(vectors))
+    if k == 0:
+        return []
+    centres, assign = kmeans(vectors.astype(np.float64), k, seed)
+    picks = set()
+    for j in range(k):
+        members = np.flatnonzero(assign == j)
+        if len(members):
+            d = ((vectors[members] - centres[j]) ** 2).sum(1)
+            picks.add(int(members[d.argmin()]))
+    return sorted(picks)
+
+
+def summarize_untrained(
+    embedder,
+    documents: list[Document],
+    method: str = "centroid",
+    top_k: int | None = 3,
+    max_words: int | None = None,
+    trigram_blocking: bool = True,
+    progress: bool = False,
+) -> list[dict]:
+    """Training-free summaries: ``centroid`` or ``cluster`` over ``embedder``'s sentence vectors
+    (a ``bertforge.Embedder``), or ``lead``. ``max_words`` applies to centroid selection."""
+    if method not in METHODS:
+        raise BertforgeError(f"unknown method {method!r} (choose from {', '.join(METHODS)})")
+    k = top_k if top_k is not None else 3
+    flat = [s for d in documents for s in d.sentences]
+    vectors = embedder(flat, progress=progress) if method != "lead" and flat else np.zeros((len(flat), 1))
+    out, at = [], 0
+    for d in documents:
+        v = vectors[at : at + len(d.sentences)]
+        at += len(d.sentences)
+        if method == "lead":
+            chosen, scores = lead(d.sentences, k), None
+        elif method == "cluster":
+            chosen, scores = cluster_select(v, k), None
+        else:
+            scores = centroid_scores(v) if len(v) else np.zeros(0)
+            chosen = select(d.sentences, scores, top_k, max_words, trigram_blocking)
+        result = {"summary": join([d.sentences[i] for i in chosen]), "selected": chosen}
+        if scores is not None:
+            result["scores"] = [round(float(s), 6) for s in scores]
+        out.append(result)
+    return out
+
+
+def score_summaries(predictions: list[dict], documents: list[Document]) -> dict:
+    """ROUGE-1/2/L F1 against ``summary`` (documents that have one) and sentence precision/recall/F1
+    against ``labels`` (documents that have them)."""
+    result: dict = {}
+    with_summary = [i for i, d in enumerate(documents) if d.summary is not None]
+    if with_summary:
+        r = metrics.rouge([documents[i].summary for i in with_summary], [predictions[i]["summary"] for i in with_summary])
+        result.update({k: r[f"{k}_f1"] for k in metrics.ROUGE_TYPES})
+    with_labels = [i for i, d in enumerate(documents) if d.labels is not None]
+    if with_labels:
+        result.update(
+            metrics.selection_prf([documents[i].labels for i in with_labels], [predictions[i]["selected"] for i in with_labels])
+        )
+    return result
+
+
+# -- reading ----------------------------------------------------------------------------------------------
+def document_from(fields: dict, line: int, where: str, text_column: str = "text") -> Document:
+    """A document from one record; problems are one-line errors starting with ``where``."""
+    if isinstance(fields.get("sentences"), list):
+        sentences = fields["sentences"]
+        for j, s in enumerate(sentences):
+            if not isinstance(s, str):
+                raise BertforgeError(f"{where}: sentence {j} is {type(s).__name__}, not text")
+            if not s.strip():
+                raise BertforgeError(f"{where}: sentence {j} is empty")
+    elif isinstance(fields.get(text_column), str):
+        sentences = split_sentences(fields[text_column])
+    elif "sentences" in fields or text_column in fields:
+        raise BertforgeError(f"{where}: 'sentences' must be a list of strings, {text_column!r} a string")
+    else:
+        raise BertforgeError(f"{where}: needs 'sentences' (a list) or {text_column!r} (a string)")
+    labels = fields.get("labels")
+    if labels is not None:
+        if not isinstance(labels, list) or any(y not in (0, 1) for y in labels):  # True/False pass as 1/0
+            raise BertforgeError(f"{where}: 'labels' must be a list of 0/1 per sentence")
+        if len(labels) != len(sentences):
+            split = "" if "sentences" in fields else " (split from the text)"
+            raise BertforgeError(f"{where}: 'labels' has {len(labels)} values for {len(sentences)} sentences{split}")
+        labels = [int(y) for y in labels]
+    summary = fields.get("summary")
+    if summary is not None and not isinstance(summary, str):
+        raise BertforgeError(f"{where}: 'summary' is {type(summary).__name__}, not text")
+    return Document(list(sentences), labels, summary, line)
+
+
+def document_input(x: Any, text_column: str = "text") -> Document:
+    """A document given in Python: a text, or {"sentences": [...]} / {"text": ...}."""
+    if isinstance(x, str):
+        x = {text_column: x}
+    if not isinstance(x, dict):
+        raise BertforgeError("a summarizer takes a text, or {'sentences': [...]} or {'text': ...}")
+    return document_from(x, 0, "input", text_column)
+
+
+def read_documents(path: Path, text_column: str = "text") -> list[Document]:
+    return [document_from(r.fields, r.line, f"{path}: line {r.line}", text_column) for r in tables.read_records(path)]
+
+
+# -- the fine-tuned model -----------------------------------------------------------------------------------
+@dataclass
+class Window:
+    """A run of whole sentences, each as [CLS] tokens [SEP]. Has what ``run_batches`` reads of an
+    ``Encoding`` (ids, type_ids, attention_mask)."""
+
+    ids: list[int]
+    type_ids: list[int]
+    cls: list[int]  # position of each sentence's [CLS]
+
+    @property
+    def attention_mask(self) -> list[int]:
+        return [1] * len(self.ids)
+
+
+@dataclass
+class Packed:
+    windows: list[Window]
+    labels: list[int] | None  # per sentence, for training
+
+    @property
+    def sentences(self) -> int:
+        return sum(len(w.cls) for w in self.windows)
+
+
+class ExtSumTask(FinetuneTask):
+    name = "extsum"
+    head = "extsum"
+    select_metric = "f1"
+    default_max_length = 512
+
+    def __init__(self, spec, tokenizer, id2label=None):
+        super().__init__(spec, tokenizer, id2label)
+        unknown = set(spec.extra) - set(EXTSUM_DEFAULTS)
+        if unknown:
+            raise BertforgeError(f"unknown extsum settings: {', '.join(sorted(unknown))} (known: {', '.join(EXTSUM_DEFAULTS)})")
+        settings = {**EXTSUM_DEFAULTS, **spec.extra}
+        if settings["top_k"] == 0:  # the command line's "no limit on the number of sentences"
+            settings["top_k"] = None
+        for k in ("top_k", "max_words"):
+            if settings[k] is not None and (not isinstance(settings[k], int) or settings[k] < 1):
+                raise BertforgeError(f"extsum: {k} must be a positive integer, not {settings[k]!r}")
+        if settings["top_k"] is None and settings["max_words"] is None:
+            raise BertforgeError("extsum: give --top-k or --max-words")
+        for k in ("inter_layers", "oracle_k", "max_sentence_tokens"):
+            if not isinstance(settings[k], int) or settings[k] < (0 if k == "inter_layers" else 1):
+                raise BertforgeError(f"extsum: {k} must be a {'non-negative' if k == 'inter_layers' else 'positive'} integer")
+        spec.extra = settings
+        self.settings = settings
+
+    # -- reading ------------------------------------------------------------------------------------
+    def read(self, path: Path, labelled: bool = False) -> list[Document]:
+        documents = read_documents(Path(path), self.spec.text_column)
+        bare = next((d for d in documents if d.labels is None and d.summary is None), None)
+        if labelled and bare is not None:
+            raise BertforgeError(f"{path}: line {bare.line}: needs 'labels' or 'summary'")
+        return documents
+
+    def fit_labels(self, examples: list[Document], path: Path) -> None:
+        bad = next((d for d in examples if d.labels is None and d.summary is None), None)
+        if bad is not None:
+            raise BertforgeError(f"{path}: line {bad.line}: needs 'labels' or 'summary' to learn from")
+        if not any(any(self.labels(d)) for d in examples):
+            raise BertforgeError(f"{path}: no sentence is labelled as in the summary: nothing to learn")
+
+    def check_labels(self, examples: list[Document], path: Path) -> None:
+        if not any(d.labels is not None or d.summary is not None for d in examples):
+            raise BertforgeError(f"{path}: no 'summary' or 'labels' to score against")
+
+    def labels(self, doc: Document) -> list[int]:
+        """Given labels, else the greedy oracle's against the summary."""
+        if doc.labels is not None:
+            return doc.labels
+        chosen = set(greedy_oracle(doc.sentences, doc.summary or "", self.settings["oracle_k"]))
+        return [int(i in chosen) for i in range(len(doc.sentences))]
+
+    def load_model(self, directory: Path) -> nn.Module:
+        """The encoder of ``directory`` under an extsum head with ``inter_layers`` sentence layers."""
+        from ..checkpoint import load_state, read_weights
+        from ..config import BertConfig
+        from ..heads import BertWithHead
+
+        config = BertConfig.from_json(Path(directory) / "config.json")
+        n = self.settings["inter_layers"]
+        had = config.extra.get("extsum_inter_layers")
+        if had is not None and had != n:
+            raise BertforgeError(f"{directory}: has {had} inter-sentence layers, not {n}")
+        config.extra["extsum_inter_layers"] = n
+        model = BertWithHead(config, self.head)
+        model.load_report = load_state(model, read_weights(Path(directory)), str(directory))
+        model.source = str(directory)
+        return model
+
+    # -- features -----------------------------------------------------------------------------------
+    def pack(self, documents: list[Document]) -> list[Packed]:
+        """Each document as windows of whole sentences, [CLS] s [SEP] each, segments alternating."""
+        cap = min(self.settings["max_sentence_tokens"], self.spec.max_length - 2)
+        flat = [s for d in documents for s in d.sentences]
+        encoded = self.tokenizer.encode_batch(flat, add_special_tokens=False) if flat else []
+        cls, sep = self.tokenizer.cls_id, self.tokenizer.sep_id
+        packed, at = [], 0
+        for d in documents:
+            windows: list[Window] = []
+            current = Window([], [], [])
+            for enc in encoded[at : at + len(d.sentences)]:
+                piece = [cls, *enc.ids[:cap], sep]
+                if current.ids and len(current.ids) + len(piece) > self.spec.max_length:
+                    windows.append(current)
+                    current = Window([], [], [])
+                current.cls.append(len(current.ids))
+                current.type_ids.extend([(len(current.cls) - 1) % 2] * len(piece))  # 0, 1, 0, ... per sentence
+                current.ids.extend(piece)
+            if current.ids:
+                windows.append(current)
+            at += len(d.sentences)
+            packed.append(Packed(windows, None))
+        return packed
+
+    def features(self, examples: list[Document], train: bool) -> list[Packed]:
+        empty = sum(1 for d in examples if not d.sentences)
+        if empty:
+            log.warning("%d documents without sentences left out of training", empty)
+        kept = [d for d in examples if d.sentences]
+        packed = self.pack(kept)
+        for p, d in zip(packed, kept, strict=True):
+            p.labels = self.labels(d)
+        return packed
+
+    def set_data(self, train_examples: list, valid_examples: list) -> None:
+        super().set_data(train_examples, valid_examples)
+        if not any(d.labels is not None for d in valid_examples):
+            self.select_metric = "rouge2"
+
+    def collate(self, indices: list[int], rng: np.random.Generator | None = None) -> dict[str, Tensor]:
+        docs = [self.train_features[i] for i in indices]
+        windows = [w for d in docs for w in d.windows]
+        T = max(len(w.ids) for w in windows)
+        S = max(d.sentences for d in docs)
+        index = torch.zeros(len(docs), S, dtype=torch.long)
+        mask = torch.zeros(len(docs), S, dtype=torch.bool)
+        labels = torch.zeros(len(docs), S)
+        g = 0
+        for b, d in enumerate(docs):
+            positions = [(g + k) * T + c for k, w in enumerate(d.windows) for c in w.cls]
+            g += len(d.windows)
+            index[b, : len(positions)] = torch.tensor(positions)
+            mask[b, : len(positions)] = True
+            labels[b, : len(positions)] = torch.tensor(d.labels, dtype=torch.float32)
+        return {
+            "input_ids": pad_2d([w.ids for w in windows], self.tokenizer.pad_id),
+            "token_type_ids": pad_2d([w.type_ids for w in windows], 0),
+            "attention_mask": pad_2d([[1] * len(w.ids) for w in windows], 0),
+            "sentence_index": index,
+            "sentence_mask": mask,
+            "labels": labels,
+        }
+
+    def counts(self, batch: dict[str, Tensor]) -> dict[str, int]:
+        return {"loss": int(batch["sentence_mask"].sum())}
+
+    # -- prediction ---------------------------------------------------------------------------------
+    def sentence_scores(self, model: nn.Module, documents: list[Document], progress: bool = False) -> list[np.ndarray]:
+        """Each document's sentence logits: the encoder over all windows (the one inference path),
+        then the head over each document's [CLS] vectors."""
+        packed = self.pack(documents)
+        windows = [w for p in packed for w in p.windows]
+        vectors: list[Tensor | None] = [None] * len(windows)
+        for idx, hidden in run_batches(
+            model.bert, self.tokenizer, windows, lambda out, batch: out.last_hidden_state, progress=progress, desc="reading"
+        ):
+            for row, i in enumerate(idx):
+                vectors[i] = hidden[row, windows[i].cls]  # (sentences in window, H)
+        out, g = [], 0
+        with torch.inference_mode():
+            for p in packed:
+                if not p.windows:
+                    out.append(np.zeros(0))
+                    continue
+                v = torch.cat(vectors[g : g + len(p.windows)])[None]  # (1, S, H)
+                g += len(p.windows)
+                mask = torch.ones(v.shape[:2], dtype=torch.bool, device=v.device)
+                out.append(model.head.score(v, mask)[0].float().cpu().numpy())
+        return out
+
+    def predict(self, model: nn.Module, examples: list[Document], progress: bool = False) -> list[dict]:
+        s = self.settings
+        results = []
+        for d, scores in zip(examples, self.sentence_scores(model, examples, progress), strict=True):
+            chosen = select(d.sentences, scores, s["top_k"], s["max_words"], s["trigram_blocking"]) if d.sentences else []
+            results.append({
+                "summary": join([d.sentences[i] for i in chosen]),
+                "selected": chosen,
+                "scores": [round(float(x), 6) for x in scores],
+            })
+        return results
+
+    def score(self, predictions: list[dict], examples: list[Document]) -> dict:
+        return score_summaries(predictions, examples)
+
+    def example(self, x: Any) -> Document:
+        return document_input(x, self.spec.text_column)

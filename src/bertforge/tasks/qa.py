@@ -1,0 +1,470 @@
+"""Extractive question answering: SQuAD v1.1 and v2.0 (Rajpurkar et al., 2016, 2018), as BERT does it.
+
+Preprocessing. The question, cut to ``max_query_length`` tokens, is paired with the context, which is
+read in windows of ``max_length`` tokens overlapping by ``doc_stride`` tokens (the tokenizer's
+``only_second`` truncation with a stride), so a context of any length is covered. A window's training
+target is the first and last token of the answer when the whole answer lies inside it, else [CLS]
+(position 0); an unanswerable question (v2.0) points at [CLS] in every window.
+
+Postprocessing. In each window the ``n_best`` highest-scoring spans (start logit + end logit) that lie
+in the context, end no earlier than they start, are at most ``max_answer_length`` tokens long and
+start at a token in the window where it has the most context (as Google's run_squad.py does: a
+window that cuts an answer off after its first word is otherwise sure of that word alone); the
+best over all windows is the answer, its text cut from the context's own characters (offsets
+survive lowercasing and accent stripping; every CJK character is a token of its own). For v2.0 the
+null score is start + end at [CLS], its minimum over the windows: the answer is "" when the null
+score exceeds the best span's score plus ``null_threshold``. ``score`` is the answer's probability
+under a softmax over the distinct candidate spans (and the null answer, for v2.0).
+
+Data: SQuAD JSON (data / paragraphs / qas), or JSONL of ``{id?, question, context, answers?}`` with
+``answers`` as ``{"text": [...], "answer_start": [...]}`` or a list of ``{text, answer_start}``; an
+empty answer list, or ``is_impossible``, makes a question unanswerable. An answer whose text is not
+at its ``answer_start`` is moved to the nearest occurrence of its text in the context; one whose text
+does not occur is left out of training. Both are counted in one warning, never dropped silently.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from tokenizers import Encoding
+from torch import Tensor, nn
+
+from .. import metrics
+from ..data import tables
+from ..errors import BertforgeError
+from ..infer import run_batches
+from .base import Feature, FinetuneTask
+
+log = logging.getLogger("bertforge")
+
+# Google's run_squad.py defaults, kept by every BERT QA recipe since.
+QA_DEFAULTS: dict[str, Any] = {
+    "max_query_length": 64,  # question tokens kept; the rest of the window is context
+    "doc_stride": 128,  # context tokens shared by consecutive windows
+    "max_answer_length": 30,  # longest answer in tokens: longer spans are never proposed
+    "n_best": 20,  # spans kept per window
+    "null_threshold": 0.0,  # v2.0: answer "" when null score > best span score + this
+    "version_2": None,  # unanswerable questions allowed; None: decided by the training data
+}
+
+
+@dataclass
+class Answer:
+    text: str
+    start: int | None  # character offset in the context; None: the text is not in the context
+
+
+@dataclass
+class QAExample:
+    id: str
+    question: str
+    context: str
+    answers: list[Answer] | None  # None: unlabelled; []: unanswerable
+    line: int | None = None  # 1-based line in a JSONL file (None for SQuAD JSON: see ``id``)
+    fields: dict = field(default_factory=dict)  # what a prediction line repeats of the input
+
+    @property
+    def where(self) -> str:
+        return f"line {self.line}" if self.line is not None else f"question {self.id!r}"
+
+
+# -- reading -----------------------------------------------------------------------------------------
+class _Missing(Exception):
+    """A problem in a SQuAD file, before its line is known."""
+
+    def __init__(self, obj: Any, message: str):
+        super().__init__(message)
+        self.obj, self.message = obj, message
+
+
+def _object_starts(text: str) -> tuple[Any, dict[int, int]]:
+    """The parsed JSON and, for every object in it, the character where it starts (keyed by ``id``).
+    A pure-Python parse, so slow: it runs only to place an error."""
+    starts: dict[int, int] = {}
+    decoder = json.JSONDecoder()
+
+    def parse_object(s_and_end, *args):
+        obj, end = json.decoder.JSONObject(s_and_end, *args)
+        starts[id(obj)] = s_and_end[1] - 1
+        return obj, end
+
+    decoder.parse_object = parse_object
+    decoder.scan_once = json.scanner.py_make_scanner(decoder)
+    return decoder.decode(text), starts
+
+
+def _field(obj: Any, name: str, kind: type, what: str = "") -> Any:
+    """``obj[name]``, checked: a missing field, a wrong type or empty text is a ``_Missing``."""
+    where = f"{what}: " if what else ""
+    if not isinstance(obj, dict):
+        raise _Missing(obj, f"{where}{type(obj).__name__}, not an object")
+    if name not in obj:
+        raise _Missing(obj, f"{where}no {name!r} field")
+    value = obj[name]
+    if not isinstance(value, kind) or (kind is str and not value.strip()):
+        shown = "empty" if isinstance(value, str) else type(value).__name__
+        raise _Missing(obj, f"{where}{name!r} is {shown}, not {'text' if kind is str else kind.__name__}")
+    return value
+
+
+def _answers(raw: Any, is_impossible: bool, where: Any) -> list[Answer] | None:
+    """Answers as SQuAD JSON or HF datasets write them; ``where`` is the object errors point at."""
+    if raw is None:
+        return [] if is_impossible else None
+    if isinstance(raw, dict):
+        texts, starts = raw.get("text"), raw.get("answer_start")
+        if not isinstance(texts, list) or not isinstance(starts, list) or len(texts) != len(starts):
+            raise _Missing(where, "'answers' needs lists 'text' and 'answer_start' of the same length")
+        pairs = list(zip(texts, starts, strict=True))
+    elif isinstance(raw, list):
+        pairs = []
+        for a in raw:
+            if not isinstance(a, dict) or "text" not in a or "answer_start" not in a:
+                raise _Missing(where, "each answer needs 'text' and 'answer_start'")
+            pairs.append((a["text"], a["answer_start"]))
+    else:
+        raise _Missing(where, "'answers' must be {text: [...], answer_start: [...]} or a list of {text, answer_start}")
+    out = []
+    for text, start in pairs:
+        if not isinstance(text, str) or isinstance(start, bool) or not isinstance(start, int):
+            raise _Missing(where, f"answer {text!r} at {start!r}: 'text' must be text and 'answer_start' an integer")
+        out.append(Answer(text, start))
+    return [] if is_impossible else out
+
+
+def _squad_examples(top: Any) -> list[QAExample]:
+    examples = []
+    for a, article in enumerate(_field(top, "data", list, "the file")):
+        for p, paragraph in enumerate(_field(article, "paragraphs", list, f"article {a}")):
+            context = _field(paragraph, "context", str, f"paragraph {p} of article {a}")
+            for q, qa in enumerate(_field(paragraph, "qas", list, f"paragraph {p} of article {a}")):
+                what = f"question {q} of paragraph {p} of article {a}"
+                qid = _field(qa, "id", object, what)
+                if not isinstance(qid, (str, int)) or isinstance(qid, bool):
+                    raise _Missing(qa, f"{what}: 'id' is {type(qid).__name__}, not text")
+                qid = str(qid)
+                question = _field(qa, "question", str, what)
+                answers = _answers(qa.get("answers"), bool(qa.get("is_impossible", False)), qa)
+                examples.append(QAExample(qid, question, context, answers, None, {"id": qid, "question": question}))
+    return examples
+
+
+def read_squad(path: Path, text: str) -> list[QAExample]:
+    """SQuAD JSON. A problem is reported with the line of the object it is in."""
+    try:
+        obj = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise BertforgeError(f"{path}: not valid JSON (line {e.lineno}: {e.msg})") from None
+    try:
+        return _squad_examples(obj)
+    except _Missing:
+        located, starts = _object_starts(text)
+        try:
+            _squad_examples(located)
+        except _Missing as e:
+            pos = starts.get(id(e.obj))
+            where = f"line {text.count(chr(10), 0, pos) + 1}: " if pos is not None else ""
+            raise BertforgeError(f"{path}: {where}{e.message}") from None
+        raise AssertionError("a SQuAD problem that went away on re-reading") from None
+
+
+def read_jsonl(path: Path) -> list[QAExample]:
+    examples = []
+    for r in tables.read_records(path):
+        f = r.fields
+        try:
+            question = _field(f, "question", str)
+            context = _field(f, "context", str)
+            answers = _answers(f.get("answers"), bool(f.get("is_impossible", False)), f)
+        except _Missing as e:
+            raise BertforgeError(f"{path}: line {r.line}: {e.message}") from None
+        qid = str(f["id"]) if f.get("id") is not None else str(r.line)
+        examples.append(QAExample(qid, question, context, answers, r.line, dict(f)))
+    return examples
+
+
+def _is_squad(path: Path, text: str) -> bool:
+    return path.suffix.lower() == ".json" and text.lstrip().startswith("{") and '"paragraphs"' in text
+
+
+def locate(context: str, text: str, start: int) -> int | None:
+    """Where ``text`` is in ``context``: at ``start`` if it is there, else its nearest occurrence."""
+    if text and start >= 0 and context.startswith(text, start):
+        return start
+    best, pos = None, context.find(text) if text else -1
+    while pos != -1:
+        if best is None or abs(pos - start) < abs(best - start):
+            best = pos
+        pos = context.find(text, pos + 1)
+    return best
+
+
+def check_offsets(examples: list[QAExample], path: Path) -> None:
+    """Move answers that are not at their offset to the nearest occurrence of their text; warn once
+    with the counts (and the first ids) of those moved and of those not found at all."""
+    moved: list[str] = []
+    missing: list[str] = []
+    for e in examples:
+        for a in e.answers or []:
+            found = locate(e.context, a.text, a.start)
+            if found != a.start:
+                (moved if found is not None else missing).append(e.id)
+            a.start = found
+    if moved or missing:
+        total = sum(len(e.answers or []) for e in examples)
+        first = list(dict.fromkeys(moved + missing))[:3]
+        log.warning(
+            "%s: %d of %d answers are not at their answer_start: %d moved to the nearest occurrence of their "
+            "text, %d not found in the context (skipped for training); first: %s",
+            path, len(moved) + len(missing), total, len(moved), len(missing), ", ".join(first),
+        )
+
+
+# -- postprocessing (pure functions) -------------------------------------------------------------------
+def best_spans(
+    start: np.ndarray,
+    end: np.ndarray,
+    lo: int,
+    hi: int,
+    max_answer_length: int,
+    n_best: int,
+    may_start: np.ndarray | None = None,
+) -> list[tuple[float, int, int]]:
+    """The ``n_best`` spans (score, first token, last token), best first, with lo <= first <= last <= hi,
+    at most ``max_answer_length`` tokens and ``may_start[first]`` (when given); score = start[first] +
+    end[last]. Exact: every valid span of the window is scored (a (n, n) matrix, n <= window length)."""
+    n = hi - lo + 1
+    if n <= 0:
+        return []
+    scores = start[lo : hi + 1, None].astype(np.float64) + end[None, lo : hi + 1]  # (n, n): [first, last]
+    first, last = np.indices((n, n))
+    scores[(last < first) | (last - first >= max_answer_length)] = -np.inf
+    if may_start is not None:
+        scores[~np.asarray(may_start[lo : hi + 1], dtype=bool)] = -np.inf
+    flat = scores.ravel()
+    k = min(n_best, n * n)
+    top = np.argpartition(-flat, k - 1)[:k]
+    top = top[np.argsort(-flat[top], kind="stable")]
+    return [(float(flat[t]), lo + int(t // n), lo + int(t % n)) for t in top if np.isfinite(flat[t])]
+
+
+@dataclass
+class Window:
+    start: np.ndarray  # (T,) start logits
+    end: np.ndarray  # (T,) end logits
+    offsets: list[tuple[int, int]]  # character span in the context of each token
+    lo: int  # first context token
+    hi: int  # last context token
+
+
+def max_context_windows(windows: list[Window]) -> dict[int, int]:
+    """For each context token (by its first character), the window where it has the most context:
+    min(tokens before it, tokens after it) in the window, + 0.01 x the window's length (Google's
+    run_squad.py). Spans start only there: a window that cuts an answer off after its first words
+    is otherwise sure of those words alone."""
+    home: dict[int, tuple[float, int]] = {}
+    for k, w in enumerate(windows):
+        for i in range(w.lo, w.hi + 1):
+            score = min(i - w.lo, w.hi - i) + 0.01 * (w.hi - w.lo + 1)
+            key = w.offsets[i][0]
+            if key not in home or score > home[key][0]:
+                home[key] = (score, k)
+    return {key: k for key, (_, k) in home.items()}
+
+
+def choose_answer(
+    context: str, windows: list[Window], max_answer_length: int, n_best: int, version_2: bool, null_threshold: float
+) -> dict:
+    """The answer to one question from its windows: the best span over all windows, or "" (v2.0)."""
+    candidates: dict[tuple[int, int], float] = {}  # character span -> best score over windows
+    null = float("inf")
+    home = max_context_windows(windows)
+    for k, w in enumerate(windows):
+        null = min(null, float(w.start[0] + w.end[0]))
+        may_start = np.array([home.get(w.offsets[i][0]) == k if w.lo <= i <= w.hi else False for i in range(len(w.offsets))])
+        for score, s, e in best_spans(w.start, w.end, w.lo, w.hi, max_answer_length, n_best, may_start):
+            span = (w.offsets[s][0], w.offsets[e][1])
+            candidates[span] = max(score, candidates.get(span, -np.inf))
+    scores = np.array([*candidates.values(), *([null] if version_2 else [])], dtype=np.float64)
+    if not candidates:
+        return {"answer": "", "score": 1.0 if version_2 else 0.0, "start": 0, "end": 0}
+    probs = np.exp(scores - scores.max())
+    probs /= probs.sum()
+    best = int(np.argmax(scores[: len(candidates)]))
+    (s, e), best_score = list(candidates.items())[best]
+    if version_2 and null > best_score + null_threshold:
+        return {"answer": "", "score": round(float(probs[-1]), 6), "start": 0, "end": 0}
+    return {"answer": context[s:e], "score": round(float(probs[best]), 6), "start": s, "end": e}
+
+
+# -- the task ------------------------------------------------------------------------------------------
+class QATask(FinetuneTask):
+    name = "qa"
+    head = "span"
+    select_metric = "f1"
+    default_max_length = 384
+
+    def __init__(self, spec, tokenizer, id2label=None):
+        super().__init__(spec, tokenizer, id2label)
+        unknown = set(spec.extra) - set(QA_DEFAULTS)
+        if unknown:
+            raise BertforgeError(f"unknown qa settings: {', '.join(sorted(unknown))} (known: {', '.join(QA_DEFAULTS)})")
+        settings = {**QA_DEFAULTS, **{k: v for k, v in spec.extra.items() if v is not None}}
+        if "doc_stride" not in spec.extra and spec.stride is not None:
+            settings["doc_stride"] = spec.stride
+        for k in ("max_query_length", "doc_stride", "max_answer_length", "n_best"):
+            if not isinstance(settings[k], int) or settings[k] < 1:
+                raise BertforgeError(f"qa: {k} must be a positive integer, not {settings[k]!r}")
+        room = spec.max_length - settings["max_query_length"] - 3  # [CLS] question [SEP] context [SEP]
+        if settings["doc_stride"] >= room:
+            raise BertforgeError(
+                f"qa: doc stride {settings['doc_stride']} leaves no room to advance: windows of {spec.max_length} "
+                f"tokens with questions of up to {settings['max_query_length']} hold {room} context tokens; "
+                "lower --doc-stride or --max-query-length, or raise --max-length"
+            )
+        spec.extra = settings
+        self.settings = settings
+
+    # -- reading ------------------------------------------------------------------------------------
+    def read(self, path: Path, labelled: bool = False) -> list[QAExample]:
+        path = Path(path)
+        text = tables.read_text(path)
+        examples = read_squad(path, text) if _is_squad(path, text) else read_jsonl(path)
+        if not examples:
+            raise BertforgeError(f"{path}: no questions")
+        unlabelled = next((e for e in examples if e.answers is None), None)
+        if labelled and unlabelled is not None:
+            raise BertforgeError(f"{path}: {unlabelled.where}: no 'answers'")
+        check_offsets(examples, path)
+        return examples
+
+    def fit_labels(self, examples: list[QAExample], path: Path) -> None:
+        unlabelled = next((e for e in examples if e.answers is None), None)
+        if unlabelled is not None:
+            raise BertforgeError(f"{path}: {unlabelled.where}: no 'answers' to learn from")
+        if self.settings["version_2"] is None:
+            self.settings["version_2"] = any(not e.answers for e in examples)
+
+    def check_labels(self, examples: list[QAExample], path: Path) -> None:
+        unlabelled = next((e for e in examples if e.answers is None), None)
+        if unlabelled is not None:
+            raise BertforgeError(f"{path}: {unlabelled.where}: no 'answers' to score against")
+
+    # -- features -----------------------------------------------------------------------------------
+    def _questions(self, examples: list[QAExample]) -> list[str]:
+        """Questions cut to ``max_query_length`` tokens (at the end of the last kept token)."""
+        limit = self.settings["max_query_length"]
+        encs = self.tokenizer.encode_batch([e.question for e in examples], add_special_tokens=False)
+        return [e.question[: enc.offsets[limit - 1][1]] if len(enc.ids) > limit else e.question
+                for e, enc in zip(examples, encs, strict=True)]
+
+    def encode(self, examples: list[QAExample]) -> tuple[list[Encoding], list[int]]:
+        """Every window of every example, and the example each came from."""
+        encs = self.tokenizer.encode_batch(
+            self._questions(examples),
+            [e.context for e in examples],
+            max_length=self.spec.max_length,
+            truncation="only_second",
+            stride=self.settings["doc_stride"],
+        )
+        flat, owner = [], []
+        for i, enc in enumerate(encs):
+            for w in [enc, *enc.overflowing]:
+                flat.append(w)
+                owner.append(i)
+        return flat, owner
+
+    @staticmethod
+    def context_range(enc: Encoding) -> tuple[int, int]:
+        """First and last token of the context in a window ((1, 0) when it has none)."""
+        ctx = [i for i, s in enumerate(enc.sequence_ids) if s == 1]
+        return (ctx[0], ctx[-1]) if ctx else (1, 0)
+
+    @classmethod
+    def target(cls, enc: Encoding, answer: Answer | None) -> tuple[int, int]:
+        """(first, last) token of the answer in this window; (0, 0) ([CLS]) when it is not wholly inside."""
+        lo, hi = cls.context_range(enc)
+        if answer is None or hi < lo:
+            return 0, 0
+        first_char, end_char = answer.start, answer.start + len(answer.text)
+        offsets = enc.offsets
+        if not (offsets[lo][0] <= first_char and offsets[hi][1] >= end_char):
+            return 0, 0
+        s = lo
+        while s <= hi and offsets[s][0] <= first_char:
+            s += 1
+        e = hi
+        while e >= lo and offsets[e][1] >= end_char:
+            e -= 1
+        return s - 1, e + 1
+
+    def features(self, examples: list[QAExample], train: bool) -> list[Feature]:
+        """Every window of every labelled example whose answer could be located (or that has none)."""
+        usable = [
+            i for i, e in enumerate(examples)
+            if e.answers is not None and (not e.answers or any(a.start is not None for a in e.answers))
+        ]
+        encs, owner = self.encode([examples[i] for i in usable])
+        feats = []
+        for enc, k in zip(encs, owner, strict=True):
+            i = usable[k]
+            answer = next((a for a in examples[i].answers if a.start is not None), None)  # training uses the first
+            feats.append(Feature(enc.ids, enc.type_ids, self.target(enc, answer), i))
+        return feats
+
+    def targets(self, feats: list[Feature]) -> dict[str, Tensor]:
+        return {
+            "start_positions": torch.tensor([f.target[0] for f in feats], dtype=torch.long),
+            "end_positions": torch.tensor([f.target[1] for f in feats], dtype=torch.long),
+        }
+
+    def counts(self, batch: dict[str, Tensor]) -> dict[str, int]:
+        return {"loss": int(batch["start_positions"].numel())}
+
+    # -- prediction ---------------------------------------------------------------------------------
+    def predict(self, model: nn.Module, examples: list[QAExample], progress: bool = False) -> list[dict]:
+        encs, owner = self.encode(examples)
+        windows: list[list[Window]] = [[] for _ in examples]
+
+        def fn(out, batch):
+            return torch.stack([out.logits, out.end_logits], dim=-1).float()  # (B, T, 2)
+
+        for idx, logits in run_batches(model, self.tokenizer, encs, fn, progress=progress, desc="answering"):
+            logits = logits.cpu().numpy()
+            for row, i in enumerate(idx):
+                enc = encs[i]
+                n = len(enc.ids)
+                lo, hi = self.context_range(enc)
+                windows[owner[i]].append(Window(logits[row, :n, 0], logits[row, :n, 1], enc.offsets, lo, hi))
+        s = self.settings
+        return [
+            choose_answer(e.context, w, s["max_answer_length"], s["n_best"], bool(s["version_2"]), float(s["null_threshold"]))
+            for e, w in zip(examples, windows, strict=True)
+        ]
+
+    def score(self, predictions: list[dict], examples: list[QAExample]) -> dict:
+        golds = [[a.text for a in e.answers] for e in examples]
+        preds = [p["answer"] for p in predictions]
+        if self.settings["version_2"] or any(not g for g in golds):
+            return metrics.squad_v2(golds, preds)
+        return metrics.squad_v1(golds, preds)
+
+    def example(self, x: Any) -> QAExample:
+        """A pipeline input: {"question", "context"[, "id"]} or a (question, context) pair."""
+        if isinstance(x, (tuple, list)) and len(x) == 2:
+            x = {"question": x[0], "context": x[1]}
+        if not isinstance(x, dict):
+            raise BertforgeError("a qa model takes {'question': ..., 'context': ...} or (question, context)")
+        try:
+            question = _field(x, "question", str, "the input")
+            context = _field(x, "context", str, "the input")
+        except _Missing as e:
+            raise BertforgeError(e.message) from None
+        return QAExample(str(x.get("id", "")), question, context, None)
