@@ -22,7 +22,7 @@ $(VENV)/.test: $(VENV)/.torch pyproject.toml
 	touch $@
 
 demo: $(VENV)/.demo
-	$(BIN)/bertforge similarity --model minilm-l6 --pairs examples/pairs.tsv
+	BF=$(BIN)/bertforge examples/demo.sh
 
 fetch: $(VENV)/.demo
 	$(BIN)/bertforge fetch --all

@@ -101,7 +101,8 @@ def test_the_head_scores_sentences_across_windows_of_a_batch(tokenizer):
     want = torch.nn.functional.binary_cross_entropy_with_logits(out.logits[mask], batch["labels"][mask])
     assert out.loss.item() == pytest.approx(want.item())
     out.loss.backward()
-    assert model.head.inter.qkv_weight.grad is not None and model.head.inter.qkv_weight.grad.abs().sum() > 0
+    qkv = model.head.inter.layers[0].qkv.weight
+    assert qkv.grad is not None and qkv.grad.abs().sum() > 0
 
 
 def test_the_saved_model_loads_here_and_its_encoder_in_transformers(tokenizer, tmp_path):

@@ -18,9 +18,9 @@ from typing import Any
 import torch
 
 from .assets import resolve_model_dir
-from .checkpoint import load_pretrained
 from .config import BertConfig
 from .errors import BertforgeError
+from .infer import load_for_inference
 from .tasks import ARCHITECTURE_TASKS, TASKS, FinetuneTask, TaskSpec
 from .tokenizer import Tokenizer
 from .train import TrainArgs, train
@@ -93,8 +93,16 @@ def finetune(
     return metrics
 
 
-def load_task(name_or_path: str | Path, device: str | None = None, **overrides: Any) -> tuple[FinetuneTask, Any]:
-    """A fine-tuned model directory -> (its task, the model with its head), ready to predict."""
+def load_task(
+    name_or_path: str | Path,
+    device: str | None = None,
+    precision: str = "fp32",
+    runtime: str = "torch",
+    compile: bool = False,
+    **overrides: Any,
+) -> tuple[FinetuneTask, Any]:
+    """A fine-tuned model directory -> (its task, the model with its head), ready to predict at the
+    given precision (fp32, bf16, fp16, int8, auto) on PyTorch or on its exported ONNX graph."""
     directory = resolve_model_dir(name_or_path)
     config = BertConfig.from_json(directory / "config.json")
     settings = config.extra.get("bertforge")
@@ -110,8 +118,7 @@ def load_task(name_or_path: str | Path, device: str | None = None, **overrides: 
     if spec.task not in TASKS:
         raise BertforgeError(f"{directory}: unknown task {spec.task!r}")
     t = TASKS[spec.task](spec, Tokenizer.from_pretrained(directory), config.id2label)
-    model = load_pretrained(directory, head=t.head, device=device)
-    return t, model
+    return t, load_for_inference(directory, t.head, device, precision, runtime, compile)
 
 
 def _chunks(items: Sequence, size: int):
@@ -119,9 +126,12 @@ def _chunks(items: Sequence, size: int):
         yield items[i : i + size]
 
 
-def evaluate_file(model: str | Path, data: str | Path, output: str | Path | None = None, **overrides: Any) -> dict:
+def evaluate_file(
+    model: str | Path, data: str | Path, output: str | Path | None = None, precision: str = "fp32", runtime: str = "torch",
+    **overrides: Any,
+) -> dict:
     """The task's metrics on a labelled file (and written as JSON to ``output``)."""
-    t, net = load_task(model, **overrides)
+    t, net = load_task(model, precision=precision, runtime=runtime, **overrides)
     examples = t.read(Path(data), labelled=True)
     t.check_labels(examples, Path(data))
     predictions = t.predict(net, examples, progress=True)
@@ -131,10 +141,13 @@ def evaluate_file(model: str | Path, data: str | Path, output: str | Path | None
     return result
 
 
-def predict_file(model: str | Path, input: str | Path, output: str | Path, chunk: int = 4096, **overrides: Any) -> int:
+def predict_file(
+    model: str | Path, input: str | Path, output: str | Path, chunk: int = 4096, precision: str = "fp32",
+    runtime: str = "torch", **overrides: Any,
+) -> int:
     """Predictions for every record of ``input`` as JSONL in ``output`` (the input's fields plus the
     prediction's), in the input's order; written to a temporary file and renamed when complete."""
-    t, net = load_task(model, **overrides)
+    t, net = load_task(model, precision=precision, runtime=runtime, **overrides)
     examples = t.read(Path(input))
     records = _input_fields(Path(input), examples)
     output = Path(output)
@@ -184,7 +197,10 @@ class Pipeline:
     training: ``method`` centroid (default), cluster or lead.
     """
 
-    def __init__(self, task: str | None, model: str | Path, device: str | None = None, **settings: Any):
+    def __init__(
+        self, task: str | None, model: str | Path, device: str | None = None, precision: str = "fp32",
+        runtime: str = "torch", **settings: Any,
+    ):
         task = TASK_ALIASES.get(task, task)
         self.embedder = None
         if task == "extsum" and model_task(model) != "extsum":
@@ -194,9 +210,9 @@ class Pipeline:
             self.untrained = {"method": "centroid", "top_k": 3, "max_words": None, "trigram_blocking": True, **settings}
             if self.untrained["method"] not in METHODS:
                 raise BertforgeError(f"unknown method {self.untrained['method']!r} (choose from {', '.join(METHODS)})")
-            self.embedder = Embedder.from_pretrained(model, device=device)
+            self.embedder = Embedder.from_pretrained(model, device=device, precision=precision, runtime=runtime)
             return
-        self.task, self.model = load_task(model, device=device, extra=settings)
+        self.task, self.model = load_task(model, device=device, precision=precision, runtime=runtime, extra=settings)
         if task is not None and task != self.task.name:
             raise BertforgeError(f"{model}: is a {self.task.name} model, not {task}")
 

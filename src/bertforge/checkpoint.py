@@ -61,11 +61,17 @@ HEAD_KEYS: dict[str, list[tuple[str, tuple[str, ...]]]] = {
     "span": [("head.qa.{p}", ("qa_outputs.{p}",))],
     "choice": [("head.classifier.{p}", ("classifier.{p}",))],
     # no Hugging Face class: our own names, under "extsum." (transformers' AutoModel still reads "bert.")
-    "extsum": [("head.scorer.{p}", ("extsum.scorer.{p}",)), ("head.inter.norm.{p}", ("extsum.inter.norm.{p}",))]
-    + [
-        (f"head.inter.{w}_{{p}}", (f"extsum.inter.{w}_{{p}}",))
-        for w in ("qkv", "out", "attn_norm", "up", "down", "ffn_norm")
-    ],
+    "extsum": [("head.scorer.{p}", ("extsum.scorer.{p}",))],
+}
+# Heads with layers of their own: (the config.extra key counting them, keys per layer ({i}), keys
+# present when there is at least one layer), expanded like the encoder's layers.
+HEAD_LAYER_KEYS: dict[str, tuple[str, list[tuple[str, tuple[str, ...]]], list[tuple[str, tuple[str, ...]]]]] = {
+    "extsum": (
+        "extsum_inter_layers",
+        [(f"head.inter.layers.{{i}}.{w}.{{p}}", (f"extsum.inter.layers.{{i}}.{w}.{{p}}",))
+         for w in ("attn_norm", "qkv", "out", "ffn_norm", "up", "down")],
+        [("head.inter.norm.{p}", ("extsum.inter.norm.{p}",))],
+    ),
 }
 ARCHITECTURES = {
     None: "BertModel",
@@ -93,7 +99,16 @@ def key_table(config: BertConfig, head: str | None) -> list[tuple[str, tuple[str
                     (f"layers.{i}." + ours.format(p=p), tuple(f"{prefix}encoder.layer.{i}." + h.format(p=p) for h in hf))
                 )
     table = [("bert." + ours if head else ours, hf) for ours, hf in table]
-    for ours, hf in HEAD_KEYS.get(head, []) + (_MLM_BIAS if head in ("pretrain", "mlm") else []):
+    head_keys = HEAD_KEYS.get(head, []) + (_MLM_BIAS if head in ("pretrain", "mlm") else [])
+    if head in HEAD_LAYER_KEYS:
+        count, layer_keys, any_layer_keys = HEAD_LAYER_KEYS[head]
+        n = int(config.extra.get(count, 0))
+        head_keys = head_keys + [
+            (ours.replace("{i}", str(i)), tuple(h.replace("{i}", str(i)) for h in hf))
+            for i in range(n)
+            for ours, hf in layer_keys
+        ] + (any_layer_keys if n else [])
+    for ours, hf in head_keys:
         for p in ("weight", "bias") if "{p}" in ours else ("",):
             table.append((ours.format(p=p), tuple(h.format(p=p) for h in hf)))
     return table

@@ -30,6 +30,8 @@ app = typer.Typer(
 SAME_MEANING_THRESHOLD = 0.7
 
 Model = Annotated[str, typer.Option("--model", "-m", help="Model directory or registry name (e.g. minilm-l6).")]
+Precision = Annotated[str, typer.Option("--precision", help="fp32 | bf16 (AVX512-BF16/AMX CPUs, GPUs) | fp16 (GPUs) | int8 (CPU) | auto.")]
+Runtime = Annotated[str, typer.Option("--runtime", help="torch | onnx (the graph written by `bertforge export onnx`).")]
 
 
 def _read_lines(path: Path) -> list[str]:
@@ -97,6 +99,8 @@ def embed(
     normalize: Annotated[bool | None, typer.Option("--normalize/--no-normalize", help="L2-normalise (default: the checkpoint's).")] = None,
     max_length: Annotated[int | None, typer.Option(help="Truncate texts to this many tokens.")] = None,
     max_tokens: Annotated[int, typer.Option(help="Padded tokens per batch.")] = 8192,
+    precision: Precision = "fp32",
+    runtime: Runtime = "torch",
 ) -> None:
     """Embed every line of a text file."""
     import json
@@ -108,7 +112,7 @@ def embed(
     texts = _read_lines(input)
     if output.suffix not in (".npy", ".jsonl"):
         raise BertforgeError(f"{output}: output must end in .npy or .jsonl")
-    embedder = Embedder.from_pretrained(model)
+    embedder = Embedder.from_pretrained(model, precision=precision, runtime=runtime)
     vectors = embedder(texts, pooling=pooling, normalize=normalize, max_length=max_length, max_tokens=max_tokens, progress=True)
     output.parent.mkdir(parents=True, exist_ok=True)
     tmp = output.with_name(output.name + ".tmp")
@@ -151,6 +155,7 @@ def similarity(
     sentences: Annotated[list[str] | None, typer.Argument(help="Two sentences.")] = None,
     pairs: Annotated[Path | None, typer.Option("--pairs", help="TSV: sentence A, sentence B[, gold 1/0].")] = None,
     threshold: Annotated[float, typer.Option(help="Cosine at or above which the verdict is 'same'.")] = SAME_MEANING_THRESHOLD,
+    precision: Precision = "fp32",
 ) -> None:
     """Do two sentences mean the same? Prints the cosine similarity and a verdict."""
     from .infer import Embedder
@@ -161,7 +166,7 @@ def similarity(
         a, b, gold = [sentences[0]], [sentences[1]], [None]
     else:
         raise BertforgeError("give two sentences, or --pairs FILE")
-    scores = Embedder.from_pretrained(model).similarity(a, b)
+    scores = Embedder.from_pretrained(model, precision=precision).similarity(a, b)
     verdicts = [bool(s >= threshold) for s in scores]
     if len(a) == 1 and gold[0] is None:
         typer.echo(f"{scores[0]:.4f}  {'same meaning' if verdicts[0] else 'different meaning'}")
@@ -408,6 +413,8 @@ def evaluate(
     top_k: Annotated[int | None, typer.Option("--top-k", help="extsum: sentences per summary (default: as in training).")] = None,
     max_words: Annotated[int | None, typer.Option("--max-words", help="extsum: length budget in words.")] = None,
     trigram_blocking: Annotated[bool | None, typer.Option("--trigram-blocking/--no-trigram-blocking", help="extsum.")] = None,
+    precision: Precision = "fp32",
+    runtime: Runtime = "torch",
 ) -> None:
     """Score a fine-tuned model on labelled data: the task's metrics (and a confusion matrix).
 
@@ -417,7 +424,8 @@ def evaluate(
     from .api import evaluate_file
 
     extra = _task_settings(None, null_threshold=null_threshold, top_k=top_k, max_words=max_words, trigram_blocking=trigram_blocking)
-    result = evaluate_file(model, data, output, **_overrides(text_column, text_pair_column, label_column), extra=extra)
+    result = evaluate_file(model, data, output, precision=precision, runtime=runtime,
+                           **_overrides(text_column, text_pair_column, label_column), extra=extra)
     for k, v in result.items():
         if isinstance(v, float):
             typer.echo(f"{k:18} {v:.4f}")
@@ -443,13 +451,16 @@ def predict(
     top_k: Annotated[int | None, typer.Option("--top-k", help="extsum: sentences per summary (default: as in training).")] = None,
     max_words: Annotated[int | None, typer.Option("--max-words", help="extsum: length budget in words.")] = None,
     trigram_blocking: Annotated[bool | None, typer.Option("--trigram-blocking/--no-trigram-blocking", help="extsum.")] = None,
+    precision: Precision = "fp32",
+    runtime: Runtime = "torch",
 ) -> None:
     """Predict with a fine-tuned model: labels and probabilities, tags with their spans, answers
     (qa: answer, score, start, end in the context's characters) or summaries (extsum: summary, selected)."""
     from .api import predict_file
 
     extra = _task_settings(None, null_threshold=null_threshold, top_k=top_k, max_words=max_words, trigram_blocking=trigram_blocking)
-    n = predict_file(model, input, output, **_overrides(text_column, text_pair_column, None), extra=extra)
+    n = predict_file(model, input, output, precision=precision, runtime=runtime,
+                     **_overrides(text_column, text_pair_column, None), extra=extra)
     typer.echo(f"wrote {output} ({n} predictions)")
 
 
@@ -490,6 +501,36 @@ def summarize(
     for k, v in score_summaries(preds, documents).items():
         typer.echo(f"{k:18} {v:.4f}")
     typer.echo(f"wrote {output} ({len(preds)} summaries)")
+
+
+export_app = typer.Typer(help="Export a model to another format.", no_args_is_help=True)
+app.add_typer(export_app, name="export")
+
+
+@export_app.command("onnx")
+def export_onnx(
+    model: Model,
+    out: Annotated[Path | None, typer.Option("--out", help="Default: MODEL/model.onnx (MODEL/model.int8.onnx with --int8).")] = None,
+    int8: Annotated[bool, typer.Option("--int8", help="Quantize the linear layers to int8 (onnxruntime dynamic quantization).")] = False,
+) -> None:
+    """Export an encoder, or a classify / tag / qa model, to ONNX with dynamic batch and length.
+
+    `--runtime onnx` in embed, predict and serve then runs it through onnxruntime.
+    """
+    from .assets import resolve_model_dir
+    from .checkpoint import load_pretrained
+    from .config import BertConfig
+    from .infer import onnx_path
+    from .runtime import export_onnx as export
+
+    directory = resolve_model_dir(model)
+    config = BertConfig.from_json(directory / "config.json")
+    task = config.extra.get("bertforge", {}).get("task")
+    head = {"classify": "classify", "pair": "classify", "regress": "classify", "tag": "tag", "qa": "span"}.get(task)
+    if task is not None and head is None:
+        raise BertforgeError(f"{directory}: a {task} model cannot be exported to ONNX (encoder, classify, pair, regress, tag, qa can)")
+    path = export(load_pretrained(directory, head=head), out or onnx_path(directory, "int8" if int8 else "fp32"), int8=int8)
+    typer.echo(f"wrote {path} ({path.stat().st_size / 2**20:.1f} MiB)")
 
 
 def main() -> None:

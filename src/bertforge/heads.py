@@ -219,57 +219,49 @@ def sinusoidal_positions(n: int, dim: int, device: torch.device) -> Tensor:
     return out
 
 
-class InterSentenceEncoder(nn.Module):
-    """BertSum's ``ExtTransformerEncoder``: ``n`` pre-LayerNorm Transformer layers over a document's
-    sentence vectors (sinusoidal sentence positions added first), then a LayerNorm.
+class InterSentenceLayer(nn.Module):
+    """One pre-LayerNorm Transformer layer over sentence vectors, as in BertSum's ExtTransformerEncoder."""
 
-    The weights of the ``n`` layers are stacked along a leading dimension (``qkv_weight`` is
-    (n, 3H, H)), so the checkpoint key table names a fixed set of tensors whatever ``n`` is; with
-    ``n = 0`` the module is the identity and its (empty or unused) weights are frozen.
-    """
+    def __init__(self, config: BertConfig):
+        super().__init__()
+        H = config.hidden_size
+        self.num_heads = config.num_attention_heads
+        self.attn_norm = nn.LayerNorm(H, eps=config.layer_norm_eps)
+        self.qkv = nn.Linear(H, 3 * H)
+        self.out = nn.Linear(H, H)
+        self.ffn_norm = nn.LayerNorm(H, eps=config.layer_norm_eps)
+        self.up = nn.Linear(H, config.intermediate_size)
+        self.act = ACTIVATIONS[config.hidden_act]
+        self.down = nn.Linear(config.intermediate_size, H)
+        self.dropout = nn.Dropout(config.hidden_dropout_prob)
+        self.dropout_p = config.hidden_dropout_prob
+        _initialised(self, config)
+
+    def forward(self, x: Tensor, keys: Tensor) -> Tensor:
+        B, S, H = x.shape
+        q, k, v = self.qkv(self.attn_norm(x)).view(B, S, 3, self.num_heads, -1).permute(2, 0, 3, 1, 4)  # 3 x (B, nh, S, hs)
+        y = F.scaled_dot_product_attention(q, k, v, attn_mask=keys, dropout_p=self.dropout_p if self.training else 0.0)
+        x = x + self.dropout(self.out(y.transpose(1, 2).reshape(B, S, H)))
+        return x + self.dropout(self.down(self.act(self.up(self.ffn_norm(x)))))
+
+
+class InterSentenceEncoder(nn.Module):
+    """BertSum's ``ExtTransformerEncoder``: ``n`` Transformer layers over a document's sentence vectors
+    (sinusoidal sentence positions added first), then a LayerNorm; with ``n = 0`` the identity."""
 
     def __init__(self, config: BertConfig, n: int):
         super().__init__()
-        H, F_ = config.hidden_size, config.intermediate_size
-        self.n, self.num_heads, self.eps = n, config.num_attention_heads, config.layer_norm_eps
-        self.act = ACTIVATIONS[config.hidden_act]
-        self.dropout = config.hidden_dropout_prob
-
-        def stacked(*shape: int, fill: float | None = None) -> nn.Parameter:
-            t = torch.empty(n, *shape)
-            if fill is None:
-                nn.init.normal_(t, mean=0.0, std=config.initializer_range)
-            else:
-                nn.init.constant_(t, fill)
-            return nn.Parameter(t)
-
-        self.qkv_weight, self.qkv_bias = stacked(3 * H, H), stacked(3 * H, fill=0.0)
-        self.out_weight, self.out_bias = stacked(H, H), stacked(H, fill=0.0)
-        self.attn_norm_weight, self.attn_norm_bias = stacked(H, fill=1.0), stacked(H, fill=0.0)
-        self.up_weight, self.up_bias = stacked(F_, H), stacked(F_, fill=0.0)
-        self.down_weight, self.down_bias = stacked(H, F_), stacked(H, fill=0.0)
-        self.ffn_norm_weight, self.ffn_norm_bias = stacked(H, fill=1.0), stacked(H, fill=0.0)
-        self.norm = nn.LayerNorm(H, eps=config.layer_norm_eps)
-        self.requires_grad_(n > 0)
+        self.layers = nn.ModuleList([InterSentenceLayer(config) for _ in range(n)])
+        self.norm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps) if n else None
 
     def forward(self, x: Tensor, mask: Tensor) -> Tensor:
-        if self.n == 0:
+        if not self.layers:
             return x
         B, S, H = x.shape
-        p = self.dropout if self.training else 0.0
         x = x * mask[..., None] + sinusoidal_positions(S, H, x.device).to(x.dtype)  # (B, S, H)
         keys = mask[:, None, None, :]  # (B, 1, 1, S)
-        for i in range(self.n):
-            h = F.layer_norm(x, (H,), self.attn_norm_weight[i], self.attn_norm_bias[i], self.eps)
-            q, k, v = F.linear(h, self.qkv_weight[i], self.qkv_bias[i]).view(B, S, 3, self.num_heads, -1).permute(
-                2, 0, 3, 1, 4
-            )  # 3 x (B, nh, S, hs)
-            y = F.scaled_dot_product_attention(q, k, v, attn_mask=keys, dropout_p=p)  # (B, nh, S, hs)
-            y = F.linear(y.transpose(1, 2).reshape(B, S, H), self.out_weight[i], self.out_bias[i])
-            x = x + F.dropout(y, p, self.training)
-            h = F.layer_norm(x, (H,), self.ffn_norm_weight[i], self.ffn_norm_bias[i], self.eps)
-            h = F.linear(self.act(F.linear(h, self.up_weight[i], self.up_bias[i])), self.down_weight[i], self.down_bias[i])
-            x = x + F.dropout(h, p, self.training)
+        for layer in self.layers:
+            x = layer(x, keys)
         return self.norm(x)
 
 

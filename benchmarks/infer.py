@@ -1,0 +1,149 @@
+"""Inference throughput: bertforge's inference path against transformers used as its docs show.
+
+Same texts, given in their natural order (rotten-tomatoes snippets, wiki-topics-en extracts),
+same weights, same precision. transformers: ``tokenizer(batch, padding=True, truncation=True)`` and
+``model(**batch)`` with sdpa attention, batches of 32 in the order given. bertforge: the one
+inference path (batch tokenization, length-sorted batches under a token budget, the caller's order
+restored). Both end at the encoder's hidden states (bertforge also mean-pools: the sentence
+embedding a user asks for). int8 is PyTorch's dynamic quantization of the linear layers on both.
+
+Prints seq/s and real (non-padding) tokens/s, the ratios, and bertforge's real-token FLOP/s as a
+fraction of a plain matmul's FLOP/s measured in the same run at the same precision.
+
+    python benchmarks/infer.py                          # minilm-l6 and a random `base`, fp32/bf16/int8
+    python benchmarks/infer.py --models minilm-l6 --precisions fp32 --texts 512
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+from bertforge import BertConfig, BertModel, Tokenizer
+from bertforge.assets import fetch
+from bertforge.infer import embed
+from bertforge.runtime import prepare, quantize_int8
+
+
+def load_texts(n: int) -> dict[str, list[str]]:
+    with (fetch("rotten-tomatoes") / "test.csv").open(encoding="utf-8") as f:
+        rt = [r["text"] for r in csv.DictReader(f)][:n]
+    wiki = [json.loads(x)["text"] for x in (fetch("wiki-topics-en") / "test.jsonl").read_text().splitlines()][: n // 2]
+    return {"rotten-tomatoes": rt, "wiki-topics-en": wiki}
+
+
+def model_dir(name: str, tmp: Path) -> Path:
+    if name == "minilm-l6":
+        return fetch("minilm-l6")
+    # a randomly initialised model of a preset size, with minilm-l6's (bert-base-uncased) vocabulary
+    tok = Tokenizer.from_pretrained(fetch("minilm-l6"))
+    torch.manual_seed(0)
+    return BertModel(BertConfig.preset(name, vocab_size=tok.vocab_size)).save_pretrained(tmp / name, tokenizer=tok)
+
+
+def real_flops(config: BertConfig, lengths: list[int]) -> float:
+    """Multiply-adds x 2 of the encoder on real tokens: projections and feed-forward, plus attention."""
+    H, inter, layers = config.hidden_size, config.intermediate_size, config.num_hidden_layers
+    per_token = 2 * (4 * H * H + 2 * H * inter)
+    return float(layers * sum(per_token * n + 4 * n * n * H for n in lengths))
+
+
+def matmul_rate(dtype: torch.dtype, H: int, inter: int) -> float:
+    """FLOP/s of a plain (4096 x H) @ (H x 4H) matmul: the feed-forward's shape at a large batch."""
+    a, b = torch.randn(4096, H).to(dtype), torch.randn(H, inter).to(dtype)
+    for _ in range(3):
+        a @ b
+    times = []
+    for _ in range(10):
+        t = time.perf_counter()
+        a @ b
+        times.append(time.perf_counter() - t)
+    return 2 * 4096 * H * inter / statistics.median(times)
+
+
+def timed(fn, repeats: int) -> float:
+    fn()  # warm-up
+    times = []
+    for _ in range(repeats):
+        t = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t)
+    return statistics.median(times)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--models", default="minilm-l6,base", help="minilm-l6 and/or preset names (random weights)")
+    p.add_argument("--precisions", default="fp32,bf16,int8")
+    p.add_argument("--texts", type=int, default=1024, help="rotten-tomatoes snippets (and half as many wiki extracts)")
+    p.add_argument("--max-length", type=int, default=256)
+    p.add_argument("--batch-size", type=int, default=32, help="transformers' batch size")
+    p.add_argument("--max-tokens", type=int, default=None, help="bertforge's padded tokens per batch (default: the library's)")
+    p.add_argument("--repeats", type=int, default=3)
+    args = p.parse_args()
+    from transformers import AutoModel, AutoTokenizer
+
+    corpora = load_texts(args.texts)
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; texts as given, max length {args.max_length}")
+    header = f"{'model':10} {'prec':5} {'texts':16} {'n':>5} {'real tok':>9} {'hf seq/s':>9} {'ours seq/s':>10} {'ours tok/s':>10} {'ratio':>6} {'GFLOP/s':>8} {'of matmul':>9}"
+    print(header)
+    results = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for name in args.models.split(","):
+            directory = model_dir(name, Path(tmp))
+            config = BertConfig.from_json(directory / "config.json")
+            hf_tok = AutoTokenizer.from_pretrained(directory)
+            tok = Tokenizer.from_pretrained(directory)
+            for precision in args.precisions.split(","):
+                from bertforge import load_pretrained
+
+                ours = prepare(load_pretrained(directory), precision)
+                hf = AutoModel.from_pretrained(directory, attn_implementation="sdpa").eval()
+                if precision == "bf16":
+                    hf = hf.to(torch.bfloat16)
+                elif precision == "int8":
+                    hf = quantize_int8(hf)
+                rate = matmul_rate(torch.bfloat16 if precision == "bf16" else torch.float32, config.hidden_size,
+                                   config.intermediate_size)
+                for corpus, texts in corpora.items():
+                    lengths = [len(e.ids) for e in tok.encode_batch(texts, max_length=args.max_length)]
+
+                    def run_hf(texts=texts):
+                        with torch.inference_mode():
+                            for i in range(0, len(texts), args.batch_size):
+                                batch = hf_tok(texts[i : i + args.batch_size], padding=True, truncation=True,
+                                               max_length=args.max_length, return_tensors="pt")
+                                hf(**batch)
+
+                    def run_ours(texts=texts):
+                        kw = {"max_tokens": args.max_tokens} if args.max_tokens else {}
+                        embed(ours, tok, texts, max_length=args.max_length, **kw)
+
+                    t_hf = timed(run_hf, args.repeats)
+                    t_ours = timed(run_ours, args.repeats)
+                    flops = real_flops(config, lengths) / t_ours
+                    row = {
+                        "model": name, "precision": precision, "texts": corpus, "n": len(texts),
+                        "real_tokens": sum(lengths), "hf_seq_s": len(texts) / t_hf, "ours_seq_s": len(texts) / t_ours,
+                        "ours_tok_s": sum(lengths) / t_ours, "ratio": t_hf / t_ours, "gflops": flops / 1e9,
+                        "of_matmul": flops / rate if precision != "int8" else float("nan"),
+                    }
+                    results.append(row)
+                    print(f"{name:10} {precision:5} {corpus:16} {row['n']:>5} {row['real_tokens']:>9} {row['hf_seq_s']:>9.1f} "
+                          f"{row['ours_seq_s']:>10.1f} {row['ours_tok_s']:>10.0f} {row['ratio']:>5.2f}x {row['gflops']:>8.0f} "
+                          f"{row['of_matmul']:>8.0%}", flush=True)
+    fp32 = {(r["model"], r["texts"]): r["ours_seq_s"] for r in results if r["precision"] == "fp32"}
+    for r in results:
+        if r["precision"] != "fp32" and (r["model"], r["texts"]) in fp32:
+            print(f"ours {r['precision']} / ours fp32, {r['model']}, {r['texts']}: {r['ours_seq_s'] / fp32[(r['model'], r['texts'])]:.2f}x")
+
+
+if __name__ == "__main__":
+    main()

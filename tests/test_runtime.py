@@ -1,0 +1,140 @@
+"""Precisions and runtimes: bf16 and int8 PyTorch, ONNX fp32 and int8, all through the one inference
+path, checked against fp32 PyTorch on real text with the real minilm-l6 checkpoint."""
+
+from __future__ import annotations
+
+import csv
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from bertforge import BertforgeError, Embedder, evaluate_file
+from bertforge.api import finetune, load_task
+from bertforge.assets import fetch
+from bertforge.runtime import export_onnx, native_bf16, resolve_precision
+from bertforge.tasks import TaskSpec
+from bertforge.train import TrainArgs
+
+BERTFORGE = Path(sys.executable).parent / "bertforge"
+
+
+@pytest.fixture(scope="module")
+def texts() -> list[str]:
+    with (fetch("rotten-tomatoes") / "test.csv").open(encoding="utf-8") as f:
+        return [r["text"] for r in csv.DictReader(f)][:200]
+
+
+@pytest.fixture(scope="module")
+def minilm(tmp_path_factory) -> Path:
+    """A copy of minilm-l6 we may write ONNX graphs into."""
+    d = tmp_path_factory.mktemp("minilm") / "minilm"
+    shutil.copytree(fetch("minilm-l6"), d)
+    return d
+
+
+@pytest.fixture(scope="module")
+def fp32_embeddings(minilm, texts) -> np.ndarray:
+    return Embedder.from_pretrained(minilm)(texts)
+
+
+def _cosines(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    return (a * b).sum(1) / (np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1))
+
+
+def test_onnx_fp32_matches_pytorch(minilm, texts, fp32_embeddings):
+    proc = subprocess.run([str(BERTFORGE), "export", "onnx", "--model", str(minilm)], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    assert (minilm / "model.onnx").is_file()
+    onnx = Embedder.from_pretrained(minilm, runtime="onnx")(texts)
+    assert np.abs(onnx - fp32_embeddings).max() < 1e-4
+    # and the raw encoder outputs, padding and all
+    from bertforge import Tokenizer, load_pretrained
+    from bertforge.infer import load_for_inference
+
+    tok = Tokenizer.from_pretrained(minilm)
+    batch = tok.to_tensors(tok.encode_batch(texts[:16]))
+    ref = load_pretrained(minilm, unpad=False)(**batch).last_hidden_state.detach()
+    got = load_for_inference(minilm, None, runtime="onnx")(**batch).last_hidden_state
+    assert (got - ref).abs().max() < 1e-4
+
+
+def test_int8_and_bf16_embeddings_keep_direction(minilm, texts, fp32_embeddings):
+    torch_int8 = Embedder.from_pretrained(minilm, precision="int8")(texts)
+    assert _cosines(torch_int8, fp32_embeddings).min() >= 0.98
+    subprocess.run([str(BERTFORGE), "export", "onnx", "--model", str(minilm), "--int8"], check=True, capture_output=True)
+    onnx_int8 = Embedder.from_pretrained(minilm, precision="int8", runtime="onnx")(texts)
+    assert _cosines(onnx_int8, fp32_embeddings).min() >= 0.98
+    if native_bf16(torch.device("cpu")):  # the AVX512-BF16 / AMX CPUs this project is measured on
+        bf16 = Embedder.from_pretrained(minilm, precision="bf16")(texts)
+        assert _cosines(bf16, fp32_embeddings).min() >= 0.99
+    assert resolve_precision("auto", torch.device("cpu")) == ("bf16" if native_bf16(torch.device("cpu")) else "fp32")
+
+
+def test_precision_errors(minilm):
+    with pytest.raises(BertforgeError, match="fp16 needs a GPU"):
+        Embedder.from_pretrained(minilm, precision="fp16")
+    with pytest.raises(BertforgeError, match="unknown precision"):
+        Embedder.from_pretrained(minilm, precision="fp8")
+    with pytest.raises(BertforgeError, match="unknown runtime"):
+        Embedder.from_pretrained(minilm, runtime="tensorrt")
+    empty = minilm.parent / "no-onnx"
+    shutil.copytree(minilm, empty, ignore=shutil.ignore_patterns("*.onnx"))
+    with pytest.raises(BertforgeError, match="bertforge export onnx"):
+        Embedder.from_pretrained(empty, runtime="onnx")
+
+
+@pytest.fixture(scope="module")
+def sentiment(tmp_path_factory) -> tuple[Path, Path]:
+    """minilm-l6 fine-tuned briefly on rotten-tomatoes (enough for ~75% held-out accuracy)."""
+    data = fetch("rotten-tomatoes")
+    out = tmp_path_factory.mktemp("rt") / "model"
+    with (data / "train.csv").open(encoding="utf-8") as f:
+        rows = list(csv.DictReader(f))[:1600]
+    train = out.parent / "train.csv"
+    with train.open("w", newline="", encoding="utf-8") as f:
+        w = csv.DictWriter(f, ["text", "label"])
+        w.writeheader()
+        w.writerows(rows)
+    test = out.parent / "test.csv"
+    with (data / "test.csv").open(encoding="utf-8") as f, test.open("w", newline="", encoding="utf-8") as g:
+        w = csv.DictWriter(g, ["text", "label"])
+        w.writeheader()
+        w.writerows(list(csv.DictReader(f))[:600])
+    args = TrainArgs(out=out / "run", max_steps=50, batch_size=32, lr=1e-4, eval_every=50, progress=False)
+    finetune("classify", "minilm-l6", train, out, spec=TaskSpec("classify", max_length=128), args=args)
+    return out, test
+
+
+def test_int8_costs_at_most_one_point_of_accuracy(sentiment):
+    model, test = sentiment
+    fp32 = evaluate_file(model, test)["accuracy"]
+    int8 = evaluate_file(model, test, precision="int8")["accuracy"]
+    assert fp32 > 0.7
+    assert int8 >= fp32 - 0.01
+    export_onnx(load_task(model)[1], model / "model.int8.onnx", int8=True)
+    onnx_int8 = evaluate_file(model, test, precision="int8", runtime="onnx")["accuracy"]
+    assert onnx_int8 >= fp32 - 0.01
+
+
+def test_onnx_classifier_logits_match(sentiment, tmp_path):
+    model, test = sentiment
+    proc = subprocess.run([str(BERTFORGE), "export", "onnx", "-m", str(model)], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    task, net = load_task(model)
+    _, onnx = load_task(model, runtime="onnx")
+    with test.open(encoding="utf-8") as f:
+        texts = [r["text"] for r in csv.DictReader(f)][:64]
+    batch = task.tokenizer.to_tensors(task.tokenizer.encode_batch(texts, max_length=128))
+    with torch.no_grad():
+        ref = net(**batch).logits
+    assert (onnx(**batch).logits - ref).abs().max() < 1e-4
+    out = tmp_path / "pred.jsonl"
+    proc = subprocess.run([str(BERTFORGE), "predict", "-m", str(model), "-i", str(test), "-o", str(out), "--runtime", "onnx"],
+                          capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    assert sum(1 for _ in out.open()) == 600
