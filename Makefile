@@ -18,7 +18,7 @@ $(VENV)/.demo: $(VENV)/.torch pyproject.toml
 	touch $@
 
 $(VENV)/.test: $(VENV)/.torch pyproject.toml
-	$(BIN)/pip install --quiet -e '.[hf,dev]'
+	$(BIN)/pip install --quiet -e '.[hf,dev,serve,onnx]'
 	touch $@
 
 demo: $(VENV)/.demo

@@ -115,14 +115,14 @@ def main() -> None:
                 for corpus, texts in corpora.items():
                     lengths = [len(e.ids) for e in tok.encode_batch(texts, max_length=args.max_length)]
 
-                    def run_hf(texts=texts):
+                    def run_hf(texts=texts, hf=hf, hf_tok=hf_tok):
                         with torch.inference_mode():
                             for i in range(0, len(texts), args.batch_size):
                                 batch = hf_tok(texts[i : i + args.batch_size], padding=True, truncation=True,
                                                max_length=args.max_length, return_tensors="pt")
                                 hf(**batch)
 
-                    def run_ours(texts=texts):
+                    def run_ours(texts=texts, ours=ours, tok=tok):
                         kw = {"max_tokens": args.max_tokens} if args.max_tokens else {}
                         embed(ours, tok, texts, max_length=args.max_length, **kw)
 

@@ -218,14 +218,25 @@ class Pipeline:
 
     def __call__(self, inputs: Any) -> Any:
         single = not isinstance(inputs, list)
-        items = [inputs] if single else inputs
-        if self.embedder is not None:
-            from .tasks.extsum import document_input, summarize_untrained
-
-            preds = summarize_untrained(self.embedder, [document_input(x) for x in items], **self.untrained)
-        else:
-            preds = self.task.predict(self.model, [self._example(x) for x in items])
+        preds = self.predict(self.examples([inputs] if single else inputs))
         return preds[0] if single else preds
+
+    def examples(self, items: list) -> list:
+        """Each input as the task's example. A bad input raises here, before any model runs: the
+        server checks each request's inputs, then predicts many requests' examples in one call."""
+        if self.embedder is not None:
+            from .tasks.extsum import document_input
+
+            return [document_input(x) for x in items]
+        return [self._example(x) for x in items]
+
+    def predict(self, examples: list) -> list[dict]:
+        """Predictions for ``examples`` (from ``examples()``), in order, through the one inference path."""
+        if self.embedder is not None:
+            from .tasks.extsum import summarize_untrained
+
+            return summarize_untrained(self.embedder, examples, **self.untrained)
+        return self.task.predict(self.model, examples)
 
     def _example(self, x: Any):
         from .tasks.sequence import TextExample

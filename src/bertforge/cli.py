@@ -503,6 +503,39 @@ def summarize(
     typer.echo(f"wrote {output} ({len(preds)} summaries)")
 
 
+@app.command()
+def serve(
+    model: Model,
+    host: Annotated[str, typer.Option(help="Address to listen on (0.0.0.0: every interface).")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port to listen on (0: any free one, printed at start).")] = 8000,
+    precision: Precision = "fp32",
+    runtime: Runtime = "torch",
+    max_batch_tokens: Annotated[int, typer.Option("--max-batch-tokens", help="Padded tokens per model batch.")] = 8192,
+    api_key: Annotated[str | None, typer.Option(
+        "--api-key", envvar="BERTFORGE_API_KEY",
+        help="Require 'Authorization: Bearer KEY' on /v1/* and /metrics (or set BERTFORGE_API_KEY: not shown by ps).",
+    )] = None,
+    max_texts: Annotated[int, typer.Option("--max-texts", help="Texts (pairs, questions, documents) per request; more: 413.")] = 256,
+    max_chars: Annotated[int, typer.Option("--max-chars", help="Characters per text; more: 413.")] = 20_000,
+    batch_window_ms: Annotated[float, typer.Option(
+        "--batch-window-ms", help="How long an idle server waits for concurrent requests to batch together.",
+    )] = 5.0,
+) -> None:
+    """Serve a model over HTTP (FastAPI): the endpoints its task supports, /health, /metrics, /docs.
+
+    An encoder (minilm-l6) serves /v1/embed, /v1/similarity and /v1/summarize; a fine-tuned model
+    serves /v1/classify, /v1/tag, /v1/qa or /v1/summarize. Concurrent requests are batched into one
+    model call. SIGINT or SIGTERM stops it after the requests in flight are answered.
+    """
+    try:
+        from .serve import serve as run
+    except ImportError as e:
+        raise BertforgeError(f"serve needs FastAPI and uvicorn: pip install 'bertforge[serve]' ({e})") from None
+
+    run(model, host=host, port=port, echo=typer.echo, precision=precision, runtime=runtime, max_batch_tokens=max_batch_tokens,
+        api_key=api_key, max_texts=max_texts, max_chars=max_chars, batch_window_ms=batch_window_ms)
+
+
 export_app = typer.Typer(help="Export a model to another format.", no_args_is_help=True)
 app.add_typer(export_app, name="export")
 
