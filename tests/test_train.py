@@ -156,3 +156,33 @@ def test_schedules_and_lamb():
     Lamb([w], lr=0.1).step()
     # ||w|| = 4, ||update|| = ||sign(g)|| = 2: trust ratio 2, step 0.1 * 2 = 0.2 against the gradient
     assert torch.allclose(w.detach(), torch.tensor([1.8, 2.2, 1.8, 2.2]), atol=1e-4)
+
+
+def test_finetune_under_torchrun(tmp_path):
+    """Fine-tuning runs under torchrun like pretraining: 2 processes, rank 0 writes one model."""
+    import csv
+    import random
+
+    from bertforge import BertModel, Tokenizer
+
+    tok = Tokenizer.from_pretrained(ASSETS / "vocab_en.txt")
+    torch.manual_seed(0)
+    model_dir = BertModel(BertConfig.preset("tiny", vocab_size=tok.vocab_size, max_position_embeddings=64)).save_pretrained(
+        tmp_path / "tiny", tokenizer=tok)
+    rnd = random.Random(0)
+    words = (ASSETS / "corpus_en.txt").read_text().split()[:200]
+    with (tmp_path / "train.csv").open("w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["text", "label"])
+        for _ in range(96):
+            label = rnd.choice(["a", "b"])
+            w.writerow([" ".join(rnd.sample(words, 6)) + (" lighthouse" if label == "a" else " river"), label])
+    cmd = [str(BIN / "torchrun"), "--standalone", "--nproc-per-node", "2", "-m", "bertforge", "finetune", "classify",
+           "--model", str(model_dir), "--train", str(tmp_path / "train.csv"), "--out", str(tmp_path / "out"),
+           "--max-steps", "6", "--batch-size", "8", "--lr", "1e-3"]
+    proc = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"}, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert (tmp_path / "out" / "model.safetensors").is_file()
+    rows = [json.loads(x) for x in (tmp_path / "out" / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows if r["split"] == "eval"] == [6]
+    assert "accuracy" in json.loads((tmp_path / "out" / "valid_metrics.json").read_text())

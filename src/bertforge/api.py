@@ -21,6 +21,7 @@ from .assets import resolve_model_dir
 from .config import BertConfig
 from .errors import BertforgeError
 from .infer import load_for_inference
+from .model import set_dropout
 from .tasks import ARCHITECTURE_TASKS, TASKS, FinetuneTask, TaskSpec
 from .tokenizer import Tokenizer
 from .train import TrainArgs, train
@@ -43,6 +44,7 @@ def finetune(
     valid_file: str | Path | None = None,
     spec: TaskSpec | None = None,
     args: TrainArgs | None = None,
+    dropout: float | None = None,
 ) -> dict[str, float]:
     """Fine-tune ``model`` for ``task`` on a file; write the best model (by the task's validation
     metric) to ``out`` in Hugging Face format, the run (metrics, curves, checkpoints) to ``out/run``.
@@ -74,6 +76,8 @@ def finetune(
     t.check_labels(valid_examples, valid_source)
     torch.manual_seed(args.seed if args else 0)  # the fresh head's weights are part of what the seed reproduces
     net = t.load_model(directory)
+    if dropout is not None:
+        set_dropout(net, dropout)
     t.set_data(train_examples, valid_examples)
     args = args or TrainArgs(out=out / "run")
     args.out = out / "run"

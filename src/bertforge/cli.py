@@ -98,7 +98,7 @@ def embed(
     pooling: Annotated[str | None, typer.Option(help="mean | cls | pooler (default: the checkpoint's, else mean).")] = None,
     normalize: Annotated[bool | None, typer.Option("--normalize/--no-normalize", help="L2-normalise (default: the checkpoint's).")] = None,
     max_length: Annotated[int | None, typer.Option(help="Truncate texts to this many tokens.")] = None,
-    max_tokens: Annotated[int, typer.Option(help="Padded tokens per batch.")] = 8192,
+    max_tokens: Annotated[int, typer.Option(help="Padded tokens per batch.")] = 2048,
     precision: Precision = "fp32",
     runtime: Runtime = "torch",
 ) -> None:
@@ -333,6 +333,7 @@ def finetune(
     patience: Annotated[int, typer.Option("--patience", help="Stop after N validations without improvement (0: never).")] = 2,
     metric: Annotated[str | None, typer.Option("--metric", help="Validation metric that picks the best model (default: the task's).")] = None,
     seed: Annotated[int, typer.Option("--seed")] = 0,
+    dropout: Annotated[float | None, typer.Option("--dropout", help="Hidden and attention dropout (default: the checkpoint's).")] = None,
     precision: Annotated[str, typer.Option(help="fp32 | bf16")] = "fp32",
     save_every: Annotated[int, typer.Option("--save-every", help="Checkpoint every N steps (0: at the end).")] = 0,
     resume: Annotated[bool, typer.Option("--resume", help="Continue from the newest checkpoint in OUT/run.")] = False,
@@ -373,7 +374,7 @@ def finetune(
         warmup=warmup, weight_decay=weight_decay, eval_every=eval_every, patience=patience, select_metric=metric,
         seed=seed, precision=precision, save_every=save_every, resume=resume, device=device,
     )
-    best = run(task, model, train, out, valid, spec=spec, args=args)
+    best = run(task, model, train, out, valid, spec=spec, args=args, dropout=dropout)
     if best:
         typer.echo(f"best validation (step {best.get('step')}): " + ", ".join(
             f"{k} {v:.4f}" for k, v in best.items() if k != "step" and isinstance(v, float)))
@@ -510,7 +511,7 @@ def serve(
     port: Annotated[int, typer.Option(help="Port to listen on (0: any free one, printed at start).")] = 8000,
     precision: Precision = "fp32",
     runtime: Runtime = "torch",
-    max_batch_tokens: Annotated[int, typer.Option("--max-batch-tokens", help="Padded tokens per model batch.")] = 8192,
+    max_batch_tokens: Annotated[int, typer.Option("--max-batch-tokens", help="Padded tokens per model batch.")] = 2048,
     api_key: Annotated[str | None, typer.Option(
         "--api-key", envvar="BERTFORGE_API_KEY",
         help="Require 'Authorization: Bearer KEY' on /v1/* and /metrics (or set BERTFORGE_API_KEY: not shown by ps).",

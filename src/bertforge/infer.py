@@ -23,7 +23,7 @@ from .model import BertModel, EncoderOutput
 from .runtime import model_device, prepare
 from .tokenizer import Tokenizer
 
-DEFAULT_MAX_TOKENS = 8192  # padded tokens per batch: big enough for throughput, small for memory
+DEFAULT_MAX_TOKENS = 2048  # padded tokens per batch: activations stay in the CPU caches (measured: 2048 beats 8192)
 POOLING = ("mean", "cls", "pooler")
 
 

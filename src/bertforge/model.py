@@ -193,6 +193,17 @@ class BertModel(nn.Module):
         return save_pretrained(self, directory, tokenizer=tokenizer)
 
 
+def set_dropout(model: nn.Module, p: float) -> None:
+    """Set every dropout of a built model (hidden, attention, heads) to ``p``, and its config to match."""
+    for m in model.modules():
+        if isinstance(m, nn.Dropout):
+            m.p = p
+        elif isinstance(m, SelfAttention):
+            m.dropout_p = p
+    model.config.hidden_dropout_prob = model.config.attention_probs_dropout_prob = p
+    model.config.classifier_dropout = None
+
+
 def init_weights(module: nn.Module, std: float) -> None:
     """BERT's initialisation: N(0, std) weights, zero biases, unit LayerNorms, a zero padding embedding."""
     if isinstance(module, nn.Linear):

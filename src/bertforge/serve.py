@@ -47,6 +47,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import Request
 
 from .errors import BertforgeError
+from .infer import DEFAULT_MAX_TOKENS
 
 log = logging.getLogger("bertforge.serve")
 
@@ -54,7 +55,7 @@ DEFAULT_MAX_TEXTS = 256
 DEFAULT_MAX_CHARS = 20_000
 DEFAULT_MAX_BODY_BYTES = 4 * 2**20
 DEFAULT_BATCH_WINDOW_MS = 5.0  # long enough for concurrent requests to meet, short next to a model call
-DEFAULT_MAX_BATCH_TOKENS = 8192
+DEFAULT_MAX_BATCH_TOKENS = DEFAULT_MAX_TOKENS
 MAX_CALL_ITEMS = 1024  # inputs in one model call: merging more only makes the first request wait longer
 DRAIN_BYTES = 64 * 2**20  # an over-size body is read (and dropped) up to this, so the client sees the 413
 
@@ -404,6 +405,8 @@ class ServedModel:
         # an encoder summarises without training; its Embedder also answers embed and similarity
         self.pipe = Pipeline("summarize" if self.task is None else None, model, device, precision, runtime)
         self.embedder = self.pipe.embedder
+        if self.embedder is None:
+            self.pipe.task.max_tokens = max_batch_tokens
         net = self.embedder.model if self.embedder is not None else self.pipe.model
         self.precision = precision if runtime == "onnx" else getattr(net, "precision", precision)
         self.endpoints = SERVES[self.task]

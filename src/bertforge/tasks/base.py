@@ -19,6 +19,7 @@ from torch import Tensor, nn
 
 from ..errors import BertforgeError
 from ..heads import IGNORE_INDEX
+from ..infer import DEFAULT_MAX_TOKENS
 from ..tokenizer import Tokenizer
 
 LONG_TEXT = ("window", "truncate")
@@ -88,6 +89,7 @@ class FinetuneTask:
         self.spec = spec
         self.tokenizer = tokenizer
         self.id2label = id2label or {}
+        self.max_tokens = DEFAULT_MAX_TOKENS  # padded tokens per inference batch (serve's --max-batch-tokens)
         self.train_features: list[Feature] = []
         self.valid_examples: list = []
 

@@ -436,7 +436,7 @@ class QATask(FinetuneTask):
         def fn(out, batch):
             return torch.stack([out.logits, out.end_logits], dim=-1).float()  # (B, T, 2)
 
-        for idx, logits in run_batches(model, self.tokenizer, encs, fn, progress=progress, desc="answering"):
+        for idx, logits in run_batches(model, self.tokenizer, encs, fn, progress=progress, max_tokens=self.max_tokens, desc="answering"):
             logits = logits.cpu().numpy()
             for row, i in enumerate(idx):
                 enc = encs[i]

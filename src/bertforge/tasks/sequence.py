@@ -134,7 +134,7 @@ class SequenceTask(FinetuneTask):
         out = np.zeros((len(examples), model.config.num_labels if self.head == "classify" else 1), dtype=np.float64)
         n = np.zeros(len(examples))
         for idx, logits in run_batches(
-            model, self.tokenizer, encs, lambda o, b: o.logits.float(), progress=progress, desc="predicting"
+            model, self.tokenizer, encs, lambda o, b: o.logits.float(), progress=progress, max_tokens=self.max_tokens, desc="predicting"
         ):
             rows = np.asarray([owner[i] for i in idx])
             np.add.at(out, rows, logits.cpu().numpy())

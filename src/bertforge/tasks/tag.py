@@ -156,7 +156,7 @@ class TagTask(FinetuneTask):
         encs, owner = self.encode(examples)
         best: list[dict[int, tuple[int, int]]] = [{} for _ in examples]  # word -> (context, label id)
         for idx, preds in run_batches(
-            model, self.tokenizer, encs, lambda o, b: o.logits.argmax(-1), progress=progress, desc="tagging"
+            model, self.tokenizer, encs, lambda o, b: o.logits.argmax(-1), progress=progress, max_tokens=self.max_tokens, desc="tagging"
         ):
             preds = preds.cpu().numpy()
             for row, i in enumerate(idx):
