@@ -68,13 +68,37 @@ def prepare(model: nn.Module, precision: str = "fp32", device: str | torch.devic
     return model
 
 
+def has_vnni() -> bool:
+    """Does this CPU have VNNI (int8 dot products accumulated in int32, AVX512-VNNI or AVX-VNNI)?"""
+    try:
+        flags = Path("/proc/cpuinfo").read_text().split()
+    except OSError:
+        return False
+    return "avx512_vnni" in flags or "avx_vnni" in flags
+
+
 def quantize_int8(model: nn.Module) -> nn.Module:
-    """Dynamic int8 quantization of the linear layers (PyTorch's x86/fbgemm kernels, VNNI/AMX where present)."""
+    """Dynamic int8 quantization of the linear layers (PyTorch's x86/fbgemm kernels, VNNI/AMX where present).
+
+    PyTorch's dynamic Linear quantizes activations to 7 bits (``reduce_range``) so that the
+    AVX2 kernels' int16 intermediate sums cannot saturate. On VNNI CPUs the products accumulate in
+    int32 and the full 8 bits are safe: that halves the rounding error (MiniLM sentence embeddings:
+    cosine to fp32 from 0.91 to 0.99 at worst over rotten-tomatoes), so there we use them.
+    """
+    from torch.ao.nn.quantized.dynamic import Linear as DynamicLinear
     from torch.ao.quantization import per_channel_dynamic_qconfig, quantize_dynamic
+
+    reduce_range = not has_vnni()
+
+    class Int8Linear(DynamicLinear):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return torch.ops.quantized.linear_dynamic(x, self._packed_params._packed_params, reduce_range)
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # torch.ao's quantized tensors carry deprecation notices
-        return quantize_dynamic(model, {nn.Linear: per_channel_dynamic_qconfig}, dtype=torch.qint8)
+        return quantize_dynamic(
+            model, {nn.Linear: per_channel_dynamic_qconfig}, dtype=torch.qint8, mapping={nn.Linear: Int8Linear}
+        )
 
 
 def model_device(model: Any) -> torch.device:
@@ -141,7 +165,11 @@ def export_onnx(model: BertModel | BertWithHead, path: str | Path, int8: bool = 
     if int8:
         from onnxruntime.quantization import QuantType, quantize_dynamic
 
-        quantize_dynamic(str(fp32_path), str(path), weight_type=QuantType.QInt8, per_channel=True)
+        # the linear layers only, as in PyTorch int8: quantizing the embedding tables (Gather) as well
+        # costs accuracy (minilm embeddings: worst cosine to fp32 0.978 instead of 0.982) for no speed
+        quantize_dynamic(
+            str(fp32_path), str(path), weight_type=QuantType.QInt8, per_channel=True, op_types_to_quantize=["MatMul", "Gemm"]
+        )
         fp32_path.unlink()
         for extra in path.parent.glob(fp32_path.name + ".data"):
             extra.unlink()
