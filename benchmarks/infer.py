@@ -68,14 +68,18 @@ def matmul_rate(dtype: torch.dtype, H: int, inter: int) -> float:
     return 2 * 4096 * H * inter / statistics.median(times)
 
 
-def timed(fn, repeats: int) -> float:
-    fn()  # warm-up
-    times = []
+def timed(fns, repeats: int) -> list[float]:
+    """Median seconds of each function, run in turns (a, b, a, b, ...) so that a slow spell of the
+    machine falls on both sides alike."""
+    for fn in fns:
+        fn()  # warm-up
+    times: list[list[float]] = [[] for _ in fns]
     for _ in range(repeats):
-        t = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t)
-    return statistics.median(times)
+        for fn, ts in zip(fns, times):
+            t = time.perf_counter()
+            fn()
+            ts.append(time.perf_counter() - t)
+    return [statistics.median(ts) for ts in times]
 
 
 def main() -> None:
@@ -86,7 +90,7 @@ def main() -> None:
     p.add_argument("--max-length", type=int, default=256)
     p.add_argument("--batch-size", type=int, default=32, help="transformers' batch size")
     p.add_argument("--max-tokens", type=int, default=None, help="bertforge's padded tokens per batch (default: the library's)")
-    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--repeats", type=int, default=5)
     args = p.parse_args()
     from transformers import AutoModel, AutoTokenizer
 
@@ -126,8 +130,7 @@ def main() -> None:
                         kw = {"max_tokens": args.max_tokens} if args.max_tokens else {}
                         embed(ours, tok, texts, max_length=args.max_length, **kw)
 
-                    t_hf = timed(run_hf, args.repeats)
-                    t_ours = timed(run_ours, args.repeats)
+                    t_hf, t_ours = timed([run_hf, run_ours], args.repeats)
                     flops = real_flops(config, lengths) / t_ours
                     row = {
                         "model": name, "precision": precision, "texts": corpus, "n": len(texts),

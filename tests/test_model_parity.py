@@ -140,3 +140,27 @@ def test_dropout_is_active_in_training_and_off_in_eval(our_model, make_batch):
         t1, t2 = model(**batch).last_hidden_state, model(**batch).last_hidden_state
     assert torch.equal(e1, e2)
     assert not torch.allclose(t1, t2)
+
+
+@pytest.mark.parametrize("unpad", [False, True])
+def test_first_token_only_equals_the_full_last_layer(hf_model, make_batch, tmp_path, unpad):
+    """Classification heads read [CLS] alone, so the last layer computes that row alone: the pooled
+    output and the gradients it sends back are the full computation's."""
+    theirs = hf_model(seed=4, attn="sdpa", hidden_size=32, num_attention_heads=4, intermediate_size=96, num_hidden_layers=3)
+    theirs.save_pretrained(tmp_path)
+    ours = bertforge.load_pretrained(tmp_path, unpad=unpad)
+    batch = make_batch(LENGTHS, seed=5)
+    full = ours(**batch)
+    first = ours(**batch, first_token_only=True)
+    assert first.last_hidden_state.shape == (len(LENGTHS), 1, 32)
+    torch.testing.assert_close(first.last_hidden_state[:, 0], full.last_hidden_state[:, 0], **TOL)
+    torch.testing.assert_close(first.pooler_output, full.pooler_output, **TOL)
+    with torch.no_grad():
+        torch.testing.assert_close(first.pooler_output, theirs(**batch).pooler_output, **TOL)
+    g_full = torch.autograd.grad(full.pooler_output.square().sum(), list(ours.parameters()), allow_unused=True)
+    g_first = torch.autograd.grad(first.pooler_output.square().sum(), list(ours.parameters()), allow_unused=True)
+    for a, b in zip(g_full, g_first, strict=True):
+        if a is None:
+            assert b is None
+        else:
+            torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-4)

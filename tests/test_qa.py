@@ -63,6 +63,16 @@ def test_squad_normalisation_and_f1_by_hand():
     assert metrics.squad_f1("", "Paris", version_2=True) == 0.0
 
 
+def test_chinese_answers_score_character_by_character():
+    # no spaces in Chinese: each character is a token, full-width punctuation goes
+    assert metrics.squad_normalize("北京大学。") == "北 京 大 学"
+    assert metrics.squad_exact("北京大学", "北京大学。") == 1.0
+    # gold 4 characters, prediction 2 of them: P 1, R 1/2 -> F1 2/3
+    assert metrics.squad_f1("北京大学", "北京") == pytest.approx(2 / 3)
+    # Latin words inside Chinese text stay whole words
+    assert metrics.squad_normalize("在 Google 工作") == "在 google 工 作"
+
+
 def test_squad_v1_takes_the_best_gold_answer():
     golds = [["Denver Broncos", "Broncos"], ["1882"], ["Saint Bernadette Soubirous"]]
     preds = ["the Broncos", "1883", "Bernadette"]

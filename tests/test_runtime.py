@@ -138,3 +138,31 @@ def test_onnx_classifier_logits_match(sentiment, tmp_path):
                           capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr
     assert sum(1 for _ in out.open()) == 600
+
+
+def test_onnx_export_of_a_hugging_face_task_model(tmp_path):
+    """A transformers-saved BertForTokenClassification (no bertforge settings) exports with its head."""
+    import transformers
+
+    cfg = transformers.BertConfig(vocab_size=30522, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                                  intermediate_size=64, num_labels=5)
+    torch.manual_seed(0)
+    directory = tmp_path / "hf-tagger"
+    transformers.BertForTokenClassification(cfg).save_pretrained(directory)
+    shutil.copy(fetch("minilm-l6") / "vocab.txt", directory / "vocab.txt")
+    proc = subprocess.run([str(BERTFORGE), "export", "onnx", "-m", str(directory)], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    task, net = load_task(directory)
+    _, onnx = load_task(directory, runtime="onnx")
+    batch = task.tokenizer.to_tensors(task.tokenizer.encode_batch(["A short one.", "And a somewhat longer sentence here."]))
+    with torch.no_grad():
+        ref = net(**batch).logits
+    assert ref.shape[-1] == 5
+    assert (onnx(**batch).logits - ref).abs().max() < 1e-4
+
+
+def test_extsum_has_no_onnx_runtime(tmp_path):
+    from bertforge.infer import load_for_inference
+
+    with pytest.raises(BertforgeError, match="extsum head has no ONNX export"):
+        load_for_inference(tmp_path, "extsum", runtime="onnx")

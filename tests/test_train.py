@@ -123,6 +123,25 @@ def test_two_processes_match_one(shards, no_dropout, tmp_path):
     assert len(list((two / "checkpoints").iterdir())) == 1
 
 
+def test_continued_pretraining_starts_from_the_given_weights(shards, no_dropout, tmp_path):
+    """--init: a second stage starts where the first ended (its first loss is the first stage's last
+    level, not a fresh model's), and a model with another vocabulary is refused."""
+    first = tmp_path / "first"
+    pretrain(shards, first, "--config", str(no_dropout), "--save-every", "0", steps=12)
+    second = tmp_path / "second"
+    pretrain(shards, second, "--init", str(first / "final"), "--dropout", "0", "--save-every", "0", steps=1)
+    fresh = train_losses(first)[0]
+    assert train_losses(second)[0] < fresh - 0.5
+    assert train_losses(second)[0] == pytest.approx(train_losses(first)[-1], abs=0.5)
+    other = tmp_path / "other-vocab"
+    from bertforge import BertModel
+
+    BertModel(BertConfig.preset("tiny", vocab_size=77)).save_pretrained(other)
+    proc = subprocess.run([str(BIN / "bertforge"), "pretrain", "--data", str(shards), "--out", str(tmp_path / "x"),
+                           "--init", str(other), "--max-steps", "1"], capture_output=True, text=True)
+    assert proc.returncode != 0 and "vocabulary has 77 entries" in proc.stderr and "Traceback" not in proc.stderr
+
+
 def test_grad_accumulation_matches_big_batch(shards, no_dropout, tmp_path):
     big = tmp_path / "big"
     pretrain(shards, big, "--config", str(no_dropout), "--save-every", "0", steps=6)

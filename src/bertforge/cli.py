@@ -239,6 +239,7 @@ def pretrain(
     out: Annotated[Path, typer.Option("--out", help="Run directory: checkpoints/, metrics.jsonl, curves.png, final/.")],
     preset: Annotated[str, typer.Option(help="Model size: tiny, mini, small, medium, base, large or L{n}-H{m}.")] = "mini",
     config: Annotated[Path | None, typer.Option("--config", help="A config.json instead of a preset.")] = None,
+    init: Annotated[str | None, typer.Option("--init", help="Start from this model's weights (continued or domain-adaptive pretraining); its vocabulary must be the shards'.")] = None,
     max_steps: Annotated[int, typer.Option("--max-steps", help="Optimizer steps.")] = 10000,
     batch_size: Annotated[int, typer.Option("--batch-size", help="Sequences per step, over all processes.")] = 128,
     grad_accum: Annotated[int, typer.Option("--grad-accum", help="Micro-batches per step.")] = 1,
@@ -265,9 +266,11 @@ def pretrain(
     """
     import torch
 
+    from .checkpoint import load_pretrained
     from .config import BertConfig
     from .data.pretrain import PretrainShards
     from .heads import BertWithHead
+    from .model import set_dropout
     from .tasks.pretrain import PretrainTask
     from .tokenizer import Tokenizer
     from .train import TrainArgs, checkpoints, train
@@ -288,7 +291,16 @@ def pretrain(
     if manifest["max_seq_len"] > cfg.max_position_embeddings:
         raise BertforgeError(f"shards hold {manifest['max_seq_len']} tokens, the model only {cfg.max_position_embeddings} positions")
     torch.manual_seed(seed)  # the initial weights are part of what --seed reproduces
-    model = BertWithHead(cfg, task.head)
+    if init is not None and not existing:
+        model = load_pretrained(init, head=task.head)
+        if model.config.vocab_size != tokenizer.vocab_size:
+            raise BertforgeError(
+                f"--init {init}: its vocabulary has {model.config.vocab_size} entries, the shards' {tokenizer.vocab_size}"
+            )
+        if dropout is not None:
+            set_dropout(model, dropout)
+    else:
+        model = BertWithHead(cfg, task.head)
     args = TrainArgs(
         out=out, max_steps=max_steps, batch_size=batch_size, grad_accum=grad_accum, lr=lr, warmup=warmup,
         schedule=schedule, optimizer=optimizer, weight_decay=weight_decay, save_every=save_every, keep_last=keep_last,
@@ -551,15 +563,14 @@ def export_onnx(
 
     `--runtime onnx` in embed, predict and serve then runs it through onnxruntime.
     """
+    from .api import model_task
     from .assets import resolve_model_dir
     from .checkpoint import load_pretrained
-    from .config import BertConfig
     from .infer import onnx_path
     from .runtime import export_onnx as export
 
     directory = resolve_model_dir(model)
-    config = BertConfig.from_json(directory / "config.json")
-    task = config.extra.get("bertforge", {}).get("task")
+    task = model_task(directory)  # bertforge's settings, or a Hugging Face task architecture
     head = {"classify": "classify", "pair": "classify", "regress": "classify", "tag": "tag", "qa": "span"}.get(task)
     if task is not None and head is None:
         raise BertforgeError(f"{directory}: a {task} model cannot be exported to ONNX (encoder, classify, pair, regress, tag, qa can)")

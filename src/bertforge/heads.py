@@ -75,6 +75,7 @@ class MLMHead(nn.Module):
 
 class PretrainingHead(nn.Module):
     uses_pooler = True  # NSP reads the pooled [CLS]
+    reads_pooler_only = False
 
     def __init__(self, config: BertConfig, bert: BertModel, nsp: bool = True):
         super().__init__()
@@ -102,6 +103,7 @@ class PretrainingHead(nn.Module):
 
 class MaskedLMHead(PretrainingHead):
     uses_pooler = False
+    reads_pooler_only = False
 
     def __init__(self, config: BertConfig, bert: BertModel):
         super().__init__(config, bert, nsp=False)
@@ -114,6 +116,7 @@ def _dropout(config: BertConfig) -> nn.Dropout:
 
 class ClassificationHead(nn.Module):
     uses_pooler = True
+    reads_pooler_only = True  # only [CLS] reaches the head: the last layer computes that row alone
 
     def __init__(self, config: BertConfig, bert: BertModel):
         super().__init__()
@@ -153,6 +156,7 @@ def classification_loss(logits: Tensor, labels: Tensor, problem_type: str | None
 
 class TaggingHead(nn.Module):
     uses_pooler = False
+    reads_pooler_only = False
 
     def __init__(self, config: BertConfig, bert: BertModel):
         super().__init__()
@@ -170,6 +174,7 @@ class TaggingHead(nn.Module):
 
 class SpanHead(nn.Module):
     uses_pooler = False
+    reads_pooler_only = False
 
     def __init__(self, config: BertConfig, bert: BertModel):
         super().__init__()
@@ -195,6 +200,7 @@ class SpanHead(nn.Module):
 
 class ChoiceHead(nn.Module):
     uses_pooler = True
+    reads_pooler_only = True  # only [CLS] reaches the head: the last layer computes that row alone
 
     def __init__(self, config: BertConfig, bert: BertModel):
         super().__init__()
@@ -276,6 +282,7 @@ class ExtractiveSummaryHead(nn.Module):
     """
 
     uses_pooler = False
+    reads_pooler_only = False
 
     def __init__(self, config: BertConfig, bert: BertModel):
         super().__init__()
@@ -342,9 +349,10 @@ class BertWithHead(nn.Module):
             def flat(t: Tensor | None) -> Tensor | None:
                 return None if t is None else t.reshape(-1, t.size(-1))
 
-            enc = self.bert(flat(input_ids), flat(attention_mask), flat(token_type_ids))
+            enc = self.bert(flat(input_ids), flat(attention_mask), flat(token_type_ids), first_token_only=True)
             return self.head(enc, num_choices=input_ids.size(1), **targets)
-        enc = self.bert(input_ids, attention_mask, token_type_ids, pool=self.head.uses_pooler)
+        enc = self.bert(input_ids, attention_mask, token_type_ids, pool=self.head.uses_pooler,
+                        first_token_only=self.head.reads_pooler_only)
         return self.head(enc, **targets)
 
     def save_pretrained(self, directory: str | Path, tokenizer=None) -> Path:

@@ -201,13 +201,15 @@ def load_for_inference(
     """The model of a directory, ready for ``run_batches``: PyTorch at a precision, or its ONNX graph."""
     from .checkpoint import load_pretrained
     from .config import BertConfig
-    from .runtime import RUNTIMES, OnnxModel
+    from .runtime import EXPORTABLE_HEADS, RUNTIMES, OnnxModel
 
     if runtime not in RUNTIMES:
         raise BertforgeError(f"unknown runtime {runtime!r} (choose from {', '.join(RUNTIMES)})")
     if runtime == "onnx":
         if precision not in ("fp32", "int8", "auto"):
             raise BertforgeError("the onnx runtime runs fp32 or int8 graphs")
+        if head not in EXPORTABLE_HEADS:
+            raise BertforgeError(f"the {head} head has no ONNX export; run it with --runtime torch")
         path = onnx_path(directory, "int8" if precision == "int8" else "fp32")
         if not path.is_file():
             flag = " --int8" if precision == "int8" else ""

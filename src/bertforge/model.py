@@ -68,7 +68,7 @@ class SelfAttention(nn.Module):
         self.dropout_p = config.attention_probs_dropout_prob
         self.backend = backend
 
-    def forward(self, x: Tensor, mask: Tensor | None, packing: Packing | None) -> Tensor:
+    def forward(self, x: Tensor, mask: Tensor | None, packing: Packing | None, first_only: bool = False) -> Tensor:
         qkv = self.qkv(x)  # (B, T, 3H) or packed (N, 3H)
         if packing is not None:
             qkv = to_slots(qkv, packing)  # (B, L, 3H), L = longest real sequence
@@ -78,6 +78,8 @@ class SelfAttention(nn.Module):
         dropout_p = self.dropout_p if self.training else 0.0
         y = ATTENTION[self.backend](q, k, v, mask, dropout_p)  # (B, nh, T, hs)
         y = y.transpose(1, 2).reshape(B, T, self.num_heads * self.head_size)  # (B, T, H)
+        if first_only:  # only the first token's output is wanted: project that row alone
+            return self.out(y[:, :1])  # (B, 1, H), the tight layout's first slot included
         if packing is not None:
             y = from_slots(y, packing)  # (N, H)
         return self.out(y)
@@ -105,8 +107,14 @@ class Layer(nn.Module):
         self.ffn_norm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
         self.dropout = nn.Dropout(config.hidden_dropout_prob)
 
-    def forward(self, x: Tensor, mask: Tensor | None, packing: Packing | None) -> Tensor:
-        x = self.attn_norm(x + self.dropout(self.attn(x, mask, packing)))
+    def forward(self, x: Tensor, mask: Tensor | None, packing: Packing | None, first_only: bool = False) -> Tensor:
+        """``first_only``: every token is attended to, but only each sequence's first token ([CLS]) is
+        computed onwards; returns (B, 1, H). Rows are independent after attention, so that row is
+        exactly what the full layer gives, for a third or less of the layer's cost."""
+        a = self.attn(x, mask, packing, first_only)
+        if first_only:
+            x = x[:, :1] if packing is None else x.index_select(0, packing.starts()).unsqueeze(1)
+        x = self.attn_norm(x + self.dropout(a))
         return self.ffn_norm(x + self.dropout(self.ffn(x)))
 
 
@@ -156,8 +164,11 @@ class BertModel(nn.Module):
         token_type_ids: Tensor | None = None,
         position_ids: Tensor | None = None,
         pool: bool = True,
+        first_token_only: bool = False,
     ) -> EncoderOutput:
-        """``pool=False`` skips the pooler (``pooler_output`` is None), for heads that read tokens."""
+        """``pool=False`` skips the pooler (``pooler_output`` is None), for heads that read tokens.
+        ``first_token_only`` is for heads that read the pooled [CLS] alone (classification, multiple
+        choice): the last layer computes the first token only, and ``last_hidden_state`` is (B, 1, H)."""
         B, T = input_ids.shape
         if T > self.config.max_position_embeddings:
             raise BertforgeError(
@@ -181,9 +192,13 @@ class BertModel(nn.Module):
             x = self.embeddings(ids, types, pos)  # (N, H)
         else:
             x = self.embeddings(input_ids, token_type_ids, position_ids)  # (B, T, H)
-        for layer in self.layers:
-            x = layer(x, mask, packing)
-        hidden = pad(x, packing) if packing is not None else x  # (B, T, H)
+        last = len(self.layers) - 1
+        for i, layer in enumerate(self.layers):
+            x = layer(x, mask, packing, first_only=first_token_only and i == last)
+        if first_token_only:
+            hidden = x  # (B, 1, H)
+        else:
+            hidden = pad(x, packing) if packing is not None else x  # (B, T, H)
         return EncoderOutput(last_hidden_state=hidden, pooler_output=self.pooler(hidden[:, 0]) if pool else None)
 
     def save_pretrained(self, directory: str | Path, tokenizer=None) -> Path:

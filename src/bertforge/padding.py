@@ -36,6 +36,10 @@ class Packing:
         slots = (indices // T) * max_len + rank
         return cls(indices, slots, lengths, B, T, max_len)
 
+    def starts(self) -> Tensor:
+        """(B,) where each sequence's first real token sits in the packed (N, ...) layout."""
+        return torch.cumsum(self.lengths, 0) - self.lengths
+
     def key_mask(self) -> Tensor:
         """(B, 1, 1, max_len) True where a key is a real token, for the tight layout."""
         pos = torch.arange(self.max_len, device=self.lengths.device)
