@@ -75,7 +75,7 @@ def timed(fns, repeats: int) -> list[float]:
         fn()  # warm-up
     times: list[list[float]] = [[] for _ in fns]
     for _ in range(repeats):
-        for fn, ts in zip(fns, times):
+        for fn, ts in zip(fns, times, strict=True):
             t = time.perf_counter()
             fn()
             ts.append(time.perf_counter() - t)
