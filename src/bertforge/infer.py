@@ -53,15 +53,17 @@ def run_batches(
     max_batch: int = 512,
     progress: bool = False,
     desc: str = "encoding",
+    **model_kwargs,
 ) -> Iterator[tuple[list[int], Tensor]]:
-    """Yield (indices, fn(encoder output, batch)) for length-sorted batches of ``encodings``."""
+    """Yield (indices, fn(encoder output, batch)) for length-sorted batches of ``encodings``;
+    ``model_kwargs`` go to every model call (``pool=False`` when the pooler is not read)."""
     device = model_device(model)
     batches = length_batches([len(e.ids) for e in encodings], max_tokens, max_batch)
     bar = tqdm(total=len(encodings), desc=desc, unit="text", disable=not progress, leave=False)
     with torch.inference_mode():
         for idx in batches:
             batch = {k: v.to(device) for k, v in tokenizer.to_tensors([encodings[i] for i in idx]).items()}
-            yield idx, fn(model(**batch), batch)
+            yield idx, fn(model(**batch, **model_kwargs), batch)
             bar.update(len(idx))
     bar.close()
 
@@ -99,7 +101,8 @@ def embed(
         return torch.nn.functional.normalize(v, dim=-1) if normalize else v
 
     result = np.zeros((len(texts), model.config.hidden_size), dtype=np.float32)
-    for idx, vectors in run_batches(model, tokenizer, encodings, fn, max_tokens=max_tokens, progress=progress):
+    pool_kw = {"pool": False} if pooling != "pooler" and isinstance(model, BertModel) else {}
+    for idx, vectors in run_batches(model, tokenizer, encodings, fn, max_tokens=max_tokens, progress=progress, **pool_kw):
         result[idx] = vectors.cpu().numpy()
     return result
 

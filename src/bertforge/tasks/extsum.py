@@ -503,7 +503,8 @@ class ExtSumTask(FinetuneTask):
         windows = [w for p in packed for w in p.windows]
         vectors: list[Tensor | None] = [None] * len(windows)
         for idx, hidden in run_batches(
-            model.bert, self.tokenizer, windows, lambda out, batch: out.last_hidden_state, progress=progress, max_tokens=self.max_tokens, desc="reading"
+            model.bert, self.tokenizer, windows, lambda out, batch: out.last_hidden_state, progress=progress, max_tokens=self.max_tokens, desc="reading",
+            pool=False,
         ):
             for row, i in enumerate(idx):
                 vectors[i] = hidden[row, windows[i].cls]  # (sentences in window, H)
