@@ -24,3 +24,6 @@ $BF prepare-pretrain --corpus "$OUT/corpus.txt" --vocab chinese-vocab --out "$OU
     --max-seq-len 128 --whole-word-mask --dupe-factor 3 --eval-fraction 0.02
 $BF pretrain --data "$OUT/shards" --out "$OUT/run" --preset mini --max-steps 1500 --batch-size 64 \
     --lr 7e-4 --warmup 0.06 --dropout 0 --save-every 250 --eval-every 250
+# a second stage from the first one's model (bf16 autocast on CPUs with AMX; another data order)
+$BF pretrain --init "$OUT/run/final" --data "$OUT/shards" --out "$OUT/run2" --max-steps 1200 --batch-size 64 \
+    --lr 5e-4 --warmup 0.06 --dropout 0 --precision bf16 --seed 1 --save-every 250 --eval-every 250
