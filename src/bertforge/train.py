@@ -256,6 +256,20 @@ class MetricsLog:
                 f.write(json.dumps(row) + "\n")
 
 
+def _release_memory() -> Callable[[], None]:
+    """glibc keeps the memory of freed tensors in its heaps; with batches of a different shape every
+    step (unpadded training) the heaps fragment and the process grows by tens of MB a step (measured:
+    BERT-mini pretraining, 1.4 GB to 4.1 GB in 90 steps; with a trim every step, 0.56 GB flat).
+    ``malloc_trim`` hands the free pages back. A no-op where there is no glibc."""
+    try:
+        import ctypes
+
+        trim = ctypes.CDLL("libc.so.6").malloc_trim
+    except (OSError, AttributeError):
+        return lambda: None
+    return lambda: trim(0)
+
+
 def _seed_step(seed: int, step: int, k: int, rank: int) -> None:
     """Dropout draws depend on (seed, step, micro-step, rank) alone, so a resumed run repeats them."""
     torch.manual_seed((seed * 1_000_003 + step * 1_009 + k * 31 + rank) % (2**63))
@@ -303,6 +317,7 @@ def train(model: nn.Module, task: Task, args: TrainArgs, on_eval: Callable[[dict
     bar = tqdm(total=total_steps, initial=state.step, desc="training", unit="step", disable=not (d.main and args.progress))
     window: dict[str, float] = {"loss": 0.0, "steps": 0, "tokens": 0, "time": 0.0}
     stop = False
+    release_memory = _release_memory()
     while state.step < total_steps and not stop:
         t0 = time.perf_counter()
         model.train()
@@ -336,6 +351,8 @@ def train(model: nn.Module, task: Task, args: TrainArgs, on_eval: Callable[[dict
         optimizer.step()
         scheduler.step()
         optimizer.zero_grad(set_to_none=True)
+        if device.type == "cpu" and state.step % 10 == 0:
+            release_memory()
         step_loss, tokens = _all_reduce([step_loss, float(tokens)], d)
         state.step += 1
         dt = time.perf_counter() - t0
