@@ -18,7 +18,8 @@ $BF finetune classify --model minilm-l6 --train "$OUT/train.csv" --valid "$RT/va
     --max-steps 150 --batch-size 32 --lr 1e-4 --eval-every 75
 
 echo
-echo "== 3. Held-out accuracy on the test split ($(($(wc -l < "$RT/test.csv") - 1)) reviews)"
+N_TEST=$(${PY:-.venv/bin/python} -c 'import csv, sys; print(sum(1 for _ in csv.DictReader(open(sys.argv[1], encoding="utf-8"))))' "$RT/test.csv")
+echo "== 3. Held-out accuracy on the test split ($N_TEST reviews)"
 $BF evaluate --model "$OUT/sentiment" --data "$RT/test.csv" --output "$OUT/test_metrics.json"
 
 echo
