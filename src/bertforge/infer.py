@@ -101,8 +101,8 @@ def embed(
         return torch.nn.functional.normalize(v, dim=-1) if normalize else v
 
     result = np.zeros((len(texts), model.config.hidden_size), dtype=np.float32)
-    pool_kw = {"pool": False} if pooling != "pooler" and isinstance(model, BertModel) else {}
-    for idx, vectors in run_batches(model, tokenizer, encodings, fn, max_tokens=max_tokens, progress=progress, **pool_kw):
+    batches = run_batches(model, tokenizer, encodings, fn, max_tokens=max_tokens, progress=progress, pool=pooling == "pooler")
+    for idx, vectors in batches:
         result[idx] = vectors.cpu().numpy()
     return result
 

@@ -77,9 +77,11 @@ class SelfAttention(nn.Module):
         q, k, v = qkv.view(B, T, 3, self.num_heads, self.head_size).permute(2, 0, 3, 1, 4)  # 3 x (B, nh, T, hs)
         dropout_p = self.dropout_p if self.training else 0.0
         y = ATTENTION[self.backend](q, k, v, mask, dropout_p)  # (B, nh, T, hs)
-        y = y.transpose(1, 2).reshape(B, T, self.num_heads * self.head_size)  # (B, T, H)
-        if first_only:  # only the first token's output is wanted: project that row alone
-            return self.out(y[:, :1])  # (B, 1, H), the tight layout's first slot included
+        if first_only:  # only the first token's output is wanted (the tight layout's first slot too)
+            y = y[:, :, :1]  # (B, nh, 1, hs): project that row alone
+        y = y.transpose(1, 2).reshape(B, y.size(2), self.num_heads * self.head_size)  # (B, T or 1, H)
+        if first_only:
+            return self.out(y)
         if packing is not None:
             y = from_slots(y, packing)  # (N, H)
         return self.out(y)
