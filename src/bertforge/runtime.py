@@ -136,7 +136,7 @@ class Int8Linear(DynamicLinear):
         return torch.ops.quantized.linear_dynamic(x, self._packed_params._packed_params, self.reduce_range)
 
 
-def quantize_int8(model: nn.Module) -> nn.Module:
+def quantize_int8(model: nn.Module, smooth: bool = True) -> nn.Module:
     """Dynamic int8 quantization of the linear layers: weights int8 per output channel, activations
     quantized per batch on the fly (oneDNN/AMX or fbgemm/VNNI kernels, see ``int8_engine``), a
     quantized copy of the model returned.
@@ -151,7 +151,7 @@ def quantize_int8(model: nn.Module) -> nn.Module:
     from torch.ao.quantization import per_channel_dynamic_qconfig
 
     model = copy.deepcopy(model)
-    factors = smoothing_factors(model)
+    factors = smoothing_factors(model) if smooth else {}
     with torch.no_grad():
         for linear, s in factors.items():
             linear.weight.mul_(s.to(linear.weight.dtype))
