@@ -67,6 +67,39 @@ def test_pretraining_head_matches_bert_for_pretraining(hf_model, make_batch, tmp
     assert torch.equal(plain.logits, a.logits) and torch.equal(plain.nsp_logits, a.nsp_logits)
 
 
+@pytest.mark.parametrize("unpad", [True, False])
+def test_pretraining_steps_match_transformers(hf_model, make_batch, tmp_path, unpad):
+    """Training, not just the forward pass: on the same batches (dropout off), every gradient, and the
+    losses and weights after AdamW steps, are transformers' BertForPreTraining's (the unpadded path,
+    the masked-only vocabulary projection and the tied decoder included)."""
+    theirs = hf_model("BertForPreTraining", seed=10, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
+    ours = _load(theirs, tmp_path, "pretrain", unpad)
+    ours.train(), theirs.train()
+    opts = [torch.optim.AdamW(m.parameters(), lr=1e-3, weight_decay=0.01) for m in (ours, theirs)]
+    names = dict(ours.named_parameters())
+    for step in range(4):
+        batch = make_batch([14, 9, 3, 14, 6], seed=20 + step)
+        labels = _mlm_labels(batch, seed=30 + step)
+        nsp = torch.tensor([0, 1, 1, 0, 1])
+        a = ours(**batch, labels=labels, next_sentence_label=nsp, only_masked=True)
+        b = theirs(**batch, labels=labels, next_sentence_label=nsp)
+        torch.testing.assert_close(a.loss, b.loss, atol=1e-5, rtol=1e-5)
+        for opt in opts:
+            opt.zero_grad()
+        a.loss.backward(), b.loss.backward()
+        if step == 0:  # gradients of the word embeddings (tied to the decoder), a fused qkv, the NSP layer
+            hf = dict(theirs.named_parameters())
+            torch.testing.assert_close(names["bert.embeddings.word.weight"].grad,
+                                       hf["bert.embeddings.word_embeddings.weight"].grad, atol=1e-5, rtol=1e-4)
+            q = hf["bert.encoder.layer.1.attention.self.query.weight"].grad
+            torch.testing.assert_close(names["bert.layers.1.attn.qkv.weight"].grad[: q.size(0)], q, atol=1e-5, rtol=1e-4)
+            torch.testing.assert_close(names["head.nsp.weight"].grad, hf["cls.seq_relationship.weight"].grad, atol=1e-5, rtol=1e-4)
+        for opt in opts:
+            opt.step()
+    torch.testing.assert_close(names["bert.layers.0.ffn.up.weight"],
+                               dict(theirs.named_parameters())["bert.encoder.layer.0.intermediate.dense.weight"], atol=1e-5, rtol=1e-4)
+
+
 def test_only_masked_gives_the_same_loss_as_full_logits(hf_model, make_batch, tmp_path):
     ours = _load(hf_model("BertForPreTraining", seed=4), tmp_path, "pretrain", True)
     batch = make_batch(LENGTHS, seed=5)
