@@ -194,6 +194,16 @@ def test_centroid_cluster_and_lead_on_fixed_vectors():
     [first] = summarize_untrained(None, [doc], "lead", top_k=3)
     assert first == {"summary": "s0 s1 s2", "selected": [0, 1, 2]}
     assert lead(["only"], 3) == [0]
+    # a length budget applies to lead and cluster too: sentences in document order while they fit
+    words_doc = Document(["one two three", "four five", "six seven eight nine", "ten"], None, None, 1)
+    assert summarize_untrained(None, [words_doc], "lead", top_k=None, max_words=6)[0]["selected"] == [0, 1, 3]
+    assert summarize_untrained(None, [words_doc], "lead", top_k=2, max_words=6)[0]["selected"] == [0, 1]
+    assert summarize_untrained(None, [words_doc], "lead", top_k=None, max_words=1)[0]["selected"] == [0]
+    vecs = {"one two three": [1, 0], "four five": [0.9, 0.1], "six seven eight nine": [0, 1], "ten": [0.1, 0.9]}
+    by_cluster = summarize_untrained(FixedEmbedder(vecs), [words_doc], "cluster", top_k=2)[0]["selected"]
+    assert len(by_cluster) == 2
+    budget = summarize_untrained(FixedEmbedder(vecs), [words_doc], "cluster", top_k=2, max_words=3)[0]["selected"]
+    assert budget == by_cluster[:1]
 
 
 def test_training_free_summaries_with_minilm(minilm_dir):

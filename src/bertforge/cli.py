@@ -484,7 +484,7 @@ def summarize(
     model: Model = "minilm-l6",
     method: Annotated[str, typer.Option(help="centroid | cluster | lead")] = "centroid",
     top_k: Annotated[int | None, typer.Option("--top-k", help="Sentences per summary (default 3).")] = None,
-    max_words: Annotated[int | None, typer.Option("--max-words", help="centroid: length budget in words, instead of --top-k.")] = None,
+    max_words: Annotated[int | None, typer.Option("--max-words", help="Length budget in words (a CJK character is a word), instead of or with --top-k.")] = None,
     trigram_blocking: Annotated[bool, typer.Option("--trigram-blocking/--no-trigram-blocking", help="centroid: skip sentences repeating a trigram.")] = True,
     text_column: Annotated[str, typer.Option("--text-column")] = "text",
 ) -> None:

@@ -252,7 +252,8 @@ def summarize_untrained(
     progress: bool = False,
 ) -> list[dict]:
     """Training-free summaries: ``centroid`` or ``cluster`` over ``embedder``'s sentence vectors
-    (a ``bertforge.Embedder``), or ``lead``. ``max_words`` applies to centroid selection."""
+    (a ``bertforge.Embedder``), or ``lead``. ``max_words`` is a length budget for every method: lead
+    and cluster take their sentences in document order while they fit (the first always goes in)."""
     if method not in METHODS:
         raise BertforgeError(f"unknown method {method!r} (choose from {', '.join(METHODS)})")
     k = top_k if top_k is not None else 3
@@ -262,10 +263,12 @@ def summarize_untrained(
     for d in documents:
         v = vectors[at : at + len(d.sentences)]
         at += len(d.sentences)
-        if method == "lead":
-            chosen, scores = lead(d.sentences, k), None
-        elif method == "cluster":
-            chosen, scores = cluster_select(v, k), None
+        if method in ("lead", "cluster"):
+            picks = lead(d.sentences, k if top_k is not None else len(d.sentences)) if method == "lead" else cluster_select(v, k)
+            if max_words is not None:  # in document order, as many as fit
+                fit = select([d.sentences[i] for i in picks], -np.arange(len(picks)), None, max_words, trigram_blocking=False)
+                picks = [picks[i] for i in fit]
+            chosen, scores = picks, None
         else:
             scores = centroid_scores(v) if len(v) else np.zeros(0)
             chosen = select(d.sentences, scores, top_k, max_words, trigram_blocking)
