@@ -92,6 +92,23 @@ def test_squad_v2_splits_answerable_and_unanswerable():
     assert (out["NoAns_exact"], out["NoAns_f1"], out["NoAns_total"]) == (pytest.approx(50.0), pytest.approx(50.0), 2)
 
 
+@pytest.mark.parametrize("seed", range(5))
+def test_best_null_threshold_is_the_best_of_every_threshold(seed):
+    rng = np.random.default_rng(seed)
+    pool = ["Paris", "the Eiffel Tower", "1889", "Gustave Eiffel", "iron"]
+    golds = [[] if rng.random() < 0.4 else [pool[rng.integers(len(pool))]] for _ in range(30)]
+    spans = [pool[rng.integers(len(pool))] if rng.random() < 0.5 else (g[0] if g else "iron") for g in golds]
+    odds = rng.normal(size=30).round(1)  # ties included
+    got = metrics.squad_v2_best_threshold(golds, spans, odds)
+    for name in ("exact", "f1"):
+        # brute force: every threshold, predictions recomputed and scored by squad_v2
+        candidates = [min(odds) - 1.0, *sorted(set(odds.tolist()))]
+        scores = [metrics.squad_v2(golds, ["" if o > t else a for o, a in zip(odds, spans, strict=True)])[name] for t in candidates]
+        assert got[f"best_{name}"] == pytest.approx(max(scores))
+        t = got[f"best_{name}_thresh"]
+        assert metrics.squad_v2(golds, ["" if o > t else a for o, a in zip(odds, spans, strict=True)])[name] == pytest.approx(max(scores))
+
+
 # -- postprocessing against brute force -----------------------------------------------------------------
 def brute_force_spans(start, end, lo, hi, max_len, may_start=None):
     spans = [
@@ -152,7 +169,8 @@ def test_choose_answer_is_the_best_valid_span_over_all_windows(seed):
     null = min(float(w.start[0] + w.end[0]) for w in windows)
     no = choose_answer(context, windows, 5, 20, version_2=True, null_threshold=null - best[0] - 1e-6)
     yes = choose_answer(context, windows, 5, 20, version_2=True, null_threshold=null - best[0] + 1e-6)
-    assert no == {"answer": "", "score": no["score"], "start": 0, "end": 0}
+    assert no == {"answer": "", "score": no["score"], "start": 0, "end": 0, "null_odds": no["null_odds"], "best_span": got["answer"]}
+    assert no["null_odds"] == pytest.approx(null - best[0], abs=1e-5)
     assert yes["answer"] == got["answer"]
 
 

@@ -225,6 +225,35 @@ def squad_v2(golds: Sequence[Sequence[str]], preds: Sequence[str]) -> dict:
     return out
 
 
+def squad_v2_best_threshold(golds: Sequence[Sequence[str]], span_answers: Sequence[str], null_odds: Sequence[float]) -> dict:
+    """The null threshold that would have scored best (the official v2.0 script's best_exact/best_f1).
+
+    Each question has its best non-empty answer and ``null_odds`` = null score - that answer's score;
+    with threshold t it is answered "" when null_odds > t. Sweeping t over the observed odds, each
+    question switches from "" to its answer in turn: the running score is exact (or F1) summed.
+    Returns best_exact, best_exact_thresh, best_f1, best_f1_thresh (scores in percent).
+    """
+    out: dict = {}
+    if not golds:
+        return out
+    order = np.argsort(np.asarray(null_odds, dtype=np.float64), kind="stable")
+    for name, fn in (("exact", squad_exact), ("f1", lambda g, p: squad_f1(g, p, version_2=True))):
+        null_scores, span_scores = [], []
+        for gs, a in zip(golds, span_answers, strict=True):
+            gs = [g for g in gs if squad_normalize(g)] or [""]
+            null_scores.append(max(fn(g, "") for g in gs))
+            span_scores.append(max(fn(g, a) for g in gs))
+        current = best = float(sum(null_scores))  # threshold below every odds: all answered ""
+        thresh = float(null_odds[order[0]]) - 1.0
+        for i in order.tolist():
+            current += span_scores[i] - null_scores[i]
+            if current > best:
+                best, thresh = current, float(null_odds[i])
+        out[f"best_{name}"] = 100 * best / len(golds)
+        out[f"best_{name}_thresh"] = thresh
+    return out
+
+
 # -- summarisation ------------------------------------------------------------------------------------
 ROUGE_TYPES = ("rouge1", "rouge2", "rougeL")
 _CJK = re.compile(r"[\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff\U00020000-\U0002a6df]")

@@ -14,7 +14,10 @@ best over all windows is the answer, its text cut from the context's own charact
 survive lowercasing and accent stripping; every CJK character is a token of its own). For v2.0 the
 null score is start + end at [CLS], its minimum over the windows: the answer is "" when the null
 score exceeds the best span's score plus ``null_threshold``. ``score`` is the answer's probability
-under a softmax over the distinct candidate spans (and the null answer, for v2.0).
+under a softmax over the distinct candidate spans (and the null answer, for v2.0). v2.0 predictions
+also carry ``null_odds`` (null score - best span score) and ``best_span`` (the best non-empty answer),
+and evaluation reports the threshold that would have scored best (``best_f1_thresh``), as the
+official v2.0 script does: pass it back as ``--null-threshold``.
 
 Data: SQuAD JSON (data / paragraphs / qas), or JSONL of ``{id?, question, context, answers?}`` with
 ``answers`` as ``{"text": [...], "answer_start": [...]}`` or a list of ``{text, answer_start}``; an
@@ -299,9 +302,10 @@ def choose_answer(
     probs /= probs.sum()
     best = int(np.argmax(scores[: len(candidates)]))
     (s, e), best_score = list(candidates.items())[best]
+    extra = {"null_odds": round(null - best_score, 6), "best_span": context[s:e]} if version_2 else {}
     if version_2 and null > best_score + null_threshold:
-        return {"answer": "", "score": round(float(probs[-1]), 6), "start": 0, "end": 0}
-    return {"answer": context[s:e], "score": round(float(probs[best]), 6), "start": s, "end": e}
+        return {"answer": "", "score": round(float(probs[-1]), 6), "start": 0, "end": 0, **extra}
+    return {"answer": context[s:e], "score": round(float(probs[best]), 6), "start": s, "end": e, **extra}
 
 
 # -- the task ------------------------------------------------------------------------------------------
@@ -453,7 +457,11 @@ class QATask(FinetuneTask):
         golds = [[a.text for a in e.answers] for e in examples]
         preds = [p["answer"] for p in predictions]
         if self.settings["version_2"] or any(not g for g in golds):
-            return metrics.squad_v2(golds, preds)
+            out = metrics.squad_v2(golds, preds)
+            if self.settings["version_2"]:  # where --null-threshold would have scored best
+                odds = [p.get("null_odds", float("inf")) for p in predictions]  # (no valid span: always "")
+                out.update(metrics.squad_v2_best_threshold(golds, [p.get("best_span", "") for p in predictions], odds))
+            return out
         return metrics.squad_v1(golds, preds)
 
     def example(self, x: Any) -> QAExample:
