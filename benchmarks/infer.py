@@ -14,6 +14,7 @@ fraction of a plain matmul's FLOP/s measured in the same run at the same precisi
 
     python benchmarks/infer.py                          # minilm-l6 and a random `base`, fp32/bf16/int8
     python benchmarks/infer.py --models minilm-l6 --precisions fp32 --texts 512
+    python benchmarks/infer.py --models minilm-l6 --compile   # ours compiled (first pass compiles: ~30 s)
 """
 
 from __future__ import annotations
@@ -94,12 +95,13 @@ def main() -> None:
     p.add_argument("--batch-size", type=int, default=32, help="transformers' batch size")
     p.add_argument("--max-tokens", type=int, default=None, help="bertforge's padded tokens per batch (default: the library's)")
     p.add_argument("--repeats", type=int, default=5)
+    p.add_argument("--compile", action="store_true", help="run ours through torch.compile (transformers stays eager, as its docs show)")
     args = p.parse_args()
     from transformers import AutoModel, AutoTokenizer
 
     corpora = load_texts(args.texts)
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; texts as given, max length {args.max_length}")
-    header = f"{'model':10} {'prec':5} {'texts':16} {'n':>5} {'real tok':>9} {'hf seq/s':>9} {'ours seq/s':>10} {'ours tok/s':>10} {'ratio':>6} {'GFLOP/s':>8} {'of matmul':>9}"
+    header = f"{'model':10} {'prec':7} {'texts':16} {'n':>5} {'real tok':>9} {'hf seq/s':>9} {'ours seq/s':>10} {'ours tok/s':>10} {'ratio':>6} {'GFLOP/s':>8} {'of matmul':>9}"
     print(header)
     results = []
     with tempfile.TemporaryDirectory() as tmp:
@@ -111,7 +113,7 @@ def main() -> None:
             for precision in args.precisions.split(","):
                 from bertforge import load_pretrained
 
-                ours = prepare(load_pretrained(directory), precision)
+                ours = prepare(load_pretrained(directory), precision, compile=args.compile)
                 hf = AutoModel.from_pretrained(directory, attn_implementation="sdpa").eval()
                 if precision == "bf16":
                     hf = hf.to(torch.bfloat16)
@@ -136,18 +138,18 @@ def main() -> None:
                     t_hf, t_ours = timed([run_hf, run_ours], args.repeats)
                     flops = real_flops(config, lengths) / t_ours
                     row = {
-                        "model": name, "precision": precision, "texts": corpus, "n": len(texts),
+                        "model": name, "precision": precision + ("+c" if args.compile else ""), "texts": corpus, "n": len(texts),
                         "real_tokens": sum(lengths), "hf_seq_s": len(texts) / t_hf, "ours_seq_s": len(texts) / t_ours,
                         "ours_tok_s": sum(lengths) / t_ours, "ratio": t_hf / t_ours, "gflops": flops / 1e9,
                         "of_matmul": flops / rate if precision != "int8" else float("nan"),
                     }
                     results.append(row)
-                    print(f"{name:10} {precision:5} {corpus:16} {row['n']:>5} {row['real_tokens']:>9} {row['hf_seq_s']:>9.1f} "
+                    print(f"{name:10} {row['precision']:7} {corpus:16} {row['n']:>5} {row['real_tokens']:>9} {row['hf_seq_s']:>9.1f} "
                           f"{row['ours_seq_s']:>10.1f} {row['ours_tok_s']:>10.0f} {row['ratio']:>5.2f}x {row['gflops']:>8.0f} "
                           f"{row['of_matmul']:>8.0%}", flush=True)
-    fp32 = {(r["model"], r["texts"]): r["ours_seq_s"] for r in results if r["precision"] == "fp32"}
+    fp32 = {(r["model"], r["texts"]): r["ours_seq_s"] for r in results if r["precision"].startswith("fp32")}
     for r in results:
-        if r["precision"] != "fp32" and (r["model"], r["texts"]) in fp32:
+        if not r["precision"].startswith("fp32") and (r["model"], r["texts"]) in fp32:
             print(f"ours {r['precision']} / ours fp32, {r['model']}, {r['texts']}: {r['ours_seq_s'] / fp32[(r['model'], r['texts'])]:.2f}x")
 
 
