@@ -110,6 +110,21 @@ def sentiment(tmp_path_factory) -> tuple[Path, Path]:
     return out, test
 
 
+def test_compile_flag_gives_the_same_embeddings(minilm, texts, fp32_embeddings, tmp_path):
+    """`--compile` (torch.compile, dynamic shapes) over length-sorted batches of many shapes: the eager numbers."""
+    rows = [i for i, t in enumerate(texts) if len(t.splitlines()) == 1][:60]  # one text a line
+    src = tmp_path / "texts.txt"
+    src.write_text("\n".join(texts[i] for i in rows) + "\n", encoding="utf-8")
+    proc = subprocess.run([str(BERTFORGE), "embed", "--model", str(minilm), "-i", str(src), "-o", str(tmp_path / "e.npy"),
+                           "--compile", "--max-tokens", "256"], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    np.testing.assert_allclose(np.load(tmp_path / "e.npy"), fp32_embeddings[rows], atol=1e-4)
+    proc = subprocess.run([str(BERTFORGE), "embed", "--model", str(minilm), "-i", str(src), "-o", str(tmp_path / "o.npy"),
+                           "--compile", "--runtime", "onnx"], capture_output=True, text=True)
+    assert proc.returncode == 2 and "--compile is for the torch runtime" in proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
 def test_int8_smoothing_brings_embeddings_closer_to_fp32(minilm, texts, fp32_embeddings):
     """The smoothed layers compute the same function in fp32 and lose less to int8 than unsmoothed ones."""
     from bertforge import Tokenizer, load_pretrained

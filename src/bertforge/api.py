@@ -132,10 +132,10 @@ def _chunks(items: Sequence, size: int):
 
 def evaluate_file(
     model: str | Path, data: str | Path, output: str | Path | None = None, precision: str = "fp32", runtime: str = "torch",
-    **overrides: Any,
+    compile: bool = False, **overrides: Any,
 ) -> dict:
     """The task's metrics on a labelled file (and written as JSON to ``output``)."""
-    t, net = load_task(model, precision=precision, runtime=runtime, **overrides)
+    t, net = load_task(model, precision=precision, runtime=runtime, compile=compile, **overrides)
     examples = t.read(Path(data), labelled=True)
     t.check_labels(examples, Path(data))
     predictions = t.predict(net, examples, progress=True)
@@ -147,11 +147,11 @@ def evaluate_file(
 
 def predict_file(
     model: str | Path, input: str | Path, output: str | Path, chunk: int = 4096, precision: str = "fp32",
-    runtime: str = "torch", **overrides: Any,
+    runtime: str = "torch", compile: bool = False, **overrides: Any,
 ) -> int:
     """Predictions for every record of ``input`` as JSONL in ``output`` (the input's fields plus the
     prediction's), in the input's order; written to a temporary file and renamed when complete."""
-    t, net = load_task(model, precision=precision, runtime=runtime, **overrides)
+    t, net = load_task(model, precision=precision, runtime=runtime, compile=compile, **overrides)
     examples = t.read(Path(input))
     records = _input_fields(Path(input), examples)
     output = Path(output)
@@ -203,7 +203,7 @@ class Pipeline:
 
     def __init__(
         self, task: str | None, model: str | Path, device: str | None = None, precision: str = "fp32",
-        runtime: str = "torch", **settings: Any,
+        runtime: str = "torch", compile: bool = False, **settings: Any,
     ):
         task = TASK_ALIASES.get(task, task)
         self.embedder = None
@@ -214,9 +214,9 @@ class Pipeline:
             self.untrained = {"method": "centroid", "top_k": 3, "max_words": None, "trigram_blocking": True, **settings}
             if self.untrained["method"] not in METHODS:
                 raise BertforgeError(f"unknown method {self.untrained['method']!r} (choose from {', '.join(METHODS)})")
-            self.embedder = Embedder.from_pretrained(model, device=device, precision=precision, runtime=runtime)
+            self.embedder = Embedder.from_pretrained(model, device=device, precision=precision, runtime=runtime, compile=compile)
             return
-        self.task, self.model = load_task(model, device=device, precision=precision, runtime=runtime, extra=settings)
+        self.task, self.model = load_task(model, device=device, precision=precision, runtime=runtime, compile=compile, extra=settings)
         if task is not None and task != self.task.name:
             raise BertforgeError(f"{model}: is a {self.task.name} model, not {task}")
 

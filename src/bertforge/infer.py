@@ -209,6 +209,8 @@ def load_for_inference(
     if runtime not in RUNTIMES:
         raise BertforgeError(f"unknown runtime {runtime!r} (choose from {', '.join(RUNTIMES)})")
     if runtime == "onnx":
+        if compile:
+            raise BertforgeError("--compile is for the torch runtime; an ONNX graph is already compiled by onnxruntime")
         if precision not in ("fp32", "int8", "auto"):
             raise BertforgeError("the onnx runtime runs fp32 or int8 graphs")
         if head not in EXPORTABLE_HEADS:

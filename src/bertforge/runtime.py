@@ -66,6 +66,11 @@ def prepare(model: nn.Module, precision: str = "fp32", device: str | torch.devic
         model = quantize_int8(model)
     model.precision = precision
     if compile:
+        import logging
+
+        # the encoder's choice between its padded and unpadded paths reads the mask (a data-dependent
+        # branch): dynamo breaks the graph there, as intended, and would warn about it at length
+        torch._logging.set_logs(dynamo=logging.ERROR)
         model.forward = torch.compile(model.forward, dynamic=True)
     return model
 

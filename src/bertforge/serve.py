@@ -395,7 +395,8 @@ class _Budgeted:
 class ServedModel:
     """The loaded model and what it serves; ``run`` is the one function the batcher's thread calls."""
 
-    def __init__(self, model: str | Path, device: str | None, precision: str, runtime: str, max_batch_tokens: int):
+    def __init__(self, model: str | Path, device: str | None, precision: str, runtime: str, max_batch_tokens: int,
+                 compile: bool = False):
         from .api import Pipeline, model_task
         from .tasks import TASKS
 
@@ -403,7 +404,7 @@ class ServedModel:
         self.task = task if task in TASKS else None  # anything without a task head serves as an encoder
         self.max_batch_tokens = max_batch_tokens
         # an encoder summarises without training; its Embedder also answers embed and similarity
-        self.pipe = Pipeline("summarize" if self.task is None else None, model, device, precision, runtime)
+        self.pipe = Pipeline("summarize" if self.task is None else None, model, device, precision, runtime, compile)
         self.embedder = self.pipe.embedder
         if self.embedder is None:
             self.pipe.task.max_tokens = max_batch_tokens
@@ -550,6 +551,7 @@ def create_app(
     max_chars: int = DEFAULT_MAX_CHARS,
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
     batch_window_ms: float = DEFAULT_BATCH_WINDOW_MS,
+    compile: bool = False,
 ) -> FastAPI:
     """A FastAPI app serving ``model`` (a directory or registry name), loaded now: a missing model or
     a bad setting raises BertforgeError here, not at the first request."""
@@ -558,7 +560,7 @@ def create_app(
                                ("--batch-window-ms", batch_window_ms, 0)):
         if value < least:
             raise BertforgeError(f"{name} must be at least {least}, not {value}")
-    served = ServedModel(model, device, precision, runtime, max_batch_tokens)
+    served = ServedModel(model, device, precision, runtime, max_batch_tokens, compile)
     name = str(model) if not Path(model).exists() else Path(model).resolve().name  # not the full path: /health is public
     metrics = Metrics({"model": name, "task": served.task or "encoder", "precision": served.precision, "runtime": runtime})
     batcher = Batcher(served.run, batch_window_ms / 1000, metrics)
