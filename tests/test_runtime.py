@@ -110,6 +110,17 @@ def sentiment(tmp_path_factory) -> tuple[Path, Path]:
     return out, test
 
 
+def test_bf16_on_a_cpu_without_it_warns(monkeypatch, caplog):
+    import bertforge.runtime as runtime
+
+    monkeypatch.setattr(runtime, "native_bf16", lambda device: False)
+    with caplog.at_level("WARNING", logger="bertforge"):
+        assert resolve_precision("bf16", torch.device("cpu")) == "bf16"
+        assert resolve_precision("auto", torch.device("cpu")) == "fp32"
+    assert [r.message for r in caplog.records if "no native bf16" in r.message] != []
+    assert len(caplog.records) == 1  # auto chose fp32: nothing to warn about
+
+
 def test_compile_flag_gives_the_same_embeddings(minilm, texts, fp32_embeddings, tmp_path):
     """`--compile` (torch.compile, dynamic shapes) over length-sorted batches of many shapes: the eager numbers."""
     rows = [i for i, t in enumerate(texts) if len(t.splitlines()) == 1][:60]  # one text a line

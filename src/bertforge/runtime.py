@@ -14,6 +14,7 @@ one inference path in ``infer.py`` runs them all.
 from __future__ import annotations
 
 import copy
+import logging
 import warnings
 from pathlib import Path
 from typing import Any
@@ -50,6 +51,10 @@ def resolve_precision(precision: str, device: torch.device) -> str:
         raise BertforgeError("fp16 needs a GPU; on a CPU use bf16 or int8")
     if precision == "int8" and device.type != "cpu":
         raise BertforgeError("int8 dynamic quantization runs on the CPU; on a GPU use bf16 or fp16")
+    if precision == "bf16" and device.type == "cpu" and not native_bf16(device):
+        logging.getLogger("bertforge").warning(
+            "this CPU has no native bf16 (AVX512-BF16 / AMX): bf16 runs emulated, slower than fp32; int8 is the fast option here"
+        )
     return precision
 
 
@@ -66,8 +71,6 @@ def prepare(model: nn.Module, precision: str = "fp32", device: str | torch.devic
         model = quantize_int8(model)
     model.precision = precision
     if compile:
-        import logging
-
         # the encoder's choice between its padded and unpadded paths reads the mask (a data-dependent
         # branch): dynamo breaks the graph there, as intended, and would warn about it at length
         torch._logging.set_logs(dynamo=logging.ERROR)
