@@ -27,3 +27,10 @@ $BF pretrain --data "$OUT/shards" --out "$OUT/run" --preset mini --max-steps 150
 # a second stage from the first one's model (bf16 autocast on CPUs with AMX; another data order)
 $BF pretrain --init "$OUT/run/final" --data "$OUT/shards" --out "$OUT/run2" --max-steps 1200 --batch-size 64 \
     --lr 5e-4 --warmup 0.06 --dropout 0 --precision bf16 --seed 1 --save-every 250 --eval-every 250
+# a third stage from the second one's model: character-level masks drawn afresh for every batch
+# (--dynamic-mask). On this CPU the loss left the first plateau about 1,500 steps into it; the README's
+# fine-tuning results use its step-3000 checkpoint ($OUT/run3/checkpoints/step-3000).
+$BF prepare-pretrain --corpus "$OUT/corpus.txt" --vocab chinese-vocab --out "$OUT/shards-char" \
+    --max-seq-len 128 --dynamic-mask --dupe-factor 5 --eval-fraction 0.02
+$BF pretrain --init "$OUT/run2/final" --data "$OUT/shards-char" --out "$OUT/run3" --max-steps 4800 --batch-size 64 \
+    --lr 5e-4 --warmup 0.05 --dropout 0 --precision bf16 --seed 2 --save-every 500 --eval-every 500
