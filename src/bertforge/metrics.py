@@ -204,13 +204,18 @@ def squad_v1(golds: Sequence[Sequence[str]], preds: Sequence[str]) -> dict:
     return {"exact_match": 100 * float(np.mean(em)), "f1": 100 * float(np.mean(f1))}
 
 
+def _v2_golds(golds: Sequence[str]) -> list[str]:
+    """An example's gold answers for v2.0 scoring: the non-empty ones, or [""] when it is unanswerable."""
+    return [g for g in golds if squad_normalize(g)] or [""]
+
+
 def squad_v2(golds: Sequence[Sequence[str]], preds: Sequence[str]) -> dict:
     """SQuAD v2.0: exact and F1 in percent; an unanswerable question has the gold answer "" (pass an
     empty list), and the scores are also split into answerable (HasAns) and unanswerable (NoAns)."""
     exact, f1, has = [], [], []
     for gs, p in zip(golds, preds, strict=True):
         has.append(bool(gs))
-        gs = [g for g in gs if squad_normalize(g)] or [""]
+        gs = _v2_golds(gs)
         exact.append(max(squad_exact(g, p) for g in gs))
         f1.append(max(squad_f1(g, p, version_2=True) for g in gs))
     out: dict = {"exact": 0.0, "f1": 0.0, "total": len(golds)}
@@ -240,7 +245,7 @@ def squad_v2_best_threshold(golds: Sequence[Sequence[str]], span_answers: Sequen
     for name, fn in (("exact", squad_exact), ("f1", lambda g, p: squad_f1(g, p, version_2=True))):
         null_scores, span_scores = [], []
         for gs, a in zip(golds, span_answers, strict=True):
-            gs = [g for g in gs if squad_normalize(g)] or [""]
+            gs = _v2_golds(gs)
             null_scores.append(max(fn(g, "") for g in gs))
             span_scores.append(max(fn(g, a) for g in gs))
         current = best = float(sum(null_scores))  # threshold below every odds: all answered ""

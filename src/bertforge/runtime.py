@@ -14,6 +14,7 @@ one inference path in ``infer.py`` runs them all.
 from __future__ import annotations
 
 import copy
+import functools
 import logging
 import warnings
 from pathlib import Path
@@ -78,11 +79,13 @@ def prepare(model: nn.Module, precision: str = "fp32", device: str | torch.devic
     return model
 
 
-def cpu_flags() -> set[str]:
+@functools.cache
+def cpu_flags() -> frozenset[str]:
+    """The flags /proc/cpuinfo lists (read once; empty where there is none)."""
     try:
-        return set(Path("/proc/cpuinfo").read_text().split())
+        return frozenset(Path("/proc/cpuinfo").read_text().split())
     except OSError:
-        return set()
+        return frozenset()
 
 
 def has_vnni() -> bool:
@@ -163,6 +166,7 @@ def quantize_int8(model: nn.Module, smooth: bool = True) -> nn.Module:
     with torch.no_grad():
         for linear, s in factors.items():
             linear.weight.mul_(s.to(linear.weight.dtype))
+    reduce_range = not has_vnni()
     engine = torch.backends.quantized.engine
     torch.backends.quantized.engine = int8_engine()  # weights are packed for it; the packed weights pick the kernels
     try:
@@ -173,7 +177,7 @@ def quantize_int8(model: nn.Module, smooth: bool = True) -> nn.Module:
                 if isinstance(linear, nn.Linear):
                     linear.qconfig = per_channel_dynamic_qconfig
                     q = Int8Linear.from_float(linear)
-                    q.reduce_range = not has_vnni()
+                    q.reduce_range = reduce_range
                     if linear in factors:
                         q.inv_smooth = (1 / factors[linear]).float()
                     quantized[name] = q
