@@ -48,7 +48,7 @@ def test_slots_left_align_each_sequence(mask):
         real = x[b][mask[b].bool()]
         n = len(real)
         assert torch.equal(slots[b, :n], real)
-        assert not slots[b, n:].any()
+        assert torch.equal(slots[b, n:], x[mask.bool()][:1].expand(p.max_len - n, 2))  # masked filler
     assert torch.equal(from_slots(slots, p), unpad(x, p))
     key = p.key_mask()
     assert key.shape == (B, 1, 1, p.max_len)
@@ -60,6 +60,7 @@ def test_packing_of_a_known_mask():
     p = Packing.from_mask(mask)
     assert p.indices.tolist() == [0, 1, 5, 6, 7]
     assert p.slots.tolist() == [0, 1, 3, 4, 5]  # tight layout: 3 slots per sequence
+    assert p.sources.tolist() == [0, 1, 0, 2, 3, 4, 0, 0, 0]  # padding slots read the first token
     assert (p.batch, p.seq_len, p.max_len) == (3, 4, 3)
 
 

@@ -121,6 +121,35 @@ def test_bf16_on_a_cpu_without_it_warns(monkeypatch, caplog):
     assert len(caplog.records) == 1  # auto chose fp32: nothing to warn about
 
 
+def test_bf16_linear_layers_are_fused_where_the_cpu_has_bf16(minilm):
+    """On a CPU with native bf16, `prepare` packs the encoder's linear layers for oneDNN and folds the
+    feed-forward's GELU into its first; each fused layer computes what the plain bf16 layer and its
+    activation compute (the embeddings' direction is checked above). Elsewhere the layers stay plain."""
+    import torch.nn.functional as F
+
+    from bertforge import load_pretrained
+    from bertforge.runtime import FusedLinear, prepare
+
+    model = prepare(load_pretrained(minilm), "bf16", "cpu")
+    layer = model.layers[0]
+    linears = [layer.attn.qkv, layer.attn.out, layer.ffn.up, layer.ffn.down]
+    assert model.unpad_above == 0.2 and prepare(load_pretrained(minilm), "fp32", "cpu").unpad_above == 0.0
+    if not native_bf16(torch.device("cpu")):
+        assert all(type(linear) is torch.nn.Linear for linear in linears)
+        return
+    assert all(isinstance(linear, FusedLinear) for linear in linears)
+    assert isinstance(layer.ffn.act, torch.nn.Identity)
+    torch.manual_seed(0)
+    x = torch.randn(3, 7, 384).bfloat16()
+    plain = torch.nn.Linear(384, 1536).bfloat16()
+    for act, fn in (("gelu", F.gelu), ("gelu_new", lambda y: F.gelu(y, approximate="tanh")), ("relu", F.relu), (None, None)):
+        want = (fn(plain(x)) if fn else plain(x)).float()
+        got = FusedLinear(plain, act)(x)
+        assert got.shape == (3, 7, 1536) and got.dtype == torch.bfloat16
+        assert (got.float() - want).abs().max() <= 0.02 * want.abs().max(), act  # bf16 rounding apart
+    assert (FusedLinear(plain, "gelu")(x).float() - F.gelu(plain(x), approximate="tanh").float()).abs().max() > 0
+
+
 def test_compile_flag_gives_the_same_embeddings(minilm, texts, fp32_embeddings, tmp_path):
     """`--compile` (torch.compile, dynamic shapes) over length-sorted batches of many shapes: the eager numbers."""
     rows = [i for i, t in enumerate(texts) if len(t.splitlines()) == 1][:60]  # one text a line
@@ -207,7 +236,8 @@ def test_onnx_export_of_a_hugging_face_task_model(tmp_path):
     with torch.no_grad():
         ref = net(**batch).logits
     assert ref.shape[-1] == 5
-    assert (onnx(**batch).logits - ref).abs().max() < 1e-4
+    real = batch["attention_mask"].bool()  # (the unpadded encoder leaves padding positions at zero)
+    assert (onnx(**batch).logits[real] - ref[real]).abs().max() < 1e-4
 
 
 def test_extsum_has_no_onnx_runtime(tmp_path):
