@@ -9,8 +9,10 @@ embedding a user asks for). int8 on both is ``runtime.quantize_int8``: PyTorch's
 of the linear layers with the same kernels (oneDNN's AMX ones where the CPU has them); ours is also
 smoothed, which costs one multiply per layer.
 
-Prints seq/s and real (non-padding) tokens/s, the ratios, and bertforge's real-token FLOP/s as a
-fraction of a plain matmul's FLOP/s measured in the same run at the same precision.
+Prints seq/s and real (non-padding) tokens/s, the ratios, the work ratio (transformers' FLOPs on its
+padded batches over the FLOPs of the real tokens: what skipping padding alone is worth), and
+bertforge's real-token FLOP/s as a fraction of a plain matmul's FLOP/s measured in the same run at
+the same precision.
 
     python benchmarks/infer.py                          # minilm-l6 and a random `base`, fp32/bf16/int8
     python benchmarks/infer.py --models minilm-l6 --precisions fp32 --texts 512
@@ -58,6 +60,14 @@ def real_flops(config: BertConfig, lengths: list[int]) -> float:
     return float(layers * sum(per_token * n + 4 * n * n * H for n in lengths))
 
 
+def padded_flops(config: BertConfig, lengths: list[int], batch_size: int) -> float:
+    """What transformers computes: every text of a batch of ``batch_size`` (in the order given) padded
+    to the batch's longest. Divided by ``real_flops`` it bounds the speed-up that skipping padding
+    alone can give where both sides run their matmuls at the same rate."""
+    return sum(real_flops(config, [max(lengths[i : i + batch_size])] * len(lengths[i : i + batch_size]))
+               for i in range(0, len(lengths), batch_size))
+
+
 def matmul_rate(dtype: torch.dtype, H: int, inter: int) -> float:
     """Peak FLOP/s of a plain (4096 x H) @ (H x 4H) matmul, the feed-forward's shape at a large batch:
     the best of 20 after warm-up (a median let one slow spell halve the bf16 rate and flatter the ratio)."""
@@ -101,7 +111,7 @@ def main() -> None:
 
     corpora = load_texts(args.texts)
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; texts as given, max length {args.max_length}")
-    header = f"{'model':10} {'prec':7} {'texts':16} {'n':>5} {'real tok':>9} {'hf seq/s':>9} {'ours seq/s':>10} {'ours tok/s':>10} {'ratio':>6} {'GFLOP/s':>8} {'of matmul':>9}"
+    header = f"{'model':10} {'prec':7} {'texts':16} {'n':>5} {'real tok':>9} {'hf seq/s':>9} {'ours seq/s':>10} {'ours tok/s':>10} {'ratio':>6} {'work':>6} {'GFLOP/s':>8} {'of matmul':>9}"
     print(header)
     results = []
     with tempfile.TemporaryDirectory() as tmp:
@@ -141,11 +151,12 @@ def main() -> None:
                         "model": name, "precision": precision + ("+c" if args.compile else ""), "texts": corpus, "n": len(texts),
                         "real_tokens": sum(lengths), "hf_seq_s": len(texts) / t_hf, "ours_seq_s": len(texts) / t_ours,
                         "ours_tok_s": sum(lengths) / t_ours, "ratio": t_hf / t_ours, "gflops": flops / 1e9,
+                        "work": padded_flops(config, lengths, args.batch_size) / real_flops(config, lengths),
                         "of_matmul": flops / rate if precision != "int8" else float("nan"),
                     }
                     results.append(row)
                     print(f"{name:10} {row['precision']:7} {corpus:16} {row['n']:>5} {row['real_tokens']:>9} {row['hf_seq_s']:>9.1f} "
-                          f"{row['ours_seq_s']:>10.1f} {row['ours_tok_s']:>10.0f} {row['ratio']:>5.2f}x {row['gflops']:>8.0f} "
+                          f"{row['ours_seq_s']:>10.1f} {row['ours_tok_s']:>10.0f} {row['ratio']:>5.2f}x {row['work']:>5.2f}x {row['gflops']:>8.0f} "
                           f"{row['of_matmul']:>8.0%}", flush=True)
     fp32 = {(r["model"], r["texts"]): r["ours_seq_s"] for r in results if r["precision"].startswith("fp32")}
     for r in results:
