@@ -134,12 +134,13 @@ class BertModel(nn.Module):
     """The encoder: embeddings, ``num_hidden_layers`` layers and the pooler.
 
     ``attention`` names a backend in ``attention.ATTENTION`` ("sdpa" or "math"). With ``unpad``, a
-    batch whose padding exceeds ``unpad_above`` of its tokens runs on its real tokens only, else
-    dense. In fp32 (and int8) the matmuls dominate and even the ~6% padding of length-sorted
-    inference batches is worth skipping (measured on short reviews: 1.05x fp32, 1.1x int8 against
-    running them dense); in bf16 the matmuls are cheap next to the gathers, and ``runtime.prepare``
-    raises the threshold to 0.2. Outputs at real positions are the same either way; padding positions
-    hold zeros when unpadded and what the dense computation gives there otherwise.
+    batch whose padding exceeds ``unpad_above`` of its tokens (default 20%: random training batches)
+    runs on its real tokens only, else dense. ``runtime.prepare`` sets it per precision for inference:
+    in fp32 and int8 the matmuls dominate and even the ~6% padding of length-sorted batches is worth
+    skipping (0: measured 1.05x fp32, 1.1x int8 on short reviews against running them dense); in bf16
+    the gathers cost more than the cheap matmuls they save, and 20% stays. Outputs at real positions
+    are the same either way; padding positions hold zeros when unpadded and what the dense
+    computation gives there otherwise.
     """
 
     def __init__(self, config: BertConfig, attention: str = "sdpa", unpad: bool = True):
@@ -148,7 +149,7 @@ class BertModel(nn.Module):
             raise BertforgeError(f"unknown attention backend {attention!r} (choose from {', '.join(ATTENTION)})")
         self.config = config
         self.unpad = unpad
-        self.unpad_above = 0.0  # fraction of padding tokens above which a batch runs unpadded
+        self.unpad_above = 0.2  # fraction of padding tokens above which a batch runs unpadded
         self.embeddings = Embeddings(config)
         self.layers = nn.ModuleList([Layer(config, attention) for _ in range(config.num_hidden_layers)])
         self.pooler = Pooler(config)
