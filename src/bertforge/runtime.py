@@ -169,7 +169,8 @@ class FusedLinear(nn.Module):
         super().__init__()
         self.in_features, self.out_features = linear.in_features, linear.out_features
         self.post, self.algorithm = self.POST_OPS[activation] if activation else ("none", "")
-        # packed: an opaque layout, kept outside the state dict; the bias stays a plain parameter
+        # packed for batches of ``batch_tokens`` rows (a hint: the inference path's token budget) in an
+        # opaque layout, kept outside the state dict; the bias stays a plain parameter
         self.packed = torch.ops.mkldnn._reorder_linear_weight(linear.weight.detach(), batch_tokens)
         self.bias = linear.bias
 
