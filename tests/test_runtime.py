@@ -150,6 +150,18 @@ def test_bf16_linear_layers_are_fused_where_the_cpu_has_bf16(minilm):
     assert (FusedLinear(plain, "gelu")(x).float() - F.gelu(plain(x), approximate="tanh").float()).abs().max() > 0
 
 
+def test_a_model_with_packed_weights_is_not_saved(minilm, tmp_path):
+    """int8 (and fused bf16) layers hold packed weights: saving such a model is a one-line error, and
+    nothing is written, instead of a KeyError from the checkpoint table."""
+    from bertforge import load_pretrained
+    from bertforge.runtime import prepare
+
+    model = prepare(load_pretrained(minilm), "int8", "cpu")
+    with pytest.raises(BertforgeError, match="prepared for int8 inference"):
+        model.save_pretrained(tmp_path / "out")
+    assert not (tmp_path / "out" / "model.safetensors").exists()
+
+
 def test_compile_flag_gives_the_same_embeddings(minilm, texts, fp32_embeddings, tmp_path):
     """`--compile` (torch.compile, dynamic shapes) over length-sorted batches of many shapes: the eager numbers."""
     rows = [i for i, t in enumerate(texts) if len(t.splitlines()) == 1][:60]  # one text a line
