@@ -137,7 +137,7 @@ class BertModel(nn.Module):
     batch whose padding exceeds ``unpad_above`` of its tokens (default 20%: random training batches)
     runs on its real tokens only, else dense. ``runtime.prepare`` sets it per precision for inference:
     in fp32 and int8 the matmuls dominate and even the ~6% padding of length-sorted batches is worth
-    skipping (0: measured 1.05x fp32, 1.1x int8 on short reviews against running them dense); in bf16
+    skipping (0: 1.03-1.08x fp32, 1.03-1.09x int8 in ``benchmarks/ablation.py``); in bf16
     the gathers cost more than the cheap matmuls they save, and 20% stays. Outputs at real positions
     are the same either way; padding positions hold zeros when unpadded and what the dense
     computation gives there otherwise.
