@@ -27,8 +27,7 @@ from infer import load_texts  # noqa: E402  (benchmarks/infer.py: the same texts
 from bertforge import Tokenizer, load_pretrained  # noqa: E402
 from bertforge.assets import fetch  # noqa: E402
 from bertforge.infer import embed  # noqa: E402
-from bertforge.model import BertModel  # noqa: E402
-from bertforge.runtime import native_bf16, prepare  # noqa: E402
+from bertforge.runtime import encoders, native_bf16, prepare  # noqa: E402
 
 
 def variants(directory: Path, precision: str) -> dict:
@@ -36,12 +35,12 @@ def variants(directory: Path, precision: str) -> dict:
     import torch
 
     def with_threshold(model, threshold):
-        for bert in [m for m in model.modules() if isinstance(m, BertModel)]:
+        for bert in encoders(model):
             bert.unpad_above = threshold
         return model
 
     default = prepare(load_pretrained(directory), precision, "cpu")
-    threshold = default.unpad_above if isinstance(default, BertModel) else default.bert.unpad_above
+    threshold = encoders(default)[0].unpad_above
     other = 0.2 if threshold == 0.0 else 0.0
     out = {"default": default, f"unpad_above={other}": with_threshold(prepare(load_pretrained(directory), precision, "cpu"), other)}
     if precision == "bf16" and native_bf16(torch.device("cpu")):

@@ -59,6 +59,11 @@ def resolve_precision(precision: str, device: torch.device) -> str:
     return precision
 
 
+def encoders(model: nn.Module) -> list[BertModel]:
+    """The BERT encoders inside a model (one under any head; a bare encoder is its own)."""
+    return [m for m in model.modules() if isinstance(m, BertModel)]
+
+
 def prepare(model: nn.Module, precision: str = "fp32", device: str | torch.device | None = None, compile: bool = False) -> nn.Module:
     """Put a loaded model in eval mode, on its device, at the given precision (and compiled)."""
     device = torch.device(device) if device is not None else torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -71,7 +76,7 @@ def prepare(model: nn.Module, precision: str = "fp32", device: str | torch.devic
     elif precision == "int8":
         model = quantize_int8(model)
     if precision in ("fp32", "int8"):  # matmul-bound: skip even the little padding of sorted batches
-        for bert in [m for m in model.modules() if isinstance(m, BertModel)]:
+        for bert in encoders(model):
             bert.unpad_above = 0.0
     if precision == "bf16" and device.type == "cpu" and native_bf16(device) and not compile:
         fuse_bf16(model)  # (Inductor makes its own fusions, and cannot lower these packed calls)
@@ -116,7 +121,7 @@ def smoothing_factors(model: nn.Module, alpha: float = 0.5) -> dict[nn.Linear, t
     """
     factors = {}
     generator = torch.Generator().manual_seed(0)
-    for bert in [m for m in model.modules() if isinstance(m, BertModel)]:
+    for bert in encoders(model):
         linears = [linear for layer in bert.layers for linear in (layer.attn.qkv, layer.ffn.up)]
         ranges: dict[nn.Linear, torch.Tensor] = {}
 
@@ -185,7 +190,7 @@ def fuse_bf16(model: nn.Module) -> nn.Module:
     """Swap the encoder's linear layers of a bf16 model on a CPU with native bf16 for ``FusedLinear``,
     with the feed-forward's activation folded into its first layer (in place; for inference: the
     packed weights are not trained): 1.16-1.20x the plain layers on minilm (``benchmarks/ablation.py``)."""
-    for bert in [m for m in model.modules() if isinstance(m, BertModel)]:
+    for bert in encoders(model):
         for layer in bert.layers:
             attn, ffn = layer.attn, layer.ffn
             attn.qkv, attn.out = FusedLinear(attn.qkv), FusedLinear(attn.out)
