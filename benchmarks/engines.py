@@ -99,7 +99,7 @@ def main() -> None:
         for ct in ct2_types:
             engines[f"ctranslate2 {ct}"] = ct2_run(ctranslate2.Encoder(str(ct2_dir), device="cpu", compute_type=ct, intra_threads=threads))
         engines["onnxruntime fp32"] = ours_run(OnnxModel(Path(tmp) / "model.onnx", config, None, threads))
-        engines["onnxruntime int8"] = ours_run(OnnxModel(Path(tmp) / "model.int8.onnx", config, None, threads))
+        engines["onnxruntime int8"] = ours_run(OnnxModel(Path(tmp) / "model.int8.onnx", config, None, threads, int8=True))
         for precision in ("fp32", "int8") + (("bf16",) if native_bf16(torch.device("cpu")) else ()):
             engines[f"bertforge {precision}"] = ours_run(prepare(load_pretrained(directory), precision))
 

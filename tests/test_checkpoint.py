@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 from pathlib import Path
 
 import pytest
@@ -110,6 +111,18 @@ def test_save_with_tokenizer_files_loads_in_auto_tokenizer(our_model, tiny_vocab
         a, b = model(**batch), hf(**batch)
     real = batch["attention_mask"].bool()
     torch.testing.assert_close(a.last_hidden_state[real], b.last_hidden_state[real], **TOL)
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o027], ids=oct)
+def test_saved_files_get_the_umask_permissions(our_model, tiny_vocab, tmp_path, umask):
+    """Like every other file written: a server running as another user can read the model."""
+    old = os.umask(umask)
+    try:
+        our_model("classify").save_pretrained(tmp_path, tokenizer=Tokenizer.from_pretrained(tiny_vocab))
+    finally:
+        os.umask(old)
+    modes = {p.name: p.stat().st_mode & 0o777 for p in tmp_path.iterdir()}
+    assert modes["config.json"] == modes["model.safetensors"] == modes["vocab.txt"] == 0o666 & ~umask
 
 
 def _same(ours, theirs, make_batch):

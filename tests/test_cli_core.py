@@ -140,7 +140,7 @@ def test_similarity_errors_are_one_line(tmp_path):
         (b"one\t\n", "line 1: expected two tab-separated sentences"),
         (b"one\ttwo\tmaybe\n", "line 1: unknown label 'maybe' (use 1/0, yes/no, same/different)"),
         (b"# only a comment\n\n", "no sentence pairs"),
-        (b"a\tb\n\xff\n", "line 2 is not UTF-8 text"),
+        (b"a\tb\n\xff\n", "line 2 is not UTF-8 text (byte 0xff)"),
     ],
 )
 def test_more_pairs_errors_in_process(tmp_path, monkeypatch, capsys, content, message):
@@ -186,6 +186,18 @@ def test_embed_errors(tmp_path):
     )
     assert_one_line_error(bad_suffix, "out.csv: output must end in .npy or .jsonl")
     assert_one_line_error(bad_model, "nope: no such file or directory, and not a registry name")
+    (tmp_path / "blank.txt").write_text("hello\n \nworld\n")
+    (tmp_path / "empty.txt").write_text("")
+    blank, empty, empty_sentence = run_all(
+        ["embed", "-m", "minilm-l6", "-i", tmp_path / "blank.txt", "-o", tmp_path / "out.npy"],
+        ["embed", "-m", "minilm-l6", "-i", tmp_path / "empty.txt", "-o", tmp_path / "out.npy"],
+        ["similarity", "a sentence", "  "],
+        ok=False,
+    )
+    assert_one_line_error(blank, f"{tmp_path / 'blank.txt'}: line 2 is empty")
+    assert_one_line_error(empty, f"{tmp_path / 'empty.txt'}: no lines")
+    assert_one_line_error(empty_sentence, "sentence 2 is empty")
+    assert not (tmp_path / "out.npy").exists()
 
 
 def test_vocab_writes_a_vocabulary(tmp_path, tiny_corpus):

@@ -17,7 +17,7 @@ import bertforge
 from bertforge import BertConfig, BertforgeError, BertModel, Tokenizer
 from bertforge.api import evaluate_file, finetune, load_task, pipeline, predict_file
 from bertforge.assets import fetch
-from bertforge.tasks import TaskSpec
+from bertforge.tasks import TASKS, TaskSpec
 from bertforge.tasks.sequence import TextExample
 from bertforge.train import TrainArgs
 
@@ -273,3 +273,41 @@ def test_pipeline_rejects_wrong_task(sentiment_model):
     model, _ = sentiment_model
     with pytest.raises(BertforgeError, match="is a classify model, not tag"):
         bertforge.pipeline("tag", model)
+
+
+def test_multilabel_cells_read_as_json_lists_separators_or_nothing(tmp_path):
+    """A CSV cell holds a JSON list, 'a|b', or nothing (none of the labels); a broken list is a one-line error."""
+    tok = Tokenizer.from_pretrained(fetch("minilm-l6"))
+    task = TASKS["classify"](TaskSpec("classify", multi_label=True), tok)
+    rows = [("x", '["sport", "food"]'), ("y", "music|food"), ("z", ""), ("w", "[]")]
+    examples = task.read(_write_csv(tmp_path / "ml.csv", ["text", "label"], rows), labelled=True)
+    assert [e.label for e in examples] == [["food", "sport"], ["food", "music"], [], []]
+    bad = _write_csv(tmp_path / "bad.csv", ["text", "label"], [("x", '["sport", ')])
+    with pytest.raises(BertforgeError, match=r"bad.csv: line 2: 'label' is not a JSON list"):
+        task.read(bad, labelled=True)
+
+
+def test_resuming_on_data_with_other_labels_is_refused(tiny_dir, tmp_path):
+    """The classifier's rows are labels by position: a resume on other labels would silently mislabel."""
+    rows = [(f"{w} film", "fresh" if w in POS else "rotten") for w in POS + NEG] * 3
+    first = _write_csv(tmp_path / "a.csv", ["text", "label"], rows)
+    finetune("classify", tiny_dir, first, tmp_path / "m", args=_args(tmp_path / "m" / "run", 2))
+    other = _write_csv(tmp_path / "b.csv", ["text", "label"], [(t, "good" if y == "fresh" else "bad") for t, y in rows])
+    with pytest.raises(BertforgeError, match=r"was trained on labels fresh, rotten; this data has bad, good"):
+        finetune("classify", tiny_dir, other, tmp_path / "m", args=_args(tmp_path / "m" / "run", 4, resume=True))
+
+
+def test_an_unknown_conll_tag_is_reported_on_its_own_line(tmp_path):
+    tok = Tokenizer.from_pretrained(fetch("minilm-l6"))
+    task = TASKS["tag"](TaskSpec("tag"), tok, {0: "O", 1: "B-PER", 2: "I-PER"})
+    path = tmp_path / "unknown.conll"
+    path.write_text("a\tO\nb\tO\n\nc\tO\nd\tB-PER\ne\tB-FOO\n")
+    with pytest.raises(BertforgeError, match=r"tags the model does not know: 'B-FOO' \(line 6\)"):
+        task.check_labels(task.read(path, labelled=True), path)
+
+
+def test_too_little_data_for_one_batch_is_an_error_before_anything_is_written(tiny_dir, tmp_path):
+    train = _write_csv(tmp_path / "few.csv", ["text", "label"], [("good", "fresh"), ("bad", "rotten")] * 3)
+    with pytest.raises(BertforgeError, match=r"^\d training examples are fewer than one batch of 16: lower --batch-size$"):
+        finetune("classify", tiny_dir, train, tmp_path / "few", args=_args(tmp_path / "few" / "run", 2))
+    assert not (tmp_path / "few" / "run").exists()

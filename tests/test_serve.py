@@ -25,6 +25,7 @@ from bertforge import BertConfig, BertforgeError, BertModel, Tokenizer
 from bertforge.api import Pipeline, finetune
 from bertforge.assets import fetch
 from bertforge.infer import Embedder
+from bertforge.serve import access_line
 from bertforge.tasks import TaskSpec
 from bertforge.train import TrainArgs
 
@@ -185,11 +186,11 @@ def test_health_tells_the_model_and_needs_no_key(servers):
 
 
 def test_embed_equals_the_offline_embedder(minilm, offline):
-    texts = ["A gripping, beautifully shot film.", "", "Ünïcode and 中文 text", "/etc/passwd", "x " * 400]
+    texts = ["A gripping, beautifully shot film.", "Ünïcode and 中文 text", "/etc/passwd", "x " * 400]  # ("": 422, below)
     r = minilm.post("/v1/embed", json={"texts": texts})
     assert r.status_code == 200, r.text
     got = np.array(r.json()["embeddings"])
-    assert got.shape == (5, 384)
+    assert got.shape == (4, 384)
     np.testing.assert_allclose(got, offline(texts), atol=1e-5)  # "/etc/passwd" is text, never a file
     np.testing.assert_allclose(np.linalg.norm(got, axis=1), 1.0, atol=1e-5)
 
@@ -234,11 +235,14 @@ def test_api_key_is_required_on_v1_and_metrics(servers):
     body = {"texts": ["hello"]}
     r = httpx.post(f"{url}/v1/embed", json=body)
     assert error_of(r, 401) == "missing API key: send 'Authorization: Bearer KEY'" and r.headers["www-authenticate"] == "Bearer"
-    for wrong in (f"Bearer {KEY}x", KEY, f"bearer {KEY}", f"Bearer {KEY[:-1]}", "Bearer", "Basic czNjcmV0"):
+    for wrong in (f"Bearer {KEY}x", KEY, f"Bearer{KEY}", f"Bearer {KEY[:-1]}", "Bearer", "Basic czNjcmV0"):
         assert error_of(httpx.post(f"{url}/v1/embed", json=body, headers={"Authorization": wrong}), 401) == "wrong API key"
     assert error_of(httpx.get(f"{url}/metrics"), 401) == "missing API key: send 'Authorization: Bearer KEY'"
     assert error_of(httpx.post(f"{url}/v1/embed", content=b"{not json", headers={"Authorization": "x"}), 401) == "wrong API key"
     assert httpx.post(f"{url}/v1/embed", json=body, headers=AUTH).status_code == 200
+    assert httpx.post(f"{url}/v1/embed", json=body, headers={"Authorization": f"bearer  {KEY}"}).status_code == 200  # RFC 7235
+    assert "/v1/* and /metrics need 'Authorization: Bearer KEY'" in servers["minilm"].out.read_text()
+    assert "API key" not in servers["classify"].out.read_text()  # on loopback, without a key: nothing to say
     assert httpx.get(f"{url}/openapi.json").status_code == 200 and httpx.get(f"{url}/docs").status_code == 200
 
 
@@ -268,6 +272,14 @@ def test_limits_answer_413_and_bad_requests_422(minilm):
     assert error_of(post("/v1/embed", data={"texts": "a"}), 422) == "the body must be a JSON object, sent with Content-Type: application/json"
     assert error_of(post("/v1/similarity", json={"a": ["x", "y"], "b": ["z"]}), 422) == "'a' has 2 texts but 'b' has 1: give as many"
     assert error_of(post("/v1/similarity", json={}), 422) == "give 'pairs', or 'a' and 'b'"
+    assert error_of(post("/v1/similarity", json={"a": ["x"]}), 422) == "b is missing: give 'a' and 'b' (as many texts each)"
+    assert error_of(post("/v1/embed", json={"texts": ["ok", " \n "]}), 422) == "texts[1] is empty"
+    assert error_of(post("/v1/similarity", json={"pairs": [["a", ""]]}), 422) == "pairs[0][1] is empty"
+    assert error_of(post("/v1/summarize", json={"documents": [""]}), 422) == "documents[0] is empty"
+    surrogate = b'{"texts": ["ok", "half an emoji \\ud83d"]}'  # valid JSON, not valid Unicode
+    assert error_of(post("/v1/embed", content=surrogate, headers={"content-type": "application/json"}), 422) == (
+        "texts[1] is not valid Unicode (it holds a lone surrogate)"
+    )
     assert error_of(post("/v1/similarity", json={"pairs": [["only one"]]}), 422).startswith("pairs[0]")
     assert error_of(post("/v1/summarize", json={"documents": [{"sentences": ["fine", "  "]}]}), 422) == "documents[0]: sentence 1 is empty"
     assert error_of(post("/v1/summarize", json={"documents": [{"text": "x"}]}), 422) == "documents[0].sentences: Field required"
@@ -460,12 +472,22 @@ def test_start_up_errors_are_one_line_and_exit_2(servers, tmp_path):
     assert _one_line_error(serve("--model", str(tmp_path / "empty"), "--port", str(free_port()))) == (
         f"bertforge: error: {tmp_path / 'empty'}: not a model directory (no config.json)"
     )
+    assert _one_line_error(serve("--model", "minilm-l6", "--port", str(free_port()), "--api-key", " ")) == (
+        "bertforge: error: the API key is empty (--api-key or BERTFORGE_API_KEY): give one, or leave both unset to serve without a key"
+    )
     assert _one_line_error(serve("--model", "minilm-l6", "--port", str(free_port()), "--max-texts", "0")) == (
         "bertforge: error: --max-texts must be at least 1, not 0"
     )
     assert _one_line_error(serve("--model", "minilm-l6", "--port", str(free_port()), "--runtime", "tpu")) == (
         "bertforge: error: unknown runtime 'tpu' (choose from torch, onnx)"
     )
+
+
+def test_the_start_up_message_warns_of_a_server_open_to_the_network_without_a_key():
+    assert access_line("127.0.0.1", None) is None and access_line("::1", None) is None
+    assert access_line("0.0.0.0", None).startswith("bertforge: warning: no API key, and listening on 0.0.0.0")
+    assert access_line("::", None).startswith("bertforge: warning: no API key")
+    assert access_line("0.0.0.0", "k") == "bertforge: /v1/* and /metrics need 'Authorization: Bearer KEY'"
 
 
 def test_the_app_factory_runs_in_process_at_int8(tmp_path):

@@ -8,7 +8,7 @@ inference path.
 from __future__ import annotations
 
 import json
-import os
+import logging
 import random
 import shutil
 from collections.abc import Sequence
@@ -22,18 +22,14 @@ from .config import BertConfig
 from .errors import BertforgeError
 from .infer import load_for_inference
 from .model import set_dropout
+from .outputs import atomic_open, atomic_text, check_out_dir, check_output
 from .tasks import ARCHITECTURE_TASKS, TASKS, FinetuneTask, TaskSpec
 from .tokenizer import Tokenizer
 from .train import TrainArgs, train
 
+log = logging.getLogger("bertforge")
+
 VALID_FRACTION = 0.1  # carved out of the training file, seeded, when no --valid is given
-
-
-def _atomic_text(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
 
 
 def finetune(
@@ -54,6 +50,7 @@ def finetune(
     out = Path(out)
     spec = spec or TaskSpec(task, max_length=TASKS[task].default_max_length)
     directory = resolve_model_dir(model)
+    _check_finetune_out(out, directory)
     tokenizer = Tokenizer.from_pretrained(directory)
     spec.max_length = min(spec.max_length, BertConfig.from_json(directory / "config.json").max_position_embeddings)
     t = TASKS[task](spec, tokenizer)
@@ -93,8 +90,18 @@ def finetune(
             shutil.copy2(f, out / f.name)
     best_row = next((r for r in state.history if r["step"] == state.best_step), state.history[-1] if state.history else {})
     metrics = {k: v for k, v in best_row.items() if k not in ("split",)}
-    _atomic_text(out / "valid_metrics.json", json.dumps(metrics, indent=2) + "\n")
+    atomic_text(out / "valid_metrics.json", json.dumps(metrics, indent=2) + "\n")
     return metrics
+
+
+def _check_finetune_out(out: Path, model_dir: Path) -> None:
+    """Never write over the base model, or into a directory of other files: OUT must be new, empty,
+    or a previous run's (OUT/run; train() refuses its checkpoints unless resuming)."""
+    check_out_dir(out)
+    if out.exists() and out.samefile(model_dir):
+        raise BertforgeError(f"{out}: is the --model directory; choose another --out")
+    if out.is_dir() and any(out.iterdir()) and not (out / "run").is_dir():
+        raise BertforgeError(f"{out}: is not empty and holds no bertforge run (run/); choose another --out")
 
 
 def load_task(
@@ -135,13 +142,15 @@ def evaluate_file(
     compile: bool = False, **overrides: Any,
 ) -> dict:
     """The task's metrics on a labelled file (and written as JSON to ``output``)."""
+    if output is not None:
+        check_output(output, data)
     t, net = load_task(model, precision=precision, runtime=runtime, compile=compile, **overrides)
     examples = t.read(Path(data), labelled=True)
     t.check_labels(examples, Path(data))
     predictions = t.predict(net, examples, progress=True)
     result = t.score(predictions, examples)
     if output is not None:
-        _atomic_text(Path(output), json.dumps(result, indent=2, ensure_ascii=False) + "\n")
+        atomic_text(Path(output), json.dumps(result, indent=2, ensure_ascii=False) + "\n")
     return result
 
 
@@ -151,22 +160,34 @@ def predict_file(
 ) -> int:
     """Predictions for every record of ``input`` as JSONL in ``output`` (the input's fields plus the
     prediction's), in the input's order; written to a temporary file and renamed when complete."""
+    output = check_output(output, input)
     t, net = load_task(model, precision=precision, runtime=runtime, compile=compile, **overrides)
     examples = t.read(Path(input))
     records = _input_fields(Path(input), examples)
-    output = Path(output)
-    output.parent.mkdir(parents=True, exist_ok=True)
-    tmp = output.with_name(f".{output.name}.tmp")
-    try:
-        with tmp.open("w", encoding="utf-8") as f:
-            for part in _chunks(list(range(len(examples))), chunk):
-                preds = t.predict(net, [examples[i] for i in part], progress=True)
-                for i, p in zip(part, preds, strict=True):
-                    f.write(json.dumps({**records[i], **p}, ensure_ascii=False) + "\n")
-        os.replace(tmp, output)
-    finally:
-        tmp.unlink(missing_ok=True)
+    clashes: set[str] = set()
+    with atomic_open(output) as f:
+        for part in _chunks(list(range(len(examples))), chunk):
+            preds = t.predict(net, [examples[i] for i in part], progress=True)
+            for i, p in zip(part, preds, strict=True):
+                f.write(json.dumps(with_prediction(records[i], p, clashes), ensure_ascii=False) + "\n")
+    note_clashes(input, clashes)
     return len(examples)
+
+
+def with_prediction(fields: dict, prediction: dict, clashes: set[str]) -> dict:
+    """The input's fields plus the prediction's. An input field the prediction also writes (a gold
+    ``label``) is kept as ``input_<name>``, and its name added to ``clashes``."""
+    clash = fields.keys() & prediction.keys()
+    clashes |= clash
+    return {**{f"input_{k}" if k in clash else k: v for k, v in fields.items()}, **prediction}
+
+
+def note_clashes(input: str | Path, clashes: set[str]) -> None:
+    """One line on stderr naming the input's fields kept as ``input_<name>``."""
+    if clashes:
+        names = sorted(clashes)
+        log.warning("%s: the input's %s kept as %s, beside the prediction's", input, ", ".join(names),
+                    ", ".join(f"input_{n}" for n in names))
 
 
 def _input_fields(path: Path, examples: list) -> list[dict]:

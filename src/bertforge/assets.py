@@ -397,7 +397,9 @@ def resolve_path(name_or_path: str | Path) -> Path:
         return path
     if str(name_or_path) in REGISTRY:
         return fetch(str(name_or_path))
-    raise BertforgeError(f"{name_or_path}: no such file or directory, and not a registry name ({', '.join(REGISTRY)})")
+    kinds = {kind: ", ".join(a.name for a in REGISTRY.values() if a.kind == kind) for kind in ("model", "vocab", "dataset")}
+    raise BertforgeError(f"{name_or_path}: no such file or directory, and not a registry name (models: {kinds['model']}; "
+                         f"vocabularies: {kinds['vocab']}; data sets: {kinds['dataset']})")
 
 
 def resolve_model_dir(name_or_path: str | Path) -> Path:

@@ -120,30 +120,35 @@ def _one_line(e: BaseException) -> str:
     return f"{type(e).__name__}: {text[0] if text else ''}".rstrip(": ")
 
 
+WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin")  # in order of preference
+
+
+def weight_files(directory: Path) -> list[Path]:
+    """The files holding a Hugging Face directory's weights: model.safetensors, a sharded index and its
+    shards, or pytorch_model.bin (empty: none)."""
+    path = next((directory / name for name in WEIGHT_FILES if (directory / name).is_file()), None)
+    if path is None:
+        return []
+    if not path.name.endswith(".index.json"):
+        return [path]
+    try:
+        shards = sorted(set(json.loads(path.read_text(encoding="utf-8"))["weight_map"].values()))
+    except Exception as e:
+        raise BertforgeError(f"{path}: not a readable checkpoint ({_one_line(e)})") from None
+    return [path, *(directory / shard for shard in shards)]
+
+
 def read_weights(directory: Path) -> dict[str, Tensor]:
     """The tensors of a Hugging Face directory: model.safetensors, its sharded index, or pytorch_model.bin."""
     from safetensors.torch import load_file
 
-    candidates = [
-        directory / "model.safetensors",
-        directory / "model.safetensors.index.json",
-        directory / "pytorch_model.bin",
-    ]
-    path = next((p for p in candidates if p.is_file()), None)
-    if path is None:
+    files = weight_files(directory)
+    if not files:
         raise BertforgeError(f"{directory}: no model.safetensors or pytorch_model.bin found")
-    try:
-        if path.name.endswith(".index.json"):
-            index = json.loads(path.read_text(encoding="utf-8"))
-            state: dict[str, Tensor] = {}
-            for shard in sorted(set(index["weight_map"].values())):
-                state.update(_read_file(directory / shard, load_file))
-            return state
-        return _read_file(path, load_file)
-    except BertforgeError:
-        raise
-    except Exception as e:
-        raise BertforgeError(f"{path}: not a readable checkpoint ({_one_line(e)})") from None
+    state: dict[str, Tensor] = {}
+    for path in files[1:] if files[0].name.endswith(".index.json") else files:  # an index: its shards
+        state.update(_read_file(path, load_file))
+    return state
 
 
 def _read_file(path: Path, load_file) -> dict[str, Tensor]:
@@ -289,6 +294,9 @@ def _atomic_write(path: Path, write) -> None:
     os.close(fd)
     try:
         write(tmp)
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # as open() would; mkstemp makes 0600 whatever the umask
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

@@ -41,14 +41,31 @@ def _read_lines(path: Path) -> list[str]:
     except FileNotFoundError:
         raise BertforgeError(f"{path}: no such file") from None
     except UnicodeDecodeError as e:
-        line = path.read_bytes()[: e.start].count(b"\n") + 1
-        raise BertforgeError(f"{path}: line {line} is not UTF-8 text") from None
+        data = path.read_bytes()
+        line = data[: e.start].count(b"\n") + 1
+        raise BertforgeError(f"{path}: line {line} is not UTF-8 text (byte 0x{data[e.start]:02x})") from None
     # split on "\n" only: str.splitlines would also break at U+2028, \x85, \x0c ... inside a text,
     # and the rows written would no longer match the file's lines
     lines = text.split("\n")
     if lines and lines[-1] == "":
         lines.pop()
     return [line.removesuffix("\r") for line in lines]
+
+
+def _read_texts(path: Path) -> list[str]:
+    """A text a line, every line a text: a blank line is an error (row i of the output is line i)."""
+    texts = _read_lines(path)
+    if not texts:
+        raise BertforgeError(f"{path}: no lines")
+    for n, t in enumerate(texts, 1):
+        if not t.strip():
+            raise BertforgeError(f"{path}: line {n} is empty")
+    return texts
+
+
+def _count(n: int, noun: str, plural: str | None = None) -> str:
+    """'1 prediction', '5 predictions'."""
+    return f"{n} {noun if n == 1 else plural or noun + 's'}"
 
 
 @app.command()
@@ -110,22 +127,20 @@ def embed(
     import numpy as np
 
     from .infer import Embedder
+    from .outputs import atomic_open, check_output
 
-    texts = _read_lines(input)
+    texts = _read_texts(input)
     if output.suffix not in (".npy", ".jsonl"):
         raise BertforgeError(f"{output}: output must end in .npy or .jsonl")
+    check_output(output, input)
     embedder = Embedder.from_pretrained(model, precision=precision, runtime=runtime, compile=compile)
     vectors = embedder(texts, pooling=pooling, normalize=normalize, max_length=max_length, max_tokens=max_tokens, progress=True)
-    output.parent.mkdir(parents=True, exist_ok=True)
-    tmp = output.with_name(output.name + ".tmp")
-    if output.suffix == ".npy":
-        with tmp.open("wb") as f:
+    with atomic_open(output, "wb" if output.suffix == ".npy" else "w") as f:
+        if output.suffix == ".npy":
             np.save(f, vectors)
-    else:
-        with tmp.open("w", encoding="utf-8") as f:
+        else:
             for t, v in zip(texts, vectors, strict=True):
                 f.write(json.dumps({"text": t, "embedding": [round(float(x), 7) for x in v]}) + "\n")
-    tmp.replace(output)
     typer.echo(f"wrote {output}: {vectors.shape[0]} x {vectors.shape[1]}")
 
 
@@ -165,6 +180,9 @@ def similarity(
     if pairs is not None:
         a, b, gold = _read_pairs(pairs)
     elif sentences and len(sentences) == 2:
+        for n, sentence in enumerate(sentences, 1):
+            if not sentence.strip():
+                raise BertforgeError(f"sentence {n} is empty")
         a, b, gold = [sentences[0]], [sentences[1]], [None]
     else:
         raise BertforgeError("give two sentences, or --pairs FILE")
@@ -201,7 +219,7 @@ def prepare_pretrain(
     whole_word_mask: Annotated[bool, typer.Option("--whole-word-mask", help="Mask whole words (Chinese: words from --zh-segmenter).")] = False,
     dynamic_mask: Annotated[bool, typer.Option("--dynamic-mask", help="Store no masks; draw them per batch at training time.")] = False,
     dupe_factor: Annotated[int, typer.Option("--dupe-factor", help="Passes over the data, each with fresh pairs and masks.")] = 5,
-    seed: Annotated[int, typer.Option("--seed")] = 0,
+    seed: Annotated[int, typer.Option("--seed", help="Seeds the sentence pairs, the masks and the held-out documents.")] = 0,
     eval_fraction: Annotated[float, typer.Option("--eval-fraction", help="Documents held out for evaluation (at least 1 of 2+).")] = 0.01,
     masked_lm_prob: Annotated[float, typer.Option("--masked-lm-prob", help="Fraction of tokens to predict.")] = 0.15,
     max_predictions_per_seq: Annotated[int, typer.Option("--max-predictions-per-seq", help="Cap on masked tokens per instance.")] = 20,
@@ -249,12 +267,12 @@ def pretrain(
     warmup: Annotated[float, typer.Option("--warmup", help="Warmup steps (>= 1) or fraction of steps (< 1).")] = 0.05,
     schedule: Annotated[str, typer.Option(help="linear | cosine | constant decay after warmup.")] = "linear",
     optimizer: Annotated[str, typer.Option(help="adamw | lamb (for large batches).")] = "adamw",
-    weight_decay: Annotated[float, typer.Option("--weight-decay")] = 0.01,
+    weight_decay: Annotated[float, typer.Option("--weight-decay", help="AdamW weight decay (not on biases and LayerNorms).")] = 0.01,
     save_every: Annotated[int, typer.Option("--save-every", help="Checkpoint every N steps (0: at the end).")] = 1000,
     keep_last: Annotated[int, typer.Option("--keep-last", help="Checkpoints kept.")] = 2,
     eval_every: Annotated[int, typer.Option("--eval-every", help="Evaluate every N steps (0: at the end).")] = 1000,
     log_every: Annotated[int, typer.Option("--log-every", help="Log training metrics every N steps.")] = 10,
-    seed: Annotated[int, typer.Option("--seed")] = 0,
+    seed: Annotated[int, typer.Option("--seed", help="Seeds the initialisation, the data order and dropout.")] = 0,
     precision: Annotated[str, typer.Option(help="fp32 | bf16 (autocast).")] = "fp32",
     dropout: Annotated[float | None, typer.Option("--dropout", help="Hidden and attention dropout (default: the preset's, 0.1 as in BERT; short runs learn faster with 0).")] = None,
     compile: Annotated[bool, typer.Option("--compile", help="torch.compile the model.")] = False,
@@ -273,10 +291,12 @@ def pretrain(
     from .data.pretrain import PretrainShards
     from .heads import BertWithHead
     from .model import set_dropout
+    from .outputs import check_out_dir
     from .tasks.pretrain import PretrainTask
     from .tokenizer import Tokenizer
     from .train import TrainArgs, checkpoints, train
 
+    check_out_dir(out)
     manifest = PretrainShards(data, "train").manifest
     tokenizer = Tokenizer.from_pretrained(manifest["vocab_path"], lowercase=manifest.get("lowercase"))
     task = PretrainTask(data, tokenizer)
@@ -315,7 +335,7 @@ def pretrain(
 
 
 @app.command()
-def plot(run: Annotated[Path, typer.Argument(help="A run directory with metrics.jsonl.")]) -> None:
+def plot(run: Annotated[Path, typer.Argument(help="A run directory with metrics.jsonl (pretrain --out), or a finetune --out (its run/).")]) -> None:
     """Plot a run's training and evaluation curves to RUN/curves.png."""
     from .plot import plot_run
 
@@ -327,26 +347,26 @@ def finetune(
     task: Annotated[str, typer.Argument(help="classify | pair | regress | tag | qa | extsum")],
     model: Model,
     train: Annotated[Path, typer.Option("--train", help="Training data: CSV, TSV or JSONL (tag: also CoNLL; qa: also SQuAD JSON).")],
-    out: Annotated[Path, typer.Option("--out", help="Output model directory (Hugging Face format); the run goes to OUT/run.")],
+    out: Annotated[Path, typer.Option("--out", help="Output model directory (Hugging Face format): new, empty or a previous run's; the run goes to OUT/run.")],
     valid: Annotated[Path | None, typer.Option("--valid", help="Validation data (default: 10% of --train, seeded).")] = None,
-    text_column: Annotated[str, typer.Option("--text-column")] = "text",
+    text_column: Annotated[str, typer.Option("--text-column", help="Column (JSONL field) holding the text.")] = "text",
     text_pair_column: Annotated[str | None, typer.Option("--text-pair-column", help="Second text (pair; default text_pair).")] = None,
-    label_column: Annotated[str, typer.Option("--label-column")] = "label",
-    multi_label: Annotated[bool, typer.Option("--multi-label", help="classify: several labels per text (JSON list or 'a|b').")] = False,
+    label_column: Annotated[str, typer.Option("--label-column", help="Column holding the label (regress: the number).")] = "label",
+    multi_label: Annotated[bool, typer.Option("--multi-label", help="classify: several labels per text (a JSON list or 'a|b'; an empty cell: none of them).")] = False,
     max_length: Annotated[int | None, typer.Option("--max-length", help="Tokens per window (default 128; qa 384, extsum 512).")] = None,
     long_text: Annotated[str, typer.Option("--long-text", help="Texts over --max-length: window (overlapping windows, logits averaged) | truncate.")] = "window",
     stride: Annotated[int | None, typer.Option("--stride", help="Window overlap in tokens (default max-length/4).")] = None,
-    epochs: Annotated[float, typer.Option("--epochs")] = 3.0,
+    epochs: Annotated[float, typer.Option("--epochs", help="Passes over --train (fractions allowed).")] = 3.0,
     max_steps: Annotated[int | None, typer.Option("--max-steps", help="Stop after N steps (overrides --epochs).")] = None,
-    lr: Annotated[float, typer.Option("--lr")] = 5e-5,
-    batch_size: Annotated[int, typer.Option("--batch-size")] = 32,
-    grad_accum: Annotated[int, typer.Option("--grad-accum")] = 1,
+    lr: Annotated[float, typer.Option("--lr", help="Peak learning rate (AdamW; linear warmup, then linear decay).")] = 5e-5,
+    batch_size: Annotated[int, typer.Option("--batch-size", help="Examples (windows) per optimizer step, over all processes.")] = 32,
+    grad_accum: Annotated[int, typer.Option("--grad-accum", help="Split each step into N micro-batches (same result, less memory).")] = 1,
     warmup: Annotated[float, typer.Option("--warmup", help="Warmup steps (>= 1) or fraction (< 1).")] = 0.1,
-    weight_decay: Annotated[float, typer.Option("--weight-decay")] = 0.01,
+    weight_decay: Annotated[float, typer.Option("--weight-decay", help="AdamW weight decay (not on biases and LayerNorms).")] = 0.01,
     eval_every: Annotated[int, typer.Option("--eval-every", help="Validate every N steps (0: every epoch).")] = 0,
     patience: Annotated[int, typer.Option("--patience", help="Stop after N validations without improvement (0: never).")] = 2,
     metric: Annotated[str | None, typer.Option("--metric", help="Validation metric that picks the best model (default: the task's).")] = None,
-    seed: Annotated[int, typer.Option("--seed")] = 0,
+    seed: Annotated[int, typer.Option("--seed", help="Seeds the head's initialisation, the data order and dropout.")] = 0,
     dropout: Annotated[float | None, typer.Option("--dropout", help="Hidden and attention dropout (default: the checkpoint's).")] = None,
     precision: Annotated[str, typer.Option(help="fp32 | bf16")] = "fp32",
     save_every: Annotated[int, typer.Option("--save-every", help="Checkpoint every N steps (0: at the end).")] = 0,
@@ -460,7 +480,7 @@ def evaluate(
 def predict(
     model: Model,
     input: Annotated[Path, typer.Option("--input", "-i", help="Texts in the task's format (labels not needed).")],
-    output: Annotated[Path, typer.Option("--output", "-o", help="JSONL: the input's fields plus the prediction.")],
+    output: Annotated[Path, typer.Option("--output", "-o", help="JSONL: the input's fields plus the prediction (an input field of the same name kept as input_NAME).")],
     text_column: Annotated[str | None, typer.Option("--text-column", help="Default: as in training.")] = None,
     text_pair_column: Annotated[str | None, typer.Option("--text-pair-column")] = None,
     null_threshold: Annotated[float | None, typer.Option("--null-threshold", help="qa: default as in training.")] = None,
@@ -478,7 +498,7 @@ def predict(
     extra = _task_settings(None, null_threshold=null_threshold, top_k=top_k, max_words=max_words, trigram_blocking=trigram_blocking)
     n = predict_file(model, input, output, precision=precision, runtime=runtime, compile=compile,
                      **_overrides(text_column, text_pair_column, None), extra=extra)
-    typer.echo(f"wrote {output} ({n} predictions)")
+    typer.echo(f"wrote {output} ({_count(n, 'prediction')})")
 
 
 @app.command()
@@ -490,7 +510,7 @@ def summarize(
     top_k: Annotated[int | None, typer.Option("--top-k", help="Sentences per summary (default 3).")] = None,
     max_words: Annotated[int | None, typer.Option("--max-words", help="Length budget in words (a CJK character is a word), instead of or with --top-k.")] = None,
     trigram_blocking: Annotated[bool, typer.Option("--trigram-blocking/--no-trigram-blocking", help="centroid: skip sentences repeating a trigram.")] = True,
-    text_column: Annotated[str, typer.Option("--text-column")] = "text",
+    text_column: Annotated[str, typer.Option("--text-column", help="Column (JSONL field) holding the text.")] = "text",
 ) -> None:
     """Summarise documents without training: the sentences closest to the document's centroid in
     sentence-embedding space, one sentence per k-means cluster, or the first ones (Lead-k).
@@ -498,26 +518,27 @@ def summarize(
     Prints ROUGE-1/2/L F1 (against `summary`) and sentence F1 (against `labels`) when the input has them.
     """
     import json
-    import os
 
+    from .api import note_clashes, with_prediction
     from .data import tables
     from .infer import Embedder
+    from .outputs import atomic_open, check_output
     from .tasks.extsum import read_documents, score_summaries, summarize_untrained
 
+    check_output(output, input)
     documents = read_documents(input, text_column)
     if top_k is None:
         top_k = None if max_words is not None else 3
     embedder = Embedder.from_pretrained(model) if method != "lead" else None
     preds = summarize_untrained(embedder, documents, method, top_k, max_words, trigram_blocking, progress=True)
-    output.parent.mkdir(parents=True, exist_ok=True)
-    tmp = output.with_name(f".{output.name}.tmp")
-    with tmp.open("w", encoding="utf-8") as f:
+    clashes: set[str] = set()
+    with atomic_open(output) as f:
         for r, p in zip(tables.read_records(input), preds, strict=True):
-            f.write(json.dumps({**r.fields, **p}, ensure_ascii=False) + "\n")
-    os.replace(tmp, output)
+            f.write(json.dumps(with_prediction(r.fields, p, clashes), ensure_ascii=False) + "\n")
+    note_clashes(input, clashes)
     for k, v in score_summaries(preds, documents).items():
         typer.echo(f"{k:18} {v:.4f}")
-    typer.echo(f"wrote {output} ({len(preds)} summaries)")
+    typer.echo(f"wrote {output} ({_count(len(preds), 'summary', 'summaries')})")
 
 
 @app.command()
@@ -561,12 +582,13 @@ app.add_typer(export_app, name="export")
 @export_app.command("onnx")
 def export_onnx(
     model: Model,
-    out: Annotated[Path | None, typer.Option("--out", help="Default: MODEL/model.onnx (MODEL/model.int8.onnx with --int8).")] = None,
+    out: Annotated[Path | None, typer.Option("--out", help="A file, or a directory DIR for DIR/model.onnx (DIR/model.int8.onnx with --int8). Default: MODEL.")] = None,
     int8: Annotated[bool, typer.Option("--int8", help="Quantize the linear layers to int8 (onnxruntime dynamic quantization).")] = False,
 ) -> None:
-    """Export an encoder, or a classify / tag / qa model, to ONNX with dynamic batch and length.
+    """Export an encoder, or a classify, pair, regress, tag or qa model (not extsum), to ONNX with
+    dynamic batch and length.
 
-    `--runtime onnx` in embed, predict and serve then runs it through onnxruntime.
+    `--runtime onnx` in embed, evaluate, predict and serve then runs it through onnxruntime.
     """
     from .api import model_task
     from .assets import resolve_model_dir
@@ -578,8 +600,11 @@ def export_onnx(
     task = model_task(directory)  # bertforge's settings, or a Hugging Face task architecture
     head = {"classify": "classify", "pair": "classify", "regress": "classify", "tag": "tag", "qa": "span"}.get(task)
     if task is not None and head is None:
-        raise BertforgeError(f"{directory}: a {task} model cannot be exported to ONNX (encoder, classify, pair, regress, tag, qa can)")
-    path = export(load_pretrained(directory, head=head), out or onnx_path(directory, "int8" if int8 else "fp32"), int8=int8)
+        article = "an" if task[0] in "aeiou" else "a"
+        raise BertforgeError(f"{directory}: {article} {task} model cannot be exported to ONNX (encoder, classify, pair, regress, tag, qa can)")
+    precision = "int8" if int8 else "fp32"
+    out = out or directory
+    path = export(load_pretrained(directory, head=head), onnx_path(out, precision) if out.is_dir() else out, int8=int8)
     typer.echo(f"wrote {path} ({path.stat().st_size / 2**20:.1f} MiB)")
 
 

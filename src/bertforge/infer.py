@@ -59,7 +59,7 @@ def run_batches(
     ``model_kwargs`` go to every model call (``pool=False`` when the pooler is not read)."""
     device = model_device(model)
     batches = length_batches([len(e.ids) for e in encodings], max_tokens, max_batch)
-    bar = tqdm(total=len(encodings), desc=desc, unit="text", disable=not progress, leave=False)
+    bar = tqdm(total=len(encodings), desc=desc, unit="seq", disable=not progress, leave=False)
     with torch.inference_mode():
         for idx in batches:
             batch = {k: v.to(device) for k, v in tokenizer.to_tensors([encodings[i] for i in idx]).items()}
@@ -212,12 +212,13 @@ def load_for_inference(
         if compile:
             raise BertforgeError("--compile is for the torch runtime; an ONNX graph is already compiled by onnxruntime")
         if precision not in ("fp32", "int8", "auto"):
-            raise BertforgeError("the onnx runtime runs fp32 or int8 graphs")
+            raise BertforgeError(f"the onnx runtime runs fp32 or int8 graphs; for {precision} use --runtime torch")
         if head not in EXPORTABLE_HEADS:
             raise BertforgeError(f"the {head} head has no ONNX export; run it with --runtime torch")
-        path = onnx_path(directory, "int8" if precision == "int8" else "fp32")
+        int8 = precision == "int8"
+        path = onnx_path(directory, "int8" if int8 else "fp32")
         if not path.is_file():
-            flag = " --int8" if precision == "int8" else ""
+            flag = " --int8" if int8 else ""
             raise BertforgeError(f"{path}: no ONNX graph; run `bertforge export onnx --model {directory}{flag}` first")
-        return OnnxModel(path, BertConfig.from_json(directory / "config.json"), head)
+        return OnnxModel(path, BertConfig.from_json(directory / "config.json"), head, source=directory, int8=int8)
     return prepare(load_pretrained(directory, head=head), precision, device, compile)

@@ -174,10 +174,7 @@ class BertModel(nn.Module):
         ``first_token_only`` is for heads that read the pooled [CLS] alone (classification, multiple
         choice): the last layer computes the first token only, and ``last_hidden_state`` is (B, 1, H)."""
         B, T = input_ids.shape
-        if T > self.config.max_position_embeddings:
-            raise BertforgeError(
-                f"sequence of {T} tokens is longer than the model's {self.config.max_position_embeddings} positions"
-            )
+        self.config.check_length(T)
         if token_type_ids is None:
             token_type_ids = torch.zeros_like(input_ids)
         if position_ids is None:

@@ -19,7 +19,15 @@ def read_metrics(run: Path) -> list[dict]:
                 rows.append(json.loads(line))
             except json.JSONDecodeError:
                 raise BertforgeError(f"{path}: line {n} is not JSON") from None
+    if not rows:
+        raise BertforgeError(f"{path}: is empty: nothing to plot yet")
     return rows
+
+
+def run_title(run: Path) -> str:
+    """The run's name: OUT for a finetune's OUT/run."""
+    run = run.resolve()
+    return run.parent.name if run.name == "run" else run.name
 
 
 def plot_run(run: str | Path, out: str | Path | None = None) -> Path:
@@ -30,6 +38,8 @@ def plot_run(run: str | Path, out: str | Path | None = None) -> Path:
     import matplotlib.pyplot as plt
 
     run = Path(run)
+    if not (run / "metrics.jsonl").is_file() and (run / "run" / "metrics.jsonl").is_file():
+        run = run / "run"  # a finetune --out directory: its run is OUT/run
     rows = read_metrics(run)
     train = [r for r in rows if r.get("split") == "train"]
     evals = [r for r in rows if r.get("split") == "eval"]
@@ -48,7 +58,7 @@ def plot_run(run: str | Path, out: str | Path | None = None) -> Path:
         ax.grid(alpha=0.3)
     for ax in list(axes.flat)[len(panels):]:
         ax.axis("off")
-    fig.suptitle(run.name)
+    fig.suptitle(run_title(run))
     fig.tight_layout()
     out = Path(out) if out else run / "curves.png"
     fig.savefig(out, dpi=110)

@@ -25,6 +25,7 @@ import asyncio
 import contextlib
 import errno
 import hmac
+import ipaddress
 import json
 import logging
 import signal
@@ -409,7 +410,7 @@ class ServedModel:
         if self.embedder is None:
             self.pipe.task.max_tokens = max_batch_tokens
         net = self.embedder.model if self.embedder is not None else self.pipe.model
-        self.precision = precision if runtime == "onnx" else getattr(net, "precision", precision)
+        self.precision = getattr(net, "precision", precision)  # resolved: "auto" is reported as what it chose
         self.endpoints = SERVES[self.task]
 
     @property
@@ -433,7 +434,7 @@ class _Gate:
 
     def __init__(self, app, *, api_key: str | None, max_body_bytes: int, metrics: Metrics):
         self.app, self.max_body_bytes, self.metrics = app, max_body_bytes, metrics
-        self.key = f"Bearer {api_key}".encode() if api_key else None
+        self.key = api_key.encode() if api_key else None
 
     async def __call__(self, scope, receive, send) -> None:
         if scope["type"] != "http":
@@ -450,7 +451,8 @@ class _Gate:
         try:
             if self.key is not None and scope["path"] not in OPEN_PATHS:
                 given = dict(scope["headers"]).get(b"authorization", b"")
-                if not hmac.compare_digest(given, self.key):
+                scheme, _, token = given.strip().partition(b" ")
+                if not (scheme.lower() == b"bearer" and hmac.compare_digest(token.strip(), self.key)):
                     await _drain(receive)
                     msg = "missing API key: send 'Authorization: Bearer KEY'" if not given else "wrong API key"
                     return await _refuse(receive, send_status, 401, msg, [(b"www-authenticate", b"Bearer")])
@@ -555,6 +557,8 @@ def create_app(
 ) -> FastAPI:
     """A FastAPI app serving ``model`` (a directory or registry name), loaded now: a missing model or
     a bad setting raises BertforgeError here, not at the first request."""
+    if api_key is not None and not api_key.strip():
+        raise BertforgeError("the API key is empty (--api-key or BERTFORGE_API_KEY): give one, or leave both unset to serve without a key")
     for name, value, least in (("--max-batch-tokens", max_batch_tokens, 1), ("--max-texts", max_texts, 1),
                                ("--max-chars", max_chars, 1), ("max body bytes", max_body_bytes, 1),
                                ("--batch-window-ms", batch_window_ms, 0)):
@@ -599,9 +603,16 @@ def create_app(
             raise _error(413, f"{n} {field} in one request; this server takes at most {max_texts} (--max-texts)")
 
     def check_chars(named: Iterable[tuple[str, str]]) -> None:
+        """Every text: not empty (or only spaces), within --max-chars, valid Unicode."""
         for where, text in named:
             if len(text) > max_chars:
                 raise _error(413, f"{where} has {len(text):,} characters; this server takes at most {max_chars:,} (--max-chars)")
+            if not text.strip():
+                raise _error(422, f"{where} is empty")
+            try:
+                text.encode("utf-8")
+            except UnicodeEncodeError:
+                raise _error(422, f"{where} is not valid Unicode (it holds a lone surrogate)") from None
 
     def check_texts(texts: Sequence[str], field: str) -> None:
         check_count(len(texts), field)
@@ -639,8 +650,10 @@ def create_app(
         if body.pairs is not None:
             a, b = [p[0] for p in body.pairs], [p[1] for p in body.pairs]
         else:
-            if body.a is None or body.b is None or len(body.a) != len(body.b):
-                raise _error(422, f"'a' has {len(body.a or [])} texts but 'b' has {len(body.b or [])}: give as many")
+            if body.a is None or body.b is None:
+                raise _error(422, f"{'b' if body.b is None else 'a'} is missing: give 'a' and 'b' (as many texts each)")
+            if len(body.a) != len(body.b):
+                raise _error(422, f"'a' has {len(body.a)} texts but 'b' has {len(body.b)}: give as many")
             a, b = body.a, body.b
         if body.pairs is not None:
             check_count(len(body.pairs), "pairs")
@@ -680,9 +693,6 @@ def create_app(
         else:
             check_texts([" ".join(ws) for ws in body.tokens], "tokens")
             field, inputs = "tokens", body.tokens
-        for i, x in enumerate(inputs):
-            if not (x.strip() if isinstance(x, str) else x):
-                raise _error(422, f"{field}[{i}] is empty")
         preds = await predict(("predict",), examples(inputs, field))
         return JSONResponse({"predictions": list(preds)})
 
@@ -698,10 +708,6 @@ def create_app(
             raise _error(422, "give 'questions' ([{question, context}, ...]), or 'question' and 'context'")
         check_count(len(questions), "questions")
         check_chars((f"{field}[{i}].{k}" if field else k, getattr(q, k)) for i, q in enumerate(questions) for k in ("question", "context"))
-        for i, q in enumerate(questions):
-            for k in ("question", "context"):
-                if not getattr(q, k).strip():
-                    raise _error(422, f"{field}[{i}].{k} is empty" if field else f"{k} is empty")
         preds = await predict(("predict",), examples([q.model_dump() for q in questions], field or "questions"))
         return JSONResponse({"answers": list(preds)})
 
@@ -808,6 +814,17 @@ def bind(host: str, port: int) -> socket.socket:
     return sock
 
 
+def access_line(address: str, api_key: str | None) -> str | None:
+    """What the start-up message says about access: the key needed, or a warning when a server
+    without one listens beyond this machine."""
+    if api_key:
+        return "bertforge: /v1/* and /metrics need 'Authorization: Bearer KEY'"
+    if not ipaddress.ip_address(address.split("%")[0]).is_loopback:
+        return (f"bertforge: warning: no API key, and listening on {address}: anyone who can reach this machine can use "
+                "the model (--api-key or BERTFORGE_API_KEY)")
+    return None
+
+
 def serve(
     model: str | Path,
     host: str = "127.0.0.1",
@@ -835,6 +852,8 @@ def serve(
         port = sock.getsockname()[1]
         shown = f"[{host}]" if ":" in host else host
         echo(f"bertforge: serving {model} on http://{shown}:{port} (API docs at /docs); Ctrl-C stops")
+        if line := access_line(sock.getsockname()[0], settings.get("api_key")):
+            echo(line)
         config = uvicorn.Config(app, log_level="warning", access_log=False, lifespan="on", timeout_graceful_shutdown=30)
         Server(config).run(sockets=[sock])
     finally:

@@ -157,7 +157,7 @@ class Schedule:
         self.grad_accum = args.grad_accum
         self.micro_per_epoch = n // self.micro
         if self.micro_per_epoch == 0:
-            raise BertforgeError(f"{n} training examples are fewer than one batch of {self.micro}")
+            raise BertforgeError(f"{n} training examples are fewer than one batch of {self.micro}: lower --batch-size")
         self.steps_per_epoch = max(1, self.micro_per_epoch // self.grad_accum)
         self._perm: tuple[int, np.ndarray] | None = None
 
@@ -225,7 +225,14 @@ def save_checkpoint(
 
 def load_checkpoint(path: Path, model: nn.Module, optimizer, scheduler) -> TrainState:
     from .checkpoint import load_state, read_weights
+    from .config import BertConfig
 
+    # the head's rows are labels by position: resuming on data with other labels would pair them up wrongly
+    saved = BertConfig.from_json(path / "config.json").id2label
+    current = getattr(getattr(model, "config", None), "id2label", None)
+    if saved and current and saved != current:
+        raise BertforgeError(f"{path} was trained on labels {', '.join(saved.values())}; this data has "
+                             f"{', '.join(current.values())}: resume with the same labels, or choose another --out")
     load_state(model, read_weights(path), str(path))
     try:
         opt = torch.load(path / "optimizer.pt", map_location="cpu", weights_only=True)
@@ -282,6 +289,7 @@ def train(model: nn.Module, task: Task, args: TrainArgs, on_eval: Callable[[dict
         raise BertforgeError(f"unknown precision {args.precision!r} (choose from {', '.join(PRECISIONS)})")
     device = pick_device(args.device)
     d = init_distributed(device)
+    sched = Schedule(task.num_train(), args, d)  # (before anything is written: too little data is an error)
     out = args.out
     if d.main:
         out.mkdir(parents=True, exist_ok=True)
@@ -293,7 +301,6 @@ def train(model: nn.Module, task: Task, args: TrainArgs, on_eval: Callable[[dict
 
     torch.manual_seed(args.seed)
     model.to(device)
-    sched = Schedule(task.num_train(), args, d)
     total_steps = args.max_steps or max(1, math.ceil(args.epochs * sched.steps_per_epoch))
     warmup = int(args.warmup * total_steps) if args.warmup < 1 else int(args.warmup)
     optimizer = make_optimizer(model, args.optimizer, args.lr, args.weight_decay, device)
@@ -303,6 +310,8 @@ def train(model: nn.Module, task: Task, args: TrainArgs, on_eval: Callable[[dict
         state = load_checkpoint(existing[-1], model, optimizer, scheduler)
         if d.main:
             tqdm.write(f"bertforge: resumed from {existing[-1]} (step {state.step})")
+    elif args.resume and d.main:  # a rerun after a preemption before the first checkpoint: start over, but say so
+        tqdm.write(f"bertforge: no checkpoint in {out} to resume from: starting from step 0")
     log = MetricsLog(out / "metrics.jsonl", d.main, state.step if args.resume and existing else None)
     if d.main:
         (out / "train_args.json").write_text(json.dumps({**asdict(args), "out": str(out)}, indent=1) + "\n")

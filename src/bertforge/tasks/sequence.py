@@ -12,6 +12,7 @@ first text is windowed and the second kept whole in every window, so put the lon
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -60,11 +61,16 @@ class SequenceTask(FinetuneTask):
     def _parse_label(self, value: Any, line: int, path: Path) -> Any:
         if value is None:
             return None
-        if isinstance(value, str) and not value.strip():
-            raise BertforgeError(f"{path}: line {line}: empty {self.spec.label_column!r}")
-        if self.spec.multi_label:
+        if self.spec.multi_label:  # a list, a JSON list in a CSV cell, or 'a|b'; empty: none of the labels
+            if isinstance(value, str) and value.strip().startswith("["):
+                try:
+                    value = json.loads(value)
+                except json.JSONDecodeError:
+                    raise BertforgeError(f"{path}: line {line}: {self.spec.label_column!r} is not a JSON list: {value[:60]!r}") from None
             items = value if isinstance(value, list) else str(value).split(self.spec.label_separator)
             return sorted({str(v).strip() for v in items if str(v).strip()})
+        if isinstance(value, str) and not value.strip():
+            raise BertforgeError(f"{path}: line {line}: empty {self.spec.label_column!r}")
         return str(value).strip()
 
     def fit_labels(self, examples: list[TextExample], path: Path) -> None:

@@ -105,10 +105,11 @@ class TagTask(FinetuneTask):
     def check_labels(self, examples: list[TagExample], path: Path) -> None:
         known = set(self.label2id)
         unknown: dict[str, int] = {}
+        conll = Path(path).suffix.lower() in CONLL_SUFFIXES  # a word a line: word i of a sentence is on its line + i
         for e in examples:
-            for t in e.tags or []:
+            for i, t in enumerate(e.tags or []):
                 if t not in known:
-                    unknown.setdefault(t, e.line)
+                    unknown.setdefault(t, e.line + i if conll else e.line)
         if unknown:
             shown = ", ".join(f"{t!r} (line {n})" for t, n in list(unknown.items())[:5])
             raise BertforgeError(f"{path}: tags the model does not know: {shown}; it knows {', '.join(sorted(known))}")

@@ -1,0 +1,69 @@
+"""Where results go: output paths checked before any work starts, and files that appear whole or not at all."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import IO
+
+from .errors import BertforgeError
+
+
+def check_output(path: str | Path, *inputs: str | Path | None) -> Path:
+    """``path`` as a file to write, checked before the model loads: not one of ``inputs`` (writing it
+    would destroy the input), not a directory, in a directory that exists or can be created and written in."""
+    path = Path(path)
+    for i in inputs:
+        if i is not None and path.exists() and Path(i).exists() and path.samefile(i):
+            raise BertforgeError(f"{path}: is the input file; choose another output")
+    if path.is_dir():
+        raise BertforgeError(f"{path}: is a directory")
+    _check_writable(path.parent, path)
+    return path
+
+
+def check_out_dir(path: str | Path) -> Path:
+    """``path`` as a directory to write into (finetune and pretrain --out), checked the same way."""
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise BertforgeError(f"{path}: is a file, not a directory")
+    _check_writable(path, path)
+    return path
+
+
+def _check_writable(directory: Path, path: Path) -> None:
+    """The nearest existing ancestor of ``directory`` (itself when it exists) is a directory we can create files in."""
+    existing = directory
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        raise BertforgeError(f"{path}: {existing} is a file, not a directory")
+    try:  # a probe, not os.access: root passes access() where it cannot create files (/proc, read-only mounts)
+        fd, probe = tempfile.mkstemp(dir=existing, prefix=".bertforge-", suffix=".tmp")
+    except OSError:
+        raise BertforgeError(f"{path}: cannot write in {existing}") from None
+    os.close(fd)
+    os.unlink(probe)
+
+
+@contextmanager
+def atomic_open(path: str | Path, mode: str = "w") -> Iterator[IO]:
+    """``path`` opened for writing under a temporary name beside it and renamed into place when the
+    block ends: readers never see half a file, and on any failure the temporary file is removed."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    try:
+        with tmp.open(mode, encoding=None if "b" in mode else "utf-8") as f:
+            yield f
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def atomic_text(path: str | Path, text: str) -> None:
+    with atomic_open(path) as f:
+        f.write(text)
