@@ -8,6 +8,9 @@ from __future__ import annotations
 
 import csv
 import json
+import os
+import subprocess
+import sys
 from collections.abc import Callable
 from pathlib import Path
 
@@ -16,9 +19,11 @@ import torch
 import transformers
 
 import bertforge
+from bertforge import assets
 from bertforge.assets import fetch
 
 ASSETS = Path(__file__).parent / "assets"
+BERTFORGE = Path(sys.executable).parent / "bertforge"
 
 transformers.utils.logging.set_verbosity_error()
 transformers.utils.logging.disable_progress_bar()
@@ -161,3 +166,39 @@ def random_batch(
 @pytest.fixture
 def make_batch() -> Callable[..., dict[str, torch.Tensor]]:
     return random_batch
+
+
+# -- the command line -----------------------------------------------------------------------------------
+def run_all(*commands: list, ok: bool = True) -> list[subprocess.CompletedProcess]:
+    """Run several ``bertforge`` command lines at once (each mostly waits on imports) and return
+    their results in order; with ``ok`` each must exit 0."""
+    env = {**os.environ, "BERTFORGE_HOME": str(assets.home())}
+    procs = [
+        subprocess.Popen([str(BERTFORGE), *map(str, args)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+        for args in commands
+    ]
+    results = []
+    for args, p in zip(commands, procs, strict=True):
+        out, err = p.communicate(timeout=300)
+        results.append(subprocess.CompletedProcess(args, p.returncode, out, err))
+        if ok:
+            assert p.returncode == 0, err
+    return results
+
+
+def assert_one_line_error(proc: subprocess.CompletedProcess, message: str) -> None:
+    """Exit 2 and one line on stderr, ``bertforge: error: ...`` holding ``message``; no traceback."""
+    assert proc.returncode == 2, (proc.args, proc.stdout, proc.stderr)
+    lines = proc.stderr.splitlines()
+    assert len(lines) == 1, proc.stderr
+    assert lines[0].startswith("bertforge: error: ") and message in lines[0], lines[0]
+    assert "Traceback" not in proc.stderr + proc.stdout
+
+
+@pytest.fixture(scope="session")
+def tiny_dir(tmp_path_factory) -> Path:
+    """A randomly initialised tiny BERT with the real uncased vocabulary (minilm-l6's): fast to fine-tune."""
+    tok = bertforge.Tokenizer.from_pretrained(fetch("minilm-l6"))
+    torch.manual_seed(0)
+    model = bertforge.BertModel(bertforge.BertConfig.preset("tiny", vocab_size=tok.vocab_size, max_position_embeddings=128))
+    return model.save_pretrained(tmp_path_factory.mktemp("tiny"), tokenizer=tok)

@@ -6,7 +6,6 @@ Every error must be one line on stderr, "bertforge: error: ...", exit status 2, 
 from __future__ import annotations
 
 import json
-import os
 import re
 import subprocess
 import sys
@@ -14,41 +13,15 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import BERTFORGE, assert_one_line_error, run_all
 
 from bertforge import Embedder, assets
 from bertforge.cli import _read_pairs, main
 from bertforge.tokenizer import SPECIAL_TOKENS
 
-BERTFORGE = Path(sys.executable).parent / "bertforge"
-
-
-def run_all(*commands: list, ok: bool = True) -> list[subprocess.CompletedProcess]:
-    """Run several ``bertforge`` command lines at once (each mostly waits on imports) and return
-    their results in order; with ``ok`` each must exit 0."""
-    env = {**os.environ, "BERTFORGE_HOME": str(assets.home())}
-    procs = [
-        subprocess.Popen([str(BERTFORGE), *map(str, args)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
-        for args in commands
-    ]
-    results = []
-    for args, p in zip(commands, procs, strict=True):
-        out, err = p.communicate(timeout=300)
-        results.append(subprocess.CompletedProcess(args, p.returncode, out, err))
-        if ok:
-            assert p.returncode == 0, err
-    return results
-
 
 def run(*args: str | Path, ok: bool = True) -> subprocess.CompletedProcess:
     return run_all(list(args), ok=ok)[0]
-
-
-def assert_one_line_error(proc: subprocess.CompletedProcess, message: str) -> None:
-    assert proc.returncode == 2, (proc.stdout, proc.stderr)
-    lines = proc.stderr.splitlines()
-    assert len(lines) == 1, proc.stderr
-    assert lines[0].startswith("bertforge: error: ") and message in lines[0], lines[0]
-    assert "Traceback" not in proc.stderr + proc.stdout
 
 
 @pytest.fixture(scope="module")

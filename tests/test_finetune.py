@@ -27,15 +27,6 @@ NEG = ["bad", "awful", "terrible", "boring", "dreadful", "poor"]
 FILLER = "the a film movie plot story actors scene music script was is and it this very quite".split()
 
 
-@pytest.fixture(scope="module")
-def tiny_dir(tmp_path_factory) -> Path:
-    """A randomly initialised tiny BERT with the real uncased vocabulary: fast to fine-tune."""
-    tok = Tokenizer.from_pretrained(fetch("minilm-l6"))
-    torch.manual_seed(0)
-    model = BertModel(BertConfig.preset("tiny", vocab_size=tok.vocab_size, max_position_embeddings=128))
-    return model.save_pretrained(tmp_path_factory.mktemp("tiny"), tokenizer=tok)
-
-
 def _sentiment_rows(n: int, seed: int) -> list[tuple[str, str]]:
     rnd = random.Random(seed)
     rows = []

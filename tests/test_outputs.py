@@ -5,38 +5,17 @@ from __future__ import annotations
 
 import csv
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
-import torch
+from conftest import assert_one_line_error, run_all
 
-from bertforge import BertConfig, BertforgeError, BertModel, Tokenizer, assets
-from bertforge.assets import fetch
+from bertforge import BertforgeError
 from bertforge.cli import main
 from bertforge.outputs import atomic_open, check_out_dir, check_output
 from bertforge.plot import run_title
-
-BERTFORGE = Path(sys.executable).parent / "bertforge"
-
-
-def run_all(*commands: list) -> list[subprocess.CompletedProcess]:
-    """Several ``bertforge`` command lines at once (each mostly waits on imports), results in order."""
-    env = {**os.environ, "BERTFORGE_HOME": str(assets.home())}
-    procs = [subprocess.Popen([str(BERTFORGE), *map(str, args)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
-             for args in commands]
-    results = []
-    for args, p in zip(commands, procs, strict=True):
-        out, err = p.communicate(timeout=300)
-        results.append(subprocess.CompletedProcess(args, p.returncode, out, err))
-    return results
-
-
-def assert_one_line_error(proc: subprocess.CompletedProcess, message: str) -> None:
-    assert proc.returncode == 2, (proc.args, proc.stdout, proc.stderr)
-    assert proc.stderr.splitlines() == [f"bertforge: error: {message}"], proc.stderr
 
 
 def _write_csv(path: Path, rows: list[tuple[str, str]]) -> Path:
@@ -47,15 +26,6 @@ def _write_csv(path: Path, rows: list[tuple[str, str]]) -> Path:
 
 ROWS = [(f"a {w} film", "fresh") for w in ("good", "great", "superb", "lovely", "fine", "warm")] + \
        [(f"a {w} film", "rotten") for w in ("bad", "awful", "dull", "poor", "weak", "cold")]
-
-
-@pytest.fixture(scope="module")
-def tiny_dir(tmp_path_factory) -> Path:
-    """A randomly initialised tiny BERT with the real uncased vocabulary."""
-    tok = Tokenizer.from_pretrained(fetch("minilm-l6"))
-    torch.manual_seed(0)
-    model = BertModel(BertConfig.preset("tiny", vocab_size=tok.vocab_size, max_position_embeddings=128))
-    return model.save_pretrained(tmp_path_factory.mktemp("tiny"), tokenizer=tok)
 
 
 @pytest.fixture(scope="module")
@@ -188,7 +158,7 @@ def test_plot_takes_the_finetune_out_directory(trained, tmp_path):
     (out / "run" / "curves.png").unlink()
     (tmp_path / "empty").mkdir()
     (tmp_path / "empty" / "metrics.jsonl").write_text("")
-    plotted, empty = run_all(["plot", out], ["plot", tmp_path / "empty"])
+    plotted, empty = run_all(["plot", out], ["plot", tmp_path / "empty"], ok=False)
     assert plotted.returncode == 0, plotted.stderr
     assert plotted.stdout == f"{out / 'run' / 'curves.png'}\n" and (out / "run" / "curves.png").stat().st_size > 1000
     assert_one_line_error(empty, f"{tmp_path / 'empty' / 'metrics.jsonl'}: is empty: nothing to plot yet")
