@@ -4,6 +4,7 @@ loaded by transformers, and the bad inputs a user will hit."""
 from __future__ import annotations
 
 import csv
+import dataclasses
 import json
 import random
 import subprocess
@@ -278,7 +279,7 @@ def test_multilabel_cells_read_as_json_lists_separators_or_nothing(tmp_path):
         task.read(bad, labelled=True)
 
 
-def test_resuming_on_data_with_other_labels_is_refused(tiny_dir, tmp_path):
+def test_resuming_on_other_labels_is_refused_and_on_other_settings_warned(tiny_dir, tmp_path, capsys):
     """The classifier's rows are labels by position: a resume on other labels would silently mislabel."""
     rows = [(f"{w} film", "fresh" if w in POS else "rotten") for w in POS + NEG] * 3
     first = _write_csv(tmp_path / "a.csv", ["text", "label"], rows)
@@ -286,6 +287,13 @@ def test_resuming_on_data_with_other_labels_is_refused(tiny_dir, tmp_path):
     other = _write_csv(tmp_path / "b.csv", ["text", "label"], [(t, "good" if y == "fresh" else "bad") for t, y in rows])
     with pytest.raises(BertforgeError, match=r"was trained on labels fresh, rotten; this data has bad, good"):
         finetune("classify", tiny_dir, other, tmp_path / "m", args=_args(tmp_path / "m" / "run", 4, resume=True))
+    capsys.readouterr()
+    more = dataclasses.replace(_args(tmp_path / "m" / "run", 4, resume=True), lr=1e-3, batch_size=8)
+    finetune("classify", tiny_dir, first, tmp_path / "m", args=more)
+    assert ("bertforge: warning: resuming with settings other than the run's (batch_size 16 -> 8, lr 0.002 -> 0.001)"
+            in capsys.readouterr().out)
+    finetune("classify", tiny_dir, first, tmp_path / "m", args=dataclasses.replace(more, max_steps=6))  # the same again
+    assert "warning" not in capsys.readouterr().out
 
 
 def test_an_unknown_conll_tag_is_reported_on_its_own_line(tmp_path):

@@ -223,6 +223,21 @@ def save_checkpoint(
     return final
 
 
+# what a run learns from: changed on resume, the run is no longer the one it would have been
+RUN_SETTINGS = ("batch_size", "grad_accum", "lr", "warmup", "schedule", "weight_decay", "optimizer", "max_grad_norm",
+                "precision", "seed")
+
+
+def changed_settings(previous: Path, args: TrainArgs) -> str:
+    """'lr 5e-05 -> 0.001, batch_size 32 -> 16': the run's settings (its train_args.json) that ``args`` changes."""
+    try:
+        before = json.loads(previous.read_text())
+    except (OSError, ValueError):
+        return ""
+    now = asdict(args)
+    return ", ".join(f"{k} {before[k]} -> {now[k]}" for k in RUN_SETTINGS if k in before and before[k] != now[k])
+
+
 def load_checkpoint(path: Path, model: nn.Module, optimizer, scheduler) -> TrainState:
     from .checkpoint import load_state, read_weights
     from .config import BertConfig
@@ -310,6 +325,9 @@ def train(model: nn.Module, task: Task, args: TrainArgs, on_eval: Callable[[dict
         state = load_checkpoint(existing[-1], model, optimizer, scheduler)
         if d.main:
             tqdm.write(f"bertforge: resumed from {existing[-1]} (step {state.step})")
+            if changes := changed_settings(out / "train_args.json", args):
+                tqdm.write(f"bertforge: warning: resuming with settings other than the run's ({changes}); the optimizer "
+                           "and the learning-rate schedule continue from the checkpoint")
     elif args.resume and d.main:  # a rerun after a preemption before the first checkpoint: start over, but say so
         tqdm.write(f"bertforge: no checkpoint in {out} to resume from: starting from step 0")
     log = MetricsLog(out / "metrics.jsonl", d.main, state.step if args.resume and existing else None)
