@@ -205,3 +205,13 @@ def test_fetch(minilm_dir):
     assert fetched.stdout.strip() == str(minilm_dir)
     assert_one_line_error(unknown, "unknown asset 'imagenet'")
     assert_one_line_error(nothing, "name an asset (or --all, --list)")
+
+
+def test_progress_bars_go_to_stderr_unless_tqdm_disable_is_set(tmp_path, monkeypatch):
+    (tmp_path / "texts.txt").write_text("one text\nanother text\n")
+    embed = ["embed", "-m", "minilm-l6", "-i", tmp_path / "texts.txt", "-o", tmp_path / "out.npy"]
+    [shown] = run_all(embed)
+    monkeypatch.setenv("TQDM_DISABLE", "1")
+    [quiet] = run_all(embed)
+    assert "encoding" in shown.stderr and "seq/s" in shown.stderr
+    assert quiet.stderr == "" and quiet.stdout == shown.stdout

@@ -16,10 +16,10 @@ import numpy as np
 import torch
 from tokenizers import Encoding
 from torch import Tensor
-from tqdm.auto import tqdm
 
 from .errors import BertforgeError
 from .model import BertModel, EncoderOutput
+from .outputs import progress_bar
 from .runtime import model_device, prepare
 from .tokenizer import Tokenizer
 
@@ -59,7 +59,7 @@ def run_batches(
     ``model_kwargs`` go to every model call (``pool=False`` when the pooler is not read)."""
     device = model_device(model)
     batches = length_batches([len(e.ids) for e in encodings], max_tokens, max_batch)
-    bar = tqdm(total=len(encodings), desc=desc, unit="seq", disable=not progress, leave=False)
+    bar = progress_bar(progress, total=len(encodings), desc=desc, unit="seq", leave=False)
     with torch.inference_mode():
         for idx in batches:
             batch = {k: v.to(device) for k, v in tokenizer.to_tensors([encodings[i] for i in idx]).items()}

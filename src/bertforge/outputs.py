@@ -1,4 +1,5 @@
-"""Where results go: output paths checked before any work starts, and files that appear whole or not at all."""
+"""Where results go: output paths checked before any work starts, files that appear whole or not at
+all, and the progress bars on stderr."""
 
 from __future__ import annotations
 
@@ -8,6 +9,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import IO
+
+from tqdm.auto import tqdm
 
 from .errors import BertforgeError
 
@@ -67,3 +70,10 @@ def atomic_open(path: str | Path, mode: str = "w") -> Iterator[IO]:
 def atomic_text(path: str | Path, text: str) -> None:
     with atomic_open(path) as f:
         f.write(text)
+
+
+def progress_bar(enabled: bool = True, **kwargs) -> tqdm:
+    """A tqdm bar on stderr, off when ``enabled`` is false or ``TQDM_DISABLE`` is set (tqdm's own switch,
+    which it ignores once a caller passes ``disable``): ``TQDM_DISABLE=1 bertforge ...`` for clean logs."""
+    quiet = os.environ.get("TQDM_DISABLE", "").strip().lower() not in ("", "0", "false", "no")
+    return tqdm(disable=not enabled or quiet, **kwargs)

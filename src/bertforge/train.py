@@ -32,6 +32,7 @@ from tqdm.auto import tqdm
 
 from .errors import BertforgeError
 from .optim import make_optimizer, make_schedule
+from .outputs import progress_bar
 
 PRECISIONS = ("fp32", "bf16")
 
@@ -342,7 +343,7 @@ def train(model: nn.Module, task: Task, args: TrainArgs, on_eval: Callable[[dict
     use_bf16 = args.precision == "bf16"
     eval_every = args.eval_every or sched.steps_per_epoch
 
-    bar = tqdm(total=total_steps, initial=state.step, desc="training", unit="step", disable=not (d.main and args.progress))
+    bar = progress_bar(d.main and args.progress, total=total_steps, initial=state.step, desc="training", unit="step")
     window: dict[str, float] = {"loss": 0.0, "steps": 0, "tokens": 0, "time": 0.0}
     stop = False
     release_memory = _release_memory()

@@ -53,6 +53,7 @@ from tqdm.auto import tqdm
 
 from ..assets import resolve_path
 from ..errors import BertforgeError
+from ..outputs import progress_bar
 from ..tokenizer import Tokenizer
 from .masking import MaskingRule, mask_tokens
 from .sentences import expand_corpus, read_pieces
@@ -621,7 +622,7 @@ def _tokenize_corpus(files: Sequence[Path], store_dir: Path, token_dtype: np.dty
     """Stage 1: read and tokenize every file into the token store; return it memory-mapped."""
     store = _TokenStore(store_dir, token_dtype)
     total_bytes = sum(p.stat().st_size for p in files)
-    with _pool(workers) as pool, tqdm(total=total_bytes, unit="B", unit_scale=True, desc="tokenizing", disable=not progress) as bar:
+    with _pool(workers) as pool, progress_bar(progress, total=total_bytes, unit="B", unit_scale=True, desc="tokenizing") as bar:
         for part in _ordered(pool, _tokenize, _tokenize_tasks(files, bar), 2 * workers):
             store.add(part)
     store.finish()
@@ -644,7 +645,7 @@ def _write_instances(work: _Work, directory: Path, workers: int, progress: bool)
     ]
     writers = {s: _ShardWriter(directory, s, cfg.shard_size) for s in SPLITS}
     total = sum(len(work.splits[s]) * passes[s] for s in SPLITS)
-    with _pool(workers) as pool, tqdm(total=total, unit="doc", desc="instances", disable=not progress) as bar:
+    with _pool(workers) as pool, progress_bar(progress, total=total, unit="doc", desc="instances") as bar:
         for task, instances in zip(tasks, _ordered(pool, _make_instances, tasks, 2 * workers), strict=True):
             writers[task[0]].add(instances)
             bar.update(task[4] - task[3])
