@@ -588,7 +588,10 @@ def export_onnx(
     """Export an encoder, or a classify, pair, regress, tag or qa model (not extsum), to ONNX with
     dynamic batch and length.
 
-    `--runtime onnx` in embed, evaluate, predict and serve then runs it through onnxruntime.
+    `--runtime onnx` in embed, evaluate, predict and serve then runs it through onnxruntime; they
+    read MODEL/model.onnx (model.int8.onnx at --precision int8), so --out elsewhere is for shipping
+    the graph to other ONNX runtimes. The graph records the weights it came from: after the model
+    changes, they ask for a new export.
     """
     from .api import model_task
     from .assets import resolve_model_dir
