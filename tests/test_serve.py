@@ -475,6 +475,9 @@ def test_start_up_errors_are_one_line_and_exit_2(servers, tmp_path):
     assert _one_line_error(serve("--model", "minilm-l6", "--port", str(free_port()), "--api-key", " ")) == (
         "bertforge: error: the API key is empty (--api-key or BERTFORGE_API_KEY): give one, or leave both unset to serve without a key"
     )
+    assert _one_line_error(serve("--model", "minilm-l6", "--port", str(free_port()), "--max-body-mb", "0")) == (
+        "bertforge: error: --max-body-mb must be above 0, not 0.0"
+    )
     assert _one_line_error(serve("--model", "minilm-l6", "--port", str(free_port()), "--max-texts", "0")) == (
         "bertforge: error: --max-texts must be at least 1, not 0"
     )
@@ -499,9 +502,10 @@ def test_the_app_factory_runs_in_process_at_int8(tmp_path):
     with pytest.raises(BertforgeError, match="no such file or directory"):
         create_app(tmp_path / "missing")
     texts = ["int8 weights, fp32 activations", "a second text"]
-    with TestClient(create_app("minilm-l6", precision="int8", batch_window_ms=0)) as c:
+    with TestClient(create_app("minilm-l6", precision="int8", batch_window_ms=0, max_body_bytes=1000)) as c:
         assert c.get("/health").json()["precision"] == "int8"
         got = np.array(c.post("/v1/embed", json={"texts": texts}).json()["embeddings"])
+        assert error_of(c.post("/v1/embed", json={"texts": ["x" * 1000]}), 413) == "request body over 1,000 bytes"
     np.testing.assert_allclose(got, Embedder.from_pretrained("minilm-l6", precision="int8")(texts), atol=1e-5)
 
 

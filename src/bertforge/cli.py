@@ -556,6 +556,7 @@ def serve(
     )] = None,
     max_texts: Annotated[int, typer.Option("--max-texts", help="Texts (pairs, questions, documents) per request; more: 413.")] = 256,
     max_chars: Annotated[int, typer.Option("--max-chars", help="Characters per text; more: 413.")] = 20_000,
+    max_body_mb: Annotated[float, typer.Option("--max-body-mb", help="Request body size in MiB; more: 413.")] = 4.0,
     batch_window_ms: Annotated[float, typer.Option(
         "--batch-window-ms", help="How long an idle server waits for concurrent requests to batch together.",
     )] = 5.0,
@@ -571,8 +572,11 @@ def serve(
     except ImportError as e:
         raise BertforgeError(f"serve needs FastAPI and uvicorn: pip install 'bertforge[serve]' ({e})") from None
 
+    if not max_body_mb > 0:
+        raise BertforgeError(f"--max-body-mb must be above 0, not {max_body_mb}")
     run(model, host=host, port=port, echo=typer.echo, precision=precision, runtime=runtime, max_batch_tokens=max_batch_tokens,
-        api_key=api_key, max_texts=max_texts, max_chars=max_chars, batch_window_ms=batch_window_ms, compile=compile)
+        api_key=api_key, max_texts=max_texts, max_chars=max_chars, max_body_bytes=int(max_body_mb * 2**20),
+        batch_window_ms=batch_window_ms, compile=compile)
 
 
 export_app = typer.Typer(help="Export a model to another format.", no_args_is_help=True)

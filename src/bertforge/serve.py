@@ -560,7 +560,7 @@ def create_app(
     if api_key is not None and not api_key.strip():
         raise BertforgeError("the API key is empty (--api-key or BERTFORGE_API_KEY): give one, or leave both unset to serve without a key")
     for name, value, least in (("--max-batch-tokens", max_batch_tokens, 1), ("--max-texts", max_texts, 1),
-                               ("--max-chars", max_chars, 1), ("max body bytes", max_body_bytes, 1),
+                               ("--max-chars", max_chars, 1), ("max_body_bytes", max_body_bytes, 1),
                                ("--batch-window-ms", batch_window_ms, 0)):
         if value < least:
             raise BertforgeError(f"{name} must be at least {least}, not {value}")
