@@ -325,3 +325,11 @@ def test_directory_without_weights_or_config(saved, tmp_path):
 def test_unknown_name_and_unknown_head(saved):
     assert _error("no-such-model-anywhere").startswith("no-such-model-anywhere: no such file or directory, and not a registry name")
     assert _error(saved, head="ner").startswith("unknown head 'ner'")
+
+
+def test_many_fresh_weights_are_named_by_module(caplog):
+    from bertforge.checkpoint import _names
+
+    assert _names(["head.qa.weight", "head.qa.bias"]) == "head.qa.weight, head.qa.bias"
+    many = [f"head.inter.layers.{i}.w" for i in range(24)] + ["head.scorer.weight", "head.scorer.bias"]
+    assert _names(many) == "head.inter.* (24 tensors), head.scorer.* (2 tensors)"

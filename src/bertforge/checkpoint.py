@@ -227,10 +227,21 @@ def load_state(model: BertModel | BertWithHead, state: dict[str, Tensor], source
     unread = () if head is None or model.head.uses_pooler else ("bert.pooler.dense.weight", "bert.pooler.dense.bias")
     worth_saying = [n for n in report.initialised if n not in unread]
     if worth_saying:
-        log.warning("%s: freshly initialised (not in checkpoint): %s", source, ", ".join(worth_saying))
+        log.warning("%s: freshly initialised (not in checkpoint): %s", source, _names(worth_saying))
     if report.unused:
-        log.warning("%s: checkpoint weights not used: %s", source, ", ".join(report.unused))
+        log.warning("%s: checkpoint weights not used: %s", source, _names(report.unused))
     return report
+
+
+def _names(names: list[str], most: int = 8) -> str:
+    """Weight names for a one-line message: all of a few; of many, their modules ('head.inter.* (24 tensors)')."""
+    if len(names) <= most:
+        return ", ".join(names)
+    groups: dict[str, int] = {}
+    for name in names:
+        module = ".".join(name.split(".")[:2])
+        groups[module] = groups.get(module, 0) + 1
+    return ", ".join(f"{m}.* ({n} tensor{'s' if n > 1 else ''})" for m, n in groups.items())
 
 
 def load_pretrained(
