@@ -144,7 +144,7 @@ def test_embed_writes_the_embedder_output(tmp_path, rotten_tomatoes, embedder):
     vectors = np.load(tmp_path / "out.npy")
     assert vectors.shape == (20, 384) and vectors.dtype == np.float32
     np.testing.assert_allclose(vectors, embedder(texts), atol=1e-6)
-    assert not (tmp_path / "out.npy.tmp").exists()
+    assert not list(tmp_path.glob(".out.npy*.tmp"))
     records = [json.loads(line) for line in (tmp_path / "out.jsonl").read_text().splitlines()]
     assert [r["text"] for r in records] == texts
     np.testing.assert_allclose(np.array([r["embedding"] for r in records]), embedder(texts, pooling="cls", normalize=False), atol=1e-6)

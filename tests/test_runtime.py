@@ -384,8 +384,8 @@ def test_export_onnx_out_is_a_file_or_a_directory(tiny, tmp_path):
     assert _export(tiny["encoder"], "--out", str(out), "--int8") == out / "model.int8.onnx"
     assert (out / "model.int8.onnx").is_file() and not (out / "model.onnx").exists()
     (tmp_path / "a-file").write_text("", encoding="utf-8")
-    for bad, says in ((Path("/proc/m.onnx"), "/proc/m.onnx: cannot write there"),
-                      (tmp_path / "a-file" / "m.onnx", f"{tmp_path / 'a-file'} is not a directory")):
+    for bad, says in ((Path("/proc/m.onnx"), "/proc/m.onnx: cannot write in /proc"),
+                      (tmp_path / "a-file" / "m.onnx", f"{tmp_path / 'a-file'} is a file, not a directory")):
         proc = subprocess.run([str(BERTFORGE), "export", "onnx", "-m", str(tiny["encoder"]), "--out", str(bad)],
                               capture_output=True, text=True)
         assert proc.returncode == 2 and proc.stderr.startswith(f"bertforge: error: {bad}"), proc.stderr[-2000:]

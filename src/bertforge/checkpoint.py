@@ -11,9 +11,7 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import re
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -24,6 +22,7 @@ from .config import BertConfig
 from .errors import BertforgeError
 from .heads import HEADS, BertWithHead
 from .model import BertModel
+from .outputs import atomic_path
 
 log = logging.getLogger("bertforge")
 
@@ -300,20 +299,6 @@ def export_state(model: BertModel | BertWithHead) -> dict[str, Tensor]:
     return out
 
 
-def _atomic_write(path: Path, write) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        write(tmp)
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # as open() would; mkstemp makes 0600 whatever the umask
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def save_pretrained(model: nn.Module, directory: str | Path, tokenizer=None) -> Path:
     """config.json + model.safetensors (+ tokenizer files) that ``transformers`` loads as the matching class."""
     from safetensors.torch import save_file
@@ -323,8 +308,10 @@ def save_pretrained(model: nn.Module, directory: str | Path, tokenizer=None) -> 
     head = model.head_name if isinstance(model, BertWithHead) else None
     config = model.config.replace(architectures=[ARCHITECTURES[head]])
     state = export_state(model)
-    _atomic_write(directory / "model.safetensors", lambda tmp: save_file(state, tmp, metadata={"format": "pt"}))
-    _atomic_write(directory / "config.json", config.save)
+    with atomic_path(directory / "model.safetensors") as tmp:
+        save_file(state, tmp, metadata={"format": "pt"})
+    with atomic_path(directory / "config.json") as tmp:
+        config.save(tmp)
     if tokenizer is not None:
         tokenizer.save_pretrained(directory)
     return directory

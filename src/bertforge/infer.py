@@ -216,7 +216,7 @@ def load_for_inference(
         if head not in EXPORTABLE_HEADS:
             raise BertforgeError(f"the {head} head has no ONNX export; run it with --runtime torch")
         int8 = precision == "int8"
-        path = onnx_path(directory, "int8" if int8 else "fp32")
+        path = onnx_path(directory, precision)
         if not path.is_file():
             flag = " --int8" if int8 else ""
             raise BertforgeError(f"{path}: no ONNX graph; run `bertforge export onnx --model {directory}{flag}` first")

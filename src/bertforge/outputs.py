@@ -53,18 +53,28 @@ def _check_writable(directory: Path, path: Path) -> None:
 
 
 @contextmanager
-def atomic_open(path: str | Path, mode: str = "w") -> Iterator[IO]:
-    """``path`` opened for writing under a temporary name beside it and renamed into place when the
-    block ends: readers never see half a file, and on any failure the temporary file is removed."""
+def atomic_path(path: str | Path) -> Iterator[Path]:
+    """A temporary path beside ``path`` for a writer that takes a path, renamed into place when the
+    block ends: readers never see half a file, and on any failure it is removed. The file gets the
+    umask's permissions whatever the writer made (safetensors writes 0600)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
-        with tmp.open(mode, encoding=None if "b" in mode else "utf-8") as f:
-            yield f
+        yield tmp
+        umask = os.umask(0)  # (read by setting it: there is no getter)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
+
+
+@contextmanager
+def atomic_open(path: str | Path, mode: str = "w") -> Iterator[IO]:
+    """``path`` opened for writing through ``atomic_path``."""
+    with atomic_path(path) as tmp, tmp.open(mode, encoding=None if "b" in mode else "utf-8") as f:
+        yield f
 
 
 def atomic_text(path: str | Path, text: str) -> None:

@@ -18,7 +18,6 @@ import copy
 import functools
 import hashlib
 import logging
-import tempfile
 import warnings
 from pathlib import Path
 from typing import Any
@@ -31,6 +30,7 @@ from torch.ao.nn.quantized.dynamic import Linear as DynamicLinear
 from .errors import BertforgeError
 from .heads import BertWithHead, HeadOutput
 from .model import BertModel, EncoderOutput
+from .outputs import check_output
 
 PRECISIONS = ("auto", "fp32", "bf16", "fp16", "int8")
 RUNTIMES = ("torch", "onnx")
@@ -334,14 +334,8 @@ def export_onnx(model: BertModel | BertWithHead, path: str | Path, int8: bool = 
     head = model.head_name if isinstance(model, BertWithHead) else None
     if head not in EXPORTABLE_HEADS:
         raise BertforgeError(f"the {head} head cannot be exported to ONNX (exportable: encoder, classify, tag, span)")
-    path = Path(path)
-    try:  # fail now, not after the export
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tempfile.TemporaryFile(dir=path.parent).close()
-    except FileExistsError:
-        raise BertforgeError(f"{path}: {path.parent} is not a directory") from None
-    except OSError as e:
-        raise BertforgeError(f"{path}: cannot write there ({e.strerror or e})") from None
+    path = check_output(path)  # fail now, not after the export
+    path.parent.mkdir(parents=True, exist_ok=True)
     source = getattr(model, "source", None)
     weights = weights_sha256(source) if source is not None else None
     encoder = model.bert if isinstance(model, BertWithHead) else model

@@ -849,10 +849,10 @@ def serve(
     sock = bind(host, port)
     try:
         app = create_app(model, **settings)
-        port = sock.getsockname()[1]
+        address, port = sock.getsockname()[:2]
         shown = f"[{host}]" if ":" in host else host
         echo(f"bertforge: serving {model} on http://{shown}:{port} (API docs at /docs); Ctrl-C stops")
-        if line := access_line(sock.getsockname()[0], settings.get("api_key")):
+        if line := access_line(address, settings.get("api_key")):
             echo(line)
         config = uvicorn.Config(app, log_level="warning", access_log=False, lifespan="on", timeout_graceful_shutdown=30)
         Server(config).run(sockets=[sock])
