@@ -4,10 +4,13 @@ Both start from minilm-l6, train on the rotten-tomatoes training split in the sa
 seeded permutation) with the same hyper-parameters (AdamW (fused), linear schedule with warmup,
 weight decay off for biases and LayerNorms, fp32, max length 128, dynamic padding per batch), and
 are scored on the held-out test split. Prints both accuracies and the training throughput ratio
-(examples per second of pure training steps, data collation included).
+(examples per second of pure training steps, data collation included, after the first ``WARMUP``
+steps: on a GPU the first steps load kernels, once per process, which would count against the side
+that runs first).
 
     python benchmarks/finetune.py                     # the full training split, 1 epoch
     python benchmarks/finetune.py --train-size 2000   # a quicker look
+    python benchmarks/finetune.py --device cuda --precision bf16   # on a GPU, bf16 autocast on both sides
 """
 
 from __future__ import annotations
@@ -26,6 +29,8 @@ from bertforge import evaluate_file, finetune
 from bertforge.assets import fetch
 from bertforge.tasks import TaskSpec
 from bertforge.train import TrainArgs
+
+WARMUP = 10  # steps left out of the throughput on both sides
 
 
 def read(path: Path, limit: int | None = None) -> list[tuple[str, str]]:
@@ -46,9 +51,10 @@ def run_transformers(model_dir: Path, train_rows, test_rows, args) -> tuple[floa
     label2id = {y: i for i, y in enumerate(labels)}
     tok = AutoTokenizer.from_pretrained(model_dir)
     torch.manual_seed(args.seed)
+    device = torch.device(args.device)
     model = AutoModelForSequenceClassification.from_pretrained(
         model_dir, num_labels=len(labels), attn_implementation="sdpa"
-    )
+    ).to(device)
     decay = [p for n, p in model.named_parameters() if p.ndim >= 2]
     no_decay = [p for n, p in model.named_parameters() if p.ndim < 2]
     opt = torch.optim.AdamW(
@@ -62,7 +68,7 @@ def run_transformers(model_dir: Path, train_rows, test_rows, args) -> tuple[floa
     sched = get_linear_schedule_with_warmup(opt, int(0.1 * total), total)
     model.train()
     elapsed, seen, step = 0.0, 0, 0
-    epoch = 0
+    epoch, losses = 0, []
     while step < total:
         order = np.random.default_rng([args.seed, epoch]).permutation(len(train_rows))
         for b in range(steps_per_epoch):
@@ -70,23 +76,29 @@ def run_transformers(model_dir: Path, train_rows, test_rows, args) -> tuple[floa
                 break
             t0 = time.perf_counter()
             idx = order[b * args.batch_size : (b + 1) * args.batch_size].tolist()
-            batch = tok.pad({k: [features[k][i] for i in idx] for k in features}, return_tensors="pt")
-            loss = model(**batch, labels=y[idx]).loss
+            batch = tok.pad({k: [features[k][i] for i in idx] for k in features}, return_tensors="pt").to(device)
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=args.precision == "bf16"):
+                loss = model(**batch, labels=y[idx].to(device)).loss
             loss.backward()
+            losses.append(float(loss.detach()))
             torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
             opt.step()
             sched.step()
             opt.zero_grad(set_to_none=True)
-            elapsed += time.perf_counter() - t0
-            seen += len(idx)
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+            if step >= WARMUP:
+                elapsed += time.perf_counter() - t0
+                seen += len(idx)
             step += 1
         epoch += 1
+    print(f"transformers: mean training loss over the last 50 steps {np.mean(losses[-50:]):.4f}")
     model.eval()
     correct = 0
     with torch.inference_mode():
         for i in range(0, len(test_rows), 64):
             chunk = test_rows[i : i + 64]
-            enc = tok([t for t, _ in chunk], truncation=True, max_length=args.max_length, padding=True, return_tensors="pt")
+            enc = tok([t for t, _ in chunk], truncation=True, max_length=args.max_length, padding=True, return_tensors="pt").to(device)
             pred = model(**enc).logits.argmax(-1).tolist()
             correct += sum(labels[p] == g for p, (_, g) in zip(pred, chunk, strict=True))
     return correct / len(test_rows), seen / elapsed
@@ -96,16 +108,18 @@ def run_bertforge(data: Path, train_csv: Path, args, workdir: Path) -> tuple[flo
     spec = TaskSpec("classify", max_length=args.max_length)
     targs = TrainArgs(
         out=workdir / "run", epochs=args.epochs, lr=args.lr, batch_size=args.batch_size, warmup=0.1,
-        seed=args.seed, eval_every=10**9, patience=0, progress=False,
+        seed=args.seed, eval_every=10**9, patience=0, progress=False, device=args.device, precision=args.precision,
+        log_every=WARMUP,
     )
     finetune("classify", "minilm-l6", train_csv, workdir, valid_file=data / "valid.csv", spec=spec, args=targs)
     import json
 
     rows = [json.loads(x) for x in (workdir / "run" / "metrics.jsonl").read_text().splitlines()]
-    last = [r for r in rows if r["split"] == "train"][-1]
-    steps = last["step"]
-    throughput = steps * args.batch_size / last["elapsed_s"]
-    accuracy = evaluate_file(workdir, data / "test.csv")["accuracy"]
+    train = [r for r in rows if r["split"] == "train"]
+    first, last = train[0], train[-1]  # first: the log at step WARMUP
+    print(f"bertforge: mean training loss over the last 50 steps {np.mean([r['loss'] for r in train[-5:]]):.4f}")
+    throughput = (last["step"] - first["step"]) * args.batch_size / (last["elapsed_s"] - first["elapsed_s"])
+    accuracy = evaluate_file(workdir, data / "test.csv", device=args.device)["accuracy"]
     return accuracy, throughput
 
 
@@ -118,6 +132,8 @@ def main() -> None:
     p.add_argument("--max-length", type=int, default=128)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: all cores)")
+    p.add_argument("--device", default="cpu", help="cpu or cuda (TF32 stays off)")
+    p.add_argument("--precision", default="fp32", choices=["fp32", "bf16"], help="bf16: autocast on both sides")
     args = p.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -134,7 +150,8 @@ def main() -> None:
         ours_acc, ours_tp = run_bertforge(data, train_csv, args, Path(tmp) / "ours")
     hf_acc, hf_tp = run_transformers(model_dir, train_rows, test_rows, args)
     print(f"rotten-tomatoes, minilm-l6, {len(train_rows)} training examples, {args.epochs:g} epoch(s), "
-          f"lr {args.lr:g}, batch {args.batch_size}, max length {args.max_length}, fp32, {torch.get_num_threads()} threads")
+          f"lr {args.lr:g}, batch {args.batch_size}, max length {args.max_length}, {args.precision}, "
+          f"{torch.cuda.get_device_name() if args.device.startswith('cuda') else f'{torch.get_num_threads()} threads'}")
     print(f"{'':14}{'test accuracy':>15}{'train examples/s':>18}")
     print(f"{'transformers':14}{hf_acc:>15.4f}{hf_tp:>18.1f}")
     print(f"{'bertforge':14}{ours_acc:>15.4f}{ours_tp:>18.1f}")

@@ -17,6 +17,7 @@ the same precision.
     python benchmarks/infer.py                          # minilm-l6 and a random `base`, fp32/bf16/int8
     python benchmarks/infer.py --models minilm-l6 --precisions fp32 --texts 512
     python benchmarks/infer.py --models minilm-l6 --compile   # ours compiled (first pass compiles: ~30 s)
+    python benchmarks/infer.py --device cuda --precisions fp32,bf16,fp16 --texts 8192   # on a GPU (TF32 off)
 """
 
 from __future__ import annotations
@@ -69,20 +70,29 @@ def padded_flops(config: BertConfig, lengths: list[int], batch_size: int) -> flo
 
 
 class MatmulPeak:
-    """The FLOP/s of a plain (4096 x H) @ (H x 4H) matmul, the feed-forward's shape at a large batch.
+    """The FLOP/s of a plain (M x H) @ (H x 4H) matmul, the feed-forward's shape at a large batch
+    (M = 4096 tokens on a CPU, 65536 on a GPU).
     Called in the same rotation as the two sides (``timed``), five matmuls a turn, it keeps the best
     rate seen over the whole measurement: a peak measured once, before or after, can land in a slow
     spell of this shared machine (it once read a third of the bf16 rate) and flatter the fraction."""
 
-    def __init__(self, dtype: torch.dtype, H: int, inter: int):
-        self.a, self.b = torch.randn(4096, H).to(dtype), torch.randn(H, inter).to(dtype)
-        self.flops, self.best = 2 * 4096 * H * inter, 0.0
+    def __init__(self, dtype: torch.dtype, H: int, inter: int, device: torch.device):
+        M = 4096 if device.type == "cpu" else 65536
+        self.a, self.b = torch.randn(M, H, device=device).to(dtype), torch.randn(H, inter, device=device).to(dtype)
+        self.flops, self.best, self.device = 2 * M * H * inter, 0.0, device
 
     def __call__(self) -> None:
         for _ in range(5):
             t = time.perf_counter()
             self.a @ self.b
+            synchronize(self.device)
             self.best = max(self.best, self.flops / (time.perf_counter() - t))
+
+
+def synchronize(device: torch.device) -> None:
+    """Wait for the GPU's queued work (a no-op on the CPU), so that a timer reads finished work."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
 
 
 def timed(fns, repeats: int) -> list[float]:
@@ -102,7 +112,8 @@ def timed(fns, repeats: int) -> list[float]:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--models", default="minilm-l6,base", help="minilm-l6 and/or preset names (random weights)")
-    p.add_argument("--precisions", default="fp32,bf16,int8")
+    p.add_argument("--precisions", default="fp32,bf16,int8", help="fp32, bf16, int8 (CPU), fp16 (GPU)")
+    p.add_argument("--device", default="cpu", help="cpu or cuda (TF32 stays off: fp32 is fp32 on both sides)")
     p.add_argument("--texts", type=int, default=1024, help="rotten-tomatoes snippets (and half as many wiki extracts)")
     p.add_argument("--max-length", type=int, default=256)
     p.add_argument("--batch-size", type=int, default=32, help="transformers' batch size")
@@ -112,8 +123,10 @@ def main() -> None:
     args = p.parse_args()
     from transformers import AutoModel, AutoTokenizer
 
+    device = torch.device(args.device)
     corpora = load_texts(args.texts)
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; texts as given, max length {args.max_length}")
+    where = torch.cuda.get_device_name(device) if device.type == "cuda" else f"{torch.get_num_threads()} threads"
+    print(f"torch {torch.__version__}, {where}; texts as given, max length {args.max_length}")
     header = f"{'model':10} {'prec':7} {'texts':16} {'n':>5} {'real tok':>9} {'hf seq/s':>9} {'ours seq/s':>10} {'ours tok/s':>10} {'ratio':>6} {'work':>6} {'GFLOP/s':>8} {'of matmul':>9}"
     print(header)
     results = []
@@ -126,14 +139,11 @@ def main() -> None:
             for precision in args.precisions.split(","):
                 from bertforge import load_pretrained
 
-                ours = prepare(load_pretrained(directory), precision, compile=args.compile)
-                hf = AutoModel.from_pretrained(directory, attn_implementation="sdpa").eval()
-                if precision == "bf16":
-                    hf = hf.to(torch.bfloat16)
-                elif precision == "int8":
-                    hf = quantize_int8(hf)
-                peak = MatmulPeak(torch.bfloat16 if precision == "bf16" else torch.float32, config.hidden_size,
-                                  config.intermediate_size)
+                ours = prepare(load_pretrained(directory), precision, device, compile=args.compile)
+                hf = AutoModel.from_pretrained(directory, attn_implementation="sdpa").eval().to(device)
+                dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision, torch.float32)
+                hf = quantize_int8(hf) if precision == "int8" else hf.to(dtype)
+                peak = MatmulPeak(dtype, config.hidden_size, config.intermediate_size, device)
                 for corpus, texts in corpora.items():
                     lengths = [len(e.ids) for e in tok.encode_batch(texts, max_length=args.max_length)]
 
@@ -142,7 +152,8 @@ def main() -> None:
                             for i in range(0, len(texts), args.batch_size):
                                 batch = hf_tok(texts[i : i + args.batch_size], padding=True, truncation=True,
                                                max_length=args.max_length, return_tensors="pt")
-                                hf(**batch)
+                                hf(**batch.to(device))
+                        synchronize(device)
 
                     def run_ours(texts=texts, ours=ours, tok=tok):
                         kw = {"max_tokens": args.max_tokens} if args.max_tokens else {}

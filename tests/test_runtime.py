@@ -94,6 +94,48 @@ def test_precision_errors(minilm):
         Embedder.from_pretrained(empty, runtime="onnx")
 
 
+def test_devices_are_checked_and_batches_sized_for_them(minilm, texts, tmp_path):
+    from conftest import assert_one_line_error, run_all
+
+    from bertforge.cli import BATCH_BUDGET
+    from bertforge.infer import CPU_MAX_TOKENS, GPU_MAX_TOKENS, default_max_tokens, run_batches
+    from bertforge.runtime import pick_device
+
+    assert pick_device("cpu") == torch.device("cpu")
+    with pytest.raises(BertforgeError, match="unknown device 'gpu'"):
+        pick_device("gpu")
+    with pytest.raises(BertforgeError, match="runs on cpu or cuda"):
+        pick_device("meta")
+    if torch.cuda.is_available():
+        assert pick_device(None) == pick_device("cuda") == torch.device("cuda", 0)
+        with pytest.raises(BertforgeError, match="GPU"):
+            pick_device(f"cuda:{torch.cuda.device_count()}")
+    else:
+        assert pick_device(None) == torch.device("cpu")
+        with pytest.raises(BertforgeError, match="PyTorch sees no GPU"):
+            pick_device("cuda")
+    (texts_file := tmp_path / "t.txt").write_text("a text\n")
+    [proc] = run_all(["embed", "-m", minilm, "-i", texts_file, "-o", tmp_path / "e.npy", "--device", "gpu"], ok=False)
+    assert_one_line_error(proc, "unknown device 'gpu' (cpu, cuda, cuda:N)")
+
+    # the batch budget where none is given: the device's, and a quarter as many texts
+    assert default_max_tokens(torch.device("cpu")) == CPU_MAX_TOKENS == 2048
+    assert default_max_tokens(torch.device("cuda")) == GPU_MAX_TOKENS > CPU_MAX_TOKENS
+    assert f"{CPU_MAX_TOKENS} on a CPU, {GPU_MAX_TOKENS} on a GPU" in BATCH_BUDGET  # what --help says
+    embedder = Embedder.from_pretrained(minilm, device="cpu")
+    encodings = embedder.tokenizer.encode_batch(["ok"] * 600 + texts[:100], max_length=128)  # 3 tokens, then reviews
+
+    def sizes(**kwargs) -> list[tuple[int, int]]:
+        lengths = [len(e.ids) for e in encodings]
+        runs = run_batches(embedder.model, embedder.tokenizer, encodings, lambda out, batch: out.last_hidden_state, **kwargs)
+        return [(len(idx), max(lengths[i] for i in idx) * len(idx)) for idx, _ in runs]
+
+    default = sizes()
+    assert all(n <= 512 and padded <= 2048 for n, padded in default) and (512, 1536) in default
+    assert sum(n for n, _ in default) == 700
+    assert all(n <= 128 and padded <= 512 for n, padded in sizes(max_tokens=512))
+
+
 @pytest.fixture(scope="module")
 def sentiment(tmp_path_factory) -> tuple[Path, Path]:
     """minilm-l6 fine-tuned briefly on rotten-tomatoes (enough for ~75% held-out accuracy)."""

@@ -139,12 +139,12 @@ def _chunks(items: Sequence, size: int):
 
 def evaluate_file(
     model: str | Path, data: str | Path, output: str | Path | None = None, precision: str = "fp32", runtime: str = "torch",
-    compile: bool = False, **overrides: Any,
+    compile: bool = False, device: str | None = None, **overrides: Any,
 ) -> dict:
     """The task's metrics on a labelled file (and written as JSON to ``output``)."""
     if output is not None:
         check_output(output, data)
-    t, net = load_task(model, precision=precision, runtime=runtime, compile=compile, **overrides)
+    t, net = load_task(model, device, precision, runtime, compile, **overrides)
     examples = t.read(Path(data), labelled=True)
     t.check_labels(examples, Path(data))
     predictions = t.predict(net, examples, progress=True)
@@ -156,12 +156,12 @@ def evaluate_file(
 
 def predict_file(
     model: str | Path, input: str | Path, output: str | Path, chunk: int = 4096, precision: str = "fp32",
-    runtime: str = "torch", compile: bool = False, **overrides: Any,
+    runtime: str = "torch", compile: bool = False, device: str | None = None, **overrides: Any,
 ) -> int:
     """Predictions for every record of ``input`` as JSONL in ``output`` (the input's fields plus the
     prediction's), in the input's order; written to a temporary file and renamed when complete."""
     output = check_output(output, input)
-    t, net = load_task(model, precision=precision, runtime=runtime, compile=compile, **overrides)
+    t, net = load_task(model, device, precision, runtime, compile, **overrides)
     examples = t.read(Path(input))
     records = _input_fields(Path(input), examples)
     clashes: set[str] = set()

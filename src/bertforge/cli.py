@@ -32,6 +32,9 @@ SAME_MEANING_THRESHOLD = 0.7
 Model = Annotated[str, typer.Option("--model", "-m", help="Model directory or registry name (e.g. minilm-l6).")]
 Precision = Annotated[str, typer.Option("--precision", help="fp32 | bf16 (AVX512-BF16/AMX CPUs, GPUs) | fp16 (GPUs) | int8 (CPU) | auto.")]
 Runtime = Annotated[str, typer.Option("--runtime", help="torch | onnx (the graph written by `bertforge export onnx`).")]
+Device = Annotated[str | None, typer.Option("--device", help="cpu, cuda, cuda:1 ... (default: cuda if present).")]
+BATCH_BUDGET = "Padded tokens per model batch (default: 2048 on a CPU, 32768 on a GPU)."  # infer.CPU/GPU_MAX_TOKENS
+MaxTokens = Annotated[int | None, typer.Option("--max-tokens", help=BATCH_BUDGET)]
 Compile = Annotated[bool, typer.Option("--compile", help="Run the model through torch.compile: faster once its first pass has compiled (~30 s).")]
 
 
@@ -116,10 +119,11 @@ def embed(
     pooling: Annotated[str | None, typer.Option(help="mean | cls | pooler (default: the checkpoint's, else mean).")] = None,
     normalize: Annotated[bool | None, typer.Option("--normalize/--no-normalize", help="L2-normalise (default: the checkpoint's).")] = None,
     max_length: Annotated[int | None, typer.Option(help="Truncate texts to this many tokens.")] = None,
-    max_tokens: Annotated[int, typer.Option(help="Padded tokens per batch.")] = 2048,
+    max_tokens: MaxTokens = None,
     precision: Precision = "fp32",
     runtime: Runtime = "torch",
     compile: Compile = False,
+    device: Device = None,
 ) -> None:
     """Embed every line of a text file."""
     import json
@@ -133,7 +137,7 @@ def embed(
     if output.suffix not in (".npy", ".jsonl"):
         raise BertforgeError(f"{output}: output must end in .npy or .jsonl")
     check_output(output, input)
-    embedder = Embedder.from_pretrained(model, precision=precision, runtime=runtime, compile=compile)
+    embedder = Embedder.from_pretrained(model, device, precision, runtime, compile)
     vectors = embedder(texts, pooling=pooling, normalize=normalize, max_length=max_length, max_tokens=max_tokens, progress=True)
     with atomic_open(output, "wb" if output.suffix == ".npy" else "w") as f:
         if output.suffix == ".npy":
@@ -173,6 +177,7 @@ def similarity(
     pairs: Annotated[Path | None, typer.Option("--pairs", help="TSV: sentence A, sentence B[, gold 1/0].")] = None,
     threshold: Annotated[float, typer.Option(help="Cosine at or above which the verdict is 'same'.")] = SAME_MEANING_THRESHOLD,
     precision: Precision = "fp32",
+    device: Device = None,
 ) -> None:
     """Do two sentences mean the same? Prints the cosine similarity and a verdict."""
     from .infer import Embedder
@@ -186,7 +191,7 @@ def similarity(
         a, b, gold = [sentences[0]], [sentences[1]], [None]
     else:
         raise BertforgeError("give two sentences, or --pairs FILE")
-    scores = Embedder.from_pretrained(model, precision=precision).similarity(a, b)
+    scores = Embedder.from_pretrained(model, device, precision).similarity(a, b)
     verdicts = [bool(s >= threshold) for s in scores]
     if len(a) == 1 and gold[0] is None:
         typer.echo(f"{scores[0]:.4f}  {'same meaning' if verdicts[0] else 'different meaning'}")
@@ -277,7 +282,7 @@ def pretrain(
     dropout: Annotated[float | None, typer.Option("--dropout", help="Hidden and attention dropout (default: the preset's, 0.1 as in BERT; short runs learn faster with 0).")] = None,
     compile: Annotated[bool, typer.Option("--compile", help="torch.compile the model.")] = False,
     resume: Annotated[bool, typer.Option("--resume", help="Continue from the newest checkpoint in --out.")] = False,
-    device: Annotated[str | None, typer.Option(help="cpu, cuda, cuda:1 ... (default: cuda if present).")] = None,
+    device: Device = None,
 ) -> None:
     """Pretrain BERT (masked LM, plus next-sentence prediction when the shards have it).
 
@@ -371,7 +376,7 @@ def finetune(
     precision: Annotated[str, typer.Option(help="fp32 | bf16")] = "fp32",
     save_every: Annotated[int, typer.Option("--save-every", help="Checkpoint every N steps (0: at the end).")] = 0,
     resume: Annotated[bool, typer.Option("--resume", help="Continue from the newest checkpoint in OUT/run.")] = False,
-    device: Annotated[str | None, typer.Option(help="cpu, cuda ... (default: cuda if present).")] = None,
+    device: Device = None,
     max_query_length: Annotated[int | None, typer.Option("--max-query-length", help="qa: question tokens kept (default 64).")] = None,
     doc_stride: Annotated[int | None, typer.Option("--doc-stride", help="qa: context tokens shared by consecutive windows (default 128).")] = None,
     max_answer_length: Annotated[int | None, typer.Option("--max-answer-length", help="qa: longest answer in tokens (default 30).")] = None,
@@ -451,6 +456,7 @@ def evaluate(
     precision: Precision = "fp32",
     runtime: Runtime = "torch",
     compile: Compile = False,
+    device: Device = None,
 ) -> None:
     """Score a fine-tuned model on labelled data: the task's metrics (and a confusion matrix).
 
@@ -460,7 +466,7 @@ def evaluate(
     from .api import evaluate_file
 
     extra = _task_settings(None, null_threshold=null_threshold, top_k=top_k, max_words=max_words, trigram_blocking=trigram_blocking)
-    result = evaluate_file(model, data, output, precision=precision, runtime=runtime, compile=compile,
+    result = evaluate_file(model, data, output, precision=precision, runtime=runtime, compile=compile, device=device,
                            **_overrides(text_column, text_pair_column, label_column), extra=extra)
     for k, v in result.items():
         if isinstance(v, float):
@@ -490,13 +496,14 @@ def predict(
     precision: Precision = "fp32",
     runtime: Runtime = "torch",
     compile: Compile = False,
+    device: Device = None,
 ) -> None:
     """Predict with a fine-tuned model: labels and probabilities, tags with their spans, answers
     (qa: answer, score, start, end in the context's characters) or summaries (extsum: summary, selected)."""
     from .api import predict_file
 
     extra = _task_settings(None, null_threshold=null_threshold, top_k=top_k, max_words=max_words, trigram_blocking=trigram_blocking)
-    n = predict_file(model, input, output, precision=precision, runtime=runtime, compile=compile,
+    n = predict_file(model, input, output, precision=precision, runtime=runtime, compile=compile, device=device,
                      **_overrides(text_column, text_pair_column, None), extra=extra)
     typer.echo(f"wrote {output} ({_count(n, 'prediction')})")
 
@@ -511,6 +518,7 @@ def summarize(
     max_words: Annotated[int | None, typer.Option("--max-words", help="Length budget in words (a CJK character is a word), instead of or with --top-k.")] = None,
     trigram_blocking: Annotated[bool, typer.Option("--trigram-blocking/--no-trigram-blocking", help="centroid: skip sentences repeating a trigram.")] = True,
     text_column: Annotated[str, typer.Option("--text-column", help="Column (JSONL field) holding the text.")] = "text",
+    device: Device = None,
 ) -> None:
     """Summarise documents without training: the sentences closest to the document's centroid in
     sentence-embedding space, one sentence per k-means cluster, or the first ones (Lead-k).
@@ -529,7 +537,7 @@ def summarize(
     documents = read_documents(input, text_column)
     if top_k is None:
         top_k = None if max_words is not None else 3
-    embedder = Embedder.from_pretrained(model) if method != "lead" else None
+    embedder = Embedder.from_pretrained(model, device) if method != "lead" else None
     preds = summarize_untrained(embedder, documents, method, top_k, max_words, trigram_blocking, progress=True)
     clashes: set[str] = set()
     with atomic_open(output) as f:
@@ -549,7 +557,8 @@ def serve(
     precision: Precision = "fp32",
     runtime: Runtime = "torch",
     compile: Compile = False,
-    max_batch_tokens: Annotated[int, typer.Option("--max-batch-tokens", help="Padded tokens per model batch.")] = 2048,
+    max_batch_tokens: Annotated[int | None, typer.Option("--max-batch-tokens", help=BATCH_BUDGET)] = None,
+    device: Device = None,
     api_key: Annotated[str | None, typer.Option(
         "--api-key", envvar="BERTFORGE_API_KEY",
         help="Require 'Authorization: Bearer KEY' on /v1/* and /metrics (or set BERTFORGE_API_KEY: not shown by ps).",
@@ -574,7 +583,7 @@ def serve(
 
     if not max_body_mb > 0:
         raise BertforgeError(f"--max-body-mb must be above 0, not {max_body_mb}")
-    run(model, host=host, port=port, echo=typer.echo, precision=precision, runtime=runtime, max_batch_tokens=max_batch_tokens,
+    run(model, host=host, port=port, echo=typer.echo, device=device, precision=precision, runtime=runtime, max_batch_tokens=max_batch_tokens,
         api_key=api_key, max_texts=max_texts, max_chars=max_chars, max_body_bytes=int(max_body_mb * 2**20),
         batch_window_ms=batch_window_ms, compile=compile)
 

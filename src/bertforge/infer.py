@@ -23,8 +23,14 @@ from .outputs import progress_bar
 from .runtime import model_device, prepare
 from .tokenizer import Tokenizer
 
-DEFAULT_MAX_TOKENS = 2048  # padded tokens per batch: activations stay in the CPU caches (measured: 2048 beats 8192)
+CPU_MAX_TOKENS = 2048  # padded tokens per batch on a CPU: activations stay in its caches (measured: 2048 beats 8192)
+GPU_MAX_TOKENS = 32768  # on a GPU: enough work per kernel launch (H200: 1.5-2x the seq/s of 2048, 8192 ~0.9x of this)
 POOLING = ("mean", "cls", "pooler")
+
+
+def default_max_tokens(device: torch.device) -> int:
+    """Padded tokens per batch where the caller gives none: small on a CPU, large on a GPU."""
+    return CPU_MAX_TOKENS if device.type == "cpu" else GPU_MAX_TOKENS
 
 
 def length_batches(lengths: Sequence[int], max_tokens: int, max_batch: int) -> list[list[int]]:
@@ -49,16 +55,17 @@ def run_batches(
     encodings: Sequence[Encoding],
     fn: Callable[[EncoderOutput, dict[str, Tensor]], Tensor],
     *,
-    max_tokens: int = DEFAULT_MAX_TOKENS,
-    max_batch: int = 512,
+    max_tokens: int | None = None,
     progress: bool = False,
     desc: str = "encoding",
     **model_kwargs,
 ) -> Iterator[tuple[list[int], Tensor]]:
-    """Yield (indices, fn(encoder output, batch)) for length-sorted batches of ``encodings``;
+    """Yield (indices, fn(encoder output, batch)) for length-sorted batches of ``encodings``, each at
+    most ``max_tokens`` padded tokens (default: the device's) and a quarter as many texts;
     ``model_kwargs`` go to every model call (``pool=False`` when the pooler is not read)."""
     device = model_device(model)
-    batches = length_batches([len(e.ids) for e in encodings], max_tokens, max_batch)
+    max_tokens = max_tokens or default_max_tokens(device)
+    batches = length_batches([len(e.ids) for e in encodings], max_tokens, max(1, max_tokens // 4))
     bar = progress_bar(progress, total=len(encodings), desc=desc, unit="seq", leave=False)
     with torch.inference_mode():
         for idx in batches:
@@ -88,7 +95,7 @@ def embed(
     pooling: str = "mean",
     normalize: bool = True,
     max_length: int = 512,
-    max_tokens: int = DEFAULT_MAX_TOKENS,
+    max_tokens: int | None = None,
     progress: bool = False,
 ) -> np.ndarray:
     """(len(texts), H) float32 embeddings in the order given."""
@@ -166,7 +173,7 @@ class Embedder:
         pooling: str | None = None,
         normalize: bool | None = None,
         max_length: int | None = None,
-        max_tokens: int = DEFAULT_MAX_TOKENS,
+        max_tokens: int | None = None,
         progress: bool = False,
     ) -> np.ndarray:
         return embed(

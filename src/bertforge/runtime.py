@@ -18,6 +18,7 @@ import copy
 import functools
 import hashlib
 import logging
+import os
 import warnings
 from pathlib import Path
 from typing import Any
@@ -46,6 +47,27 @@ def native_bf16(device: torch.device) -> bool:
         return False
 
 
+def pick_device(requested: str | torch.device | None) -> torch.device:
+    """The device asked for (checked: a one-line error for a bad name or a GPU that is not there),
+    else the GPU (the local rank's under torchrun) where PyTorch sees one, else the CPU."""
+    if not requested:
+        requested = "cuda" if torch.cuda.is_available() else "cpu"
+    try:
+        device = torch.device(requested)
+    except RuntimeError:
+        raise BertforgeError(f"unknown device {str(requested)!r} (cpu, cuda, cuda:N)") from None
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise BertforgeError(f"{device}: PyTorch sees no GPU here (this torch is {torch.__version__}); use --device cpu")
+        if device.index is None:  # each torchrun process its own GPU
+            device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+        if device.index >= torch.cuda.device_count():
+            raise BertforgeError(f"{device}: there are {torch.cuda.device_count()} GPU(s) (cuda:0 to cuda:{torch.cuda.device_count() - 1})")
+    elif device.type != "cpu":
+        raise BertforgeError(f"{device}: bertforge runs on cpu or cuda")
+    return device
+
+
 def resolve_precision(precision: str, device: torch.device) -> str:
     if precision not in PRECISIONS:
         raise BertforgeError(f"unknown precision {precision!r} (choose from {', '.join(PRECISIONS)})")
@@ -69,7 +91,7 @@ def encoders(model: nn.Module) -> list[BertModel]:
 
 def prepare(model: nn.Module, precision: str = "fp32", device: str | torch.device | None = None, compile: bool = False) -> nn.Module:
     """Put a loaded model in eval mode, on its device, at the given precision (and compiled)."""
-    device = torch.device(device) if device is not None else torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = pick_device(device)
     precision = resolve_precision(precision, device)
     model.eval().to(device)
     if precision == "bf16":

@@ -48,7 +48,6 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import Request
 
 from .errors import BertforgeError
-from .infer import DEFAULT_MAX_TOKENS
 
 log = logging.getLogger("bertforge.serve")
 
@@ -56,7 +55,6 @@ DEFAULT_MAX_TEXTS = 256
 DEFAULT_MAX_CHARS = 20_000
 DEFAULT_MAX_BODY_BYTES = 4 * 2**20
 DEFAULT_BATCH_WINDOW_MS = 5.0  # long enough for concurrent requests to meet, short next to a model call
-DEFAULT_MAX_BATCH_TOKENS = DEFAULT_MAX_TOKENS
 MAX_CALL_ITEMS = 1024  # inputs in one model call: merging more only makes the first request wait longer
 DRAIN_BYTES = 64 * 2**20  # an over-size body is read (and dropped) up to this, so the client sees the 413
 
@@ -386,7 +384,7 @@ class Batcher:
 class _Budgeted:
     """An Embedder whose calls batch under the server's token budget (for summarize_untrained)."""
 
-    def __init__(self, embedder, max_tokens: int):
+    def __init__(self, embedder, max_tokens: int | None):
         self.embedder, self.max_tokens = embedder, max_tokens
 
     def __call__(self, texts: Sequence[str], **kwargs: Any) -> np.ndarray:
@@ -396,7 +394,7 @@ class _Budgeted:
 class ServedModel:
     """The loaded model and what it serves; ``run`` is the one function the batcher's thread calls."""
 
-    def __init__(self, model: str | Path, device: str | None, precision: str, runtime: str, max_batch_tokens: int,
+    def __init__(self, model: str | Path, device: str | None, precision: str, runtime: str, max_batch_tokens: int | None,
                  compile: bool = False):
         from .api import Pipeline, model_task
         from .tasks import TASKS
@@ -547,7 +545,7 @@ def create_app(
     precision: str = "fp32",
     runtime: str = "torch",
     device: str | None = None,
-    max_batch_tokens: int = DEFAULT_MAX_BATCH_TOKENS,
+    max_batch_tokens: int | None = None,
     api_key: str | None = None,
     max_texts: int = DEFAULT_MAX_TEXTS,
     max_chars: int = DEFAULT_MAX_CHARS,
@@ -562,7 +560,7 @@ def create_app(
     for name, value, least in (("--max-batch-tokens", max_batch_tokens, 1), ("--max-texts", max_texts, 1),
                                ("--max-chars", max_chars, 1), ("max_body_bytes", max_body_bytes, 1),
                                ("--batch-window-ms", batch_window_ms, 0)):
-        if value < least:
+        if value is not None and value < least:
             raise BertforgeError(f"{name} must be at least {least}, not {value}")
     served = ServedModel(model, device, precision, runtime, max_batch_tokens, compile)
     name = str(model) if not Path(model).exists() else Path(model).resolve().name  # not the full path: /health is public

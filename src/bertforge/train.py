@@ -33,6 +33,7 @@ from tqdm.auto import tqdm
 from .errors import BertforgeError
 from .optim import make_optimizer, make_schedule
 from .outputs import progress_bar
+from .runtime import model_device, pick_device
 
 PRECISIONS = ("fp32", "bf16")
 
@@ -122,14 +123,6 @@ def init_distributed(device: torch.device) -> Dist:
     if not dist.is_initialized():
         dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
     return Dist(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", "0")))
-
-
-def pick_device(requested: str | None) -> torch.device:
-    if requested:
-        return torch.device(requested)
-    if torch.cuda.is_available():
-        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
-    return torch.device("cpu")
 
 
 def _all_reduce(values: list[float], d: Dist) -> list[float]:
@@ -354,12 +347,14 @@ def train(model: nn.Module, task: Task, args: TrainArgs, on_eval: Callable[[dict
         for k in range(args.grad_accum):
             epoch, g, idx = sched.micro_batch(state.step, k)
             rng = np.random.default_rng([args.seed, epoch, g, d.rank])
-            batches.append({key: v.to(device, non_blocking=True) for key, v in task.collate(idx, rng).items()})
+            batches.append(task.collate(idx, rng))
+        # counted on the CPU, before the copy: on a GPU, reading a count back would wait for the device
         counts = [task.counts(b) for b in batches]
+        tokens = sum(task.tokens(b) for b in batches)
+        batches = [{key: v.to(device, non_blocking=True) for key, v in b.items()} for b in batches]
         terms = sorted(counts[0])
         totals = dict(zip(terms, _all_reduce([float(sum(c[t] for c in counts)) for t in terms], d), strict=True))
         step_loss = 0.0
-        tokens = 0
         for k, batch in enumerate(batches):
             _seed_step(args.seed, state.step, k, d.rank)
             last = k == len(batches) - 1
@@ -375,7 +370,6 @@ def train(model: nn.Module, task: Task, args: TrainArgs, on_eval: Callable[[dict
                 continue
             (loss * d.world).backward()
             step_loss += float(loss.detach())
-            tokens += task.tokens(batch)
         grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), args.max_grad_norm or float("inf"))
         optimizer.step()
         scheduler.step()
@@ -462,10 +456,6 @@ def _evaluate(model, task: Task, args: TrainArgs, state: TrainState, d: Dist, lo
                     tqdm.write(f"bertforge: no {args.select_metric} improvement in {args.patience} evaluations: stopping")
                     stop = 1.0
     return bool(_all_reduce([stop], d)[0])
-
-
-def model_device(model: nn.Module) -> torch.device:
-    return next(model.parameters()).device
 
 
 def _barrier(d: Dist) -> None:

@@ -19,7 +19,6 @@ from torch import Tensor, nn
 
 from ..errors import BertforgeError
 from ..heads import IGNORE_INDEX
-from ..infer import DEFAULT_MAX_TOKENS
 from ..tokenizer import Tokenizer
 
 LONG_TEXT = ("window", "truncate")
@@ -89,7 +88,7 @@ class FinetuneTask:
         self.spec = spec
         self.tokenizer = tokenizer
         self.id2label = id2label or {}
-        self.max_tokens = DEFAULT_MAX_TOKENS  # padded tokens per inference batch (serve's --max-batch-tokens)
+        self.max_tokens: int | None = None  # padded tokens per inference batch (serve's --max-batch-tokens); None: the device's
         self.train_features: list[Feature] = []
         self.valid_examples: list = []
 
