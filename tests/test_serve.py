@@ -405,20 +405,60 @@ def test_classify_server_errors(servers):
         assert c.post("/v1/classify", json={"texts": ["q " * 10_000]}).status_code == 200  # windows: long texts are read whole
 
 
+def test_the_batch_window_waits_for_company_only_where_requests_come_together(monkeypatch):
+    import asyncio
+
+    from bertforge.serve import Batcher, Metrics
+
+    waits, sleep = [], asyncio.sleep
+
+    async def recording_sleep(seconds, *args, **kwargs):
+        waits.append(seconds)
+        return await sleep(seconds, *args, **kwargs)
+
+    monkeypatch.setattr(asyncio, "sleep", recording_sleep)
+    calls = []
+    batcher = Batcher(lambda key, items: calls.append(len(items)) or items, 0.05, Metrics({}))
+
+    async def scenario():
+        for i in range(3):  # one client, one request at a time: none waits
+            assert await batcher.submit(("embed",), [i]) == [i]
+        assert waits == [] and calls == [1, 1, 1]
+        got = await asyncio.gather(*(batcher.submit(("embed",), [i]) for i in range(8)))  # eight at once
+        assert got == [[i] for i in range(8)] and calls[3:] == [8] and waits == [0.05]
+        for i in range(2):  # alone again: the first still waits (the last call merged eight), the next not
+            assert await batcher.submit(("embed",), [i]) == [i]
+        assert waits == [0.05, 0.05] and calls[4:] == [1, 1]
+        await batcher.close()
+
+    asyncio.run(scenario())
+
+
 def test_tag_answers_like_the_offline_pipeline_and_batches_concurrent_requests(servers, models):
     texts = ["Carol flew to Oslo on Monday", "Dave flew to Rome on Monday", "Alice flew to Paris on Monday",
              "Bob flew to Berlin on Monday"]
     want = Pipeline(None, models["tag"])(texts)
     assert [(e["label"], e["text"]) for e in want[0]["entities"]] == [("PER", "Carol"), ("LOC", "Oslo")]
+
+    def burst() -> list[httpx.Response]:
+        with ThreadPoolExecutor(4) as pool:
+            return list(pool.map(lambda t: httpx.post(f"{servers['tag'].url}/v1/tag", json={"texts": [t]}, timeout=60), texts))
+
+    def calls_and_requests() -> list[float]:
+        metrics = parse_metrics(httpx.get(f"{servers['tag'].url}/metrics", timeout=60).text)
+        return [metric(metrics, f"bertforge_batch_requests_{kind}", kind="predict") for kind in ("count", "sum")]
+
     with servers["tag"].client() as c:
-        before = parse_metrics(c.get("/metrics").text)
-        with ThreadPoolExecutor(4) as pool:  # within the 1 s window: one model call for all four
-            got = list(pool.map(lambda t: httpx.post(f"{servers['tag'].url}/v1/tag", json={"texts": [t]}, timeout=60), texts))
-        after = parse_metrics(c.get("/metrics").text)
+        # within the 1 s window, four concurrent requests share one model call, once the server has seen
+        # requests come together (a lone client's never wait): the first burst may take two calls
+        for _ in range(5):
+            before = calls_and_requests()
+            got = burst()
+            after = calls_and_requests()
+            if [a - b for a, b in zip(after, before, strict=True)] == [1, 4]:
+                break
+        assert [a - b for a, b in zip(after, before, strict=True)] == [1, 4]
         assert [r.json()["predictions"][0] for r in got] == want
-        for kind, n in (("count", 1), ("sum", 4)):
-            name = f"bertforge_batch_requests_{kind}"
-            assert metric(after, name, kind="predict") - metric(before, name, kind="predict") == n
         words = c.post("/v1/tag", json={"tokens": [["Carol", "flew", "to", "Oslo"]]}).json()["predictions"]
         assert words == Pipeline(None, models["tag"])([["Carol", "flew", "to", "Oslo"]])
         assert error_of(c.post("/v1/tag", json={"texts": ["ok", "  "]}), 422) == "texts[1] is empty"

@@ -567,7 +567,7 @@ def serve(
     max_chars: Annotated[int, typer.Option("--max-chars", help="Characters per text; more: 413.")] = 20_000,
     max_body_mb: Annotated[float, typer.Option("--max-body-mb", help="Request body size in MiB; more: 413.")] = 4.0,
     batch_window_ms: Annotated[float, typer.Option(
-        "--batch-window-ms", help="How long an idle server waits for concurrent requests to batch together.",
+        "--batch-window-ms", help="How long an idle server waits for concurrent requests to batch together (not for a lone client's).",
     )] = 5.0,
 ) -> None:
     """Serve a model over HTTP (FastAPI): the endpoints its task supports, /health, /metrics, /docs.

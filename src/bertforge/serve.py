@@ -315,6 +315,7 @@ class Batcher:
         self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="bertforge-model")
         self._wake: asyncio.Event | None = None
         self._worker: asyncio.Task | None = None
+        self._merged = 1  # requests in the last model call
 
     def depth(self) -> int:
         return len(self.queue)
@@ -333,8 +334,11 @@ class Batcher:
         while True:
             await self._wake.wait()
             self._wake.clear()
-            if self.queue and self.window_s > 0:
-                await asyncio.sleep(self.window_s)  # the worker was idle: give concurrent requests a moment to join
+            # The worker was idle: give concurrent requests a moment to join, where there are any (several
+            # queued now, or merged last time). A lone client's requests never wait: the window cost one
+            # client 5 ms of its 13 (fp32 minilm-l6, one text), 55 instead of 73 requests/s.
+            if self.queue and self.window_s > 0 and (len(self.queue) > 1 or self._merged > 1):
+                await asyncio.sleep(self.window_s)
             while self.queue:  # while busy, requests queue up by themselves: no more waiting
                 await self._call(self._take())
 
@@ -364,6 +368,7 @@ class Batcher:
             if not jobs[0].future.done():
                 jobs[0].future.set_exception(e)
             return
+        self._merged = len(jobs)
         self.metrics.batch_size.observe(len(items), kind=jobs[0].key[0])
         self.metrics.batch_requests.observe(len(jobs), kind=jobs[0].key[0])
         at = 0
