@@ -141,6 +141,8 @@ def main() -> None:
     model_dir = fetch("minilm-l6")
     train_rows = read(data / "train.csv", args.train_size)
     test_rows = read(data / "test.csv")
+    if math.ceil(args.epochs * (len(train_rows) // args.batch_size)) < 2 * WARMUP:
+        p.error(f"too few steps to time: give at least {2 * WARMUP * args.batch_size} training examples (the first {WARMUP} steps are not timed)")
     with tempfile.TemporaryDirectory() as tmp:
         train_csv = Path(tmp) / "train.csv"
         with train_csv.open("w", newline="", encoding="utf-8") as f:
