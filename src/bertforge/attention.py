@@ -7,6 +7,7 @@ shaped (B, 1, 1, T) (True = attend), and returns (B, nh, T, hs). The model picks
 
 from __future__ import annotations
 
+import contextlib
 import math
 from collections.abc import Callable
 
@@ -39,10 +40,8 @@ GPU_BACKENDS = [SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPB
 def sdpa_attention(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None, dropout_p: float) -> Tensor:
     """PyTorch's fused kernel (flash / memory-efficient / math, picked by PyTorch per device and dtype;
     on a GPU never cuDNN's)."""
-    if q.is_cuda:
-        with sdpa_kernel(GPU_BACKENDS):
-            return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout_p)
-    return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout_p)
+    with sdpa_kernel(GPU_BACKENDS) if q.is_cuda else contextlib.nullcontext():
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout_p)
 
 
 ATTENTION: dict[str, AttentionFn] = {
