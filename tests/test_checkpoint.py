@@ -116,8 +116,11 @@ def test_save_with_tokenizer_files_loads_in_auto_tokenizer(our_model, tiny_vocab
 @pytest.mark.parametrize("umask", [0o022, 0o027], ids=oct)
 def test_saved_files_get_the_umask_permissions(our_model, tiny_vocab, tmp_path, umask):
     """Like every other file written: a server running as another user can read the model."""
+    from bertforge.outputs import current_umask
+
     old = os.umask(umask)
     try:
+        assert current_umask() == umask  # read without setting it (from /proc on Linux)
         our_model("classify").save_pretrained(tmp_path, tokenizer=Tokenizer.from_pretrained(tiny_vocab))
     finally:
         os.umask(old)

@@ -52,6 +52,20 @@ def _check_writable(directory: Path, path: Path) -> None:
     os.unlink(probe)
 
 
+def current_umask() -> int:
+    """The process's umask: from /proc where Linux shows it, else by setting it and back (there is no
+    getter, and setting it is process-wide for that instant)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    umask = os.umask(0)
+    os.umask(umask)
+    return umask
+
+
 @contextmanager
 def atomic_path(path: str | Path) -> Iterator[Path]:
     """A temporary path beside ``path`` for a writer that takes a path, renamed into place when the
@@ -62,9 +76,7 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
         yield tmp
-        umask = os.umask(0)  # (read by setting it: there is no getter)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)
+        os.chmod(tmp, 0o666 & ~current_umask())
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
