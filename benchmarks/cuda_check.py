@@ -6,7 +6,8 @@
    compiled) against transformers' fp32 on the CPU: the lowest cosine over the texts;
 3. batch budget: our inference path's seq/s on the GPU at several ``max_tokens`` (the default's choice).
 
-Prints one line per check and ends with the failures' count (exit status 1 if any).
+Prints one line per check and ends with the failures' count (exit status 1 if any; 2 for a usage
+error, and where PyTorch sees no GPU).
 
     python benchmarks/cuda_check.py                 # all three, about a minute on an H200
     python benchmarks/cuda_check.py --texts 8192    # more texts for the cosines and the sweep
@@ -162,15 +163,17 @@ def main() -> None:
     p.add_argument("--texts", type=int, default=4096, help="rotten-tomatoes snippets (repeated past the 1,066 of the test split)")
     p.add_argument("--skip", default="", help="comma-separated: parity, precision, sweep")
     args = p.parse_args()
+    skip = set(filter(None, args.skip.split(",")))
+    if skip - {"parity", "precision", "sweep"}:
+        p.error(f"--skip: unknown check(s) {', '.join(sorted(skip - {'parity', 'precision', 'sweep'}))} (parity, precision, sweep)")
     if not torch.cuda.is_available():
-        raise SystemExit("no GPU: this script checks the CUDA path")
+        p.error("PyTorch sees no GPU: this script checks the CUDA path")
     device = torch.device("cuda")
     torch.backends.cuda.matmul.allow_tf32 = False
     torch.backends.cudnn.allow_tf32 = False
     print(f"torch {torch.__version__}, transformers {transformers.__version__}, {torch.cuda.get_device_name()}, "
           f"bf16 {torch.cuda.is_bf16_supported()}", flush=True)
     texts = load_texts(args.texts)
-    skip = set(args.skip.split(","))
     with tempfile.TemporaryDirectory() as tmp:
         for name, fn in (("parity", lambda: check_parity(device, Path(tmp))),
                          ("precision", lambda: check_precisions(device, texts)),

@@ -4,7 +4,7 @@ Both start from minilm-l6, train on the rotten-tomatoes training split in the sa
 seeded permutation) with the same hyper-parameters (AdamW (fused), linear schedule with warmup,
 weight decay off for biases and LayerNorms, fp32, max length 128, dynamic padding per batch), and
 are scored on the held-out test split. Prints both accuracies and the training throughput ratio
-(examples per second of pure training steps, data collation included, after the first ``WARMUP``
+(examples per second of pure training steps, data collation included, after the first 10
 steps: on a GPU the first steps load kernels, once per process, which would count against the side
 that runs first).
 
@@ -25,8 +25,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from bertforge import evaluate_file, finetune
+from bertforge import BertforgeError, evaluate_file, finetune
 from bertforge.assets import fetch
+from bertforge.runtime import pick_device
 from bertforge.tasks import TaskSpec
 from bertforge.train import TrainArgs
 
@@ -135,6 +136,10 @@ def main() -> None:
     p.add_argument("--device", default="cpu", help="cpu or cuda (TF32 stays off)")
     p.add_argument("--precision", default="fp32", choices=["fp32", "bf16"], help="bf16: autocast on both sides")
     args = p.parse_args()
+    try:
+        pick_device(args.device)
+    except BertforgeError as e:
+        p.error(str(e))
     if args.threads:
         torch.set_num_threads(args.threads)
     data = fetch("rotten-tomatoes")

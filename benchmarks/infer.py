@@ -32,10 +32,10 @@ from pathlib import Path
 
 import torch
 
-from bertforge import BertConfig, BertModel, Tokenizer
+from bertforge import BertConfig, BertforgeError, BertModel, Tokenizer
 from bertforge.assets import fetch
 from bertforge.infer import embed
-from bertforge.runtime import prepare, quantize_int8
+from bertforge.runtime import pick_device, prepare, quantize_int8
 
 
 def load_texts(n: int) -> dict[str, list[str]]:
@@ -123,7 +123,10 @@ def main() -> None:
     args = p.parse_args()
     from transformers import AutoModel, AutoTokenizer
 
-    device = torch.device(args.device)
+    try:
+        device = pick_device(args.device)
+    except BertforgeError as e:
+        p.error(str(e))
     corpora = load_texts(args.texts)
     where = torch.cuda.get_device_name(device) if device.type == "cuda" else f"{torch.get_num_threads()} threads"
     print(f"torch {torch.__version__}, {where}; texts as given, max length {args.max_length}")

@@ -106,6 +106,8 @@ def test_devices_are_checked_and_batches_sized_for_them(minilm, texts, tmp_path)
         pick_device("gpu")
     with pytest.raises(BertforgeError, match="runs on cpu or cuda"):
         pick_device("meta")
+    with pytest.raises(BertforgeError, match="unknown device ''"):
+        pick_device("")  # not the default, as an empty --api-key is not "no key"
     if torch.cuda.is_available():
         assert pick_device(None) == pick_device("cuda") == torch.device("cuda", 0)
         with pytest.raises(BertforgeError, match="GPU"):
@@ -134,6 +136,9 @@ def test_devices_are_checked_and_batches_sized_for_them(minilm, texts, tmp_path)
     assert all(n <= 512 and padded <= 2048 for n, padded in default) and (512, 1536) in default
     assert sum(n for n, _ in default) == 700
     assert all(n <= 128 and padded <= 512 for n, padded in sizes(max_tokens=512))
+    for bad in (0, -3):
+        with pytest.raises(BertforgeError, match=f"batch budget .* at least 1 token, not {bad}"):
+            sizes(max_tokens=bad)
 
 
 @pytest.fixture(scope="module")
@@ -346,6 +351,15 @@ def tiny(tmp_path_factory) -> dict[str, Path]:
 def _copy(directory: Path, to: Path) -> Path:
     shutil.copytree(directory, to)
     return to
+
+
+def test_the_onnx_runtime_checks_the_device_it_is_given(tiny):
+    """onnxruntime runs on its CPU provider here: a GPU asked for is an error, not a silent CPU run."""
+    assert Embedder.from_pretrained(tiny["encoder"], device="cpu", runtime="onnx")(["a text"]).shape == (1, 32)
+    with pytest.raises(BertforgeError, match="unknown device 'gpu'"):
+        Embedder.from_pretrained(tiny["encoder"], device="gpu", runtime="onnx")
+    with pytest.raises(BertforgeError, match="sees no GPU" if not torch.cuda.is_available() else "runs on the CPU"):
+        Embedder.from_pretrained(tiny["encoder"], device="cuda", runtime="onnx")
 
 
 def test_onnx_graph_older_than_its_weights_is_refused(tiny, tmp_path, caplog):

@@ -537,6 +537,10 @@ def summarize(
     documents = read_documents(input, text_column)
     if top_k is None:
         top_k = None if max_words is not None else 3
+    if method == "lead" and device is not None:
+        from .runtime import pick_device
+
+        pick_device(device)  # checked even where Lead-k reads no model
     embedder = Embedder.from_pretrained(model, device) if method != "lead" else None
     preds = summarize_untrained(embedder, documents, method, top_k, max_words, trigram_blocking, progress=True)
     clashes: set[str] = set()
@@ -567,7 +571,7 @@ def serve(
     max_chars: Annotated[int, typer.Option("--max-chars", help="Characters per text; more: 413.")] = 20_000,
     max_body_mb: Annotated[float, typer.Option("--max-body-mb", help="Request body size in MiB; more: 413.")] = 4.0,
     batch_window_ms: Annotated[float, typer.Option(
-        "--batch-window-ms", help="How long an idle server waits for concurrent requests to batch together (not for a lone client's).",
+        "--batch-window-ms", help="How long an idle server waits for concurrent requests to batch together (only once requests have come together: a lone client's wait once at most, right after a burst).",
     )] = 5.0,
 ) -> None:
     """Serve a model over HTTP (FastAPI): the endpoints its task supports, /health, /metrics, /docs.

@@ -24,7 +24,7 @@ from .runtime import model_device, prepare
 from .tokenizer import Tokenizer
 
 CPU_MAX_TOKENS = 2048  # padded tokens per batch on a CPU: activations stay in its caches (measured: 2048 beats 8192)
-GPU_MAX_TOKENS = 32768  # on a GPU: enough work per kernel launch (H200: 1.5-2x the seq/s of 2048, 8192 ~0.9x of this)
+GPU_MAX_TOKENS = 32768  # on a GPU: enough work per kernel launch (H200: 1.5-3x the seq/s of 2048; README "On a GPU")
 POOLING = ("mean", "cls", "pooler")
 
 
@@ -64,7 +64,10 @@ def run_batches(
     most ``max_tokens`` padded tokens (default: the device's) and a quarter as many texts;
     ``model_kwargs`` go to every model call (``pool=False`` when the pooler is not read)."""
     device = model_device(model)
-    max_tokens = max_tokens or default_max_tokens(device)
+    if max_tokens is None:
+        max_tokens = default_max_tokens(device)
+    elif max_tokens < 1:
+        raise BertforgeError(f"the batch budget (--max-tokens) must be at least 1 token, not {max_tokens}")
     batches = length_batches([len(e.ids) for e in encodings], max_tokens, max(1, max_tokens // 4))
     bar = progress_bar(progress, total=len(encodings), desc=desc, unit="seq", leave=False)
     with torch.inference_mode():
@@ -211,11 +214,13 @@ def load_for_inference(
     """The model of a directory, ready for ``run_batches``: PyTorch at a precision, or its ONNX graph."""
     from .checkpoint import load_pretrained
     from .config import BertConfig
-    from .runtime import EXPORTABLE_HEADS, RUNTIMES, OnnxModel
+    from .runtime import EXPORTABLE_HEADS, RUNTIMES, OnnxModel, pick_device
 
     if runtime not in RUNTIMES:
         raise BertforgeError(f"unknown runtime {runtime!r} (choose from {', '.join(RUNTIMES)})")
     if runtime == "onnx":
+        if device is not None and pick_device(device).type != "cpu":
+            raise BertforgeError(f"the onnx runtime runs on the CPU (onnxruntime's CPU provider); on {device} use --runtime torch")
         if compile:
             raise BertforgeError("--compile is for the torch runtime; an ONNX graph is already compiled by onnxruntime")
         if precision not in ("fp32", "int8", "auto"):

@@ -50,7 +50,7 @@ def native_bf16(device: torch.device) -> bool:
 def pick_device(requested: str | torch.device | None) -> torch.device:
     """The device asked for (checked: a one-line error for a bad name or a GPU that is not there),
     else the GPU (the local rank's under torchrun) where PyTorch sees one, else the CPU."""
-    if not requested:
+    if requested is None:
         requested = "cuda" if torch.cuda.is_available() else "cpu"
     try:
         device = torch.device(requested)
