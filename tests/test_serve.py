@@ -4,6 +4,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import random
 import re
@@ -434,30 +435,46 @@ def test_the_batch_window_waits_for_company_only_where_requests_come_together(mo
     asyncio.run(scenario())
 
 
-def test_tag_answers_like_the_offline_pipeline_and_batches_concurrent_requests(servers, models):
-    texts = ["Carol flew to Oslo on Monday", "Dave flew to Rome on Monday", "Alice flew to Paris on Monday",
+TAG_TEXTS = ["Carol flew to Oslo on Monday", "Dave flew to Rome on Monday", "Alice flew to Paris on Monday",
              "Bob flew to Berlin on Monday"]
-    want = Pipeline(None, models["tag"])(texts)
+
+
+def burst(server: Server) -> list[httpx.Response]:
+    """Four /v1/tag requests at once: each client connected first, then all sent past one barrier."""
+    barrier = threading.Barrier(len(TAG_TEXTS))
+
+    def send(text: str) -> httpx.Response:
+        with server.client() as c:
+            c.get("/health")  # the connection is open before the barrier
+            barrier.wait()
+            return c.post("/v1/tag", json={"texts": [text]})
+
+    with ThreadPoolExecutor(len(TAG_TEXTS)) as pool:
+        return list(pool.map(send, TAG_TEXTS))
+
+
+def calls_and_requests(server: Server) -> list[float]:
+    metrics = parse_metrics(httpx.get(f"{server.url}/metrics", timeout=60).text)
+    return [metric(metrics, f"bertforge_batch_requests_{kind}", kind="predict") for kind in ("count", "sum")]
+
+
+def burst_in_one_call(server: Server) -> list[httpx.Response]:
+    """A burst that shares one model call. The batch window waits for company once requests have come
+    together (a lone client's never wait), so the first burst may take two calls; after one in a single
+    call, the server's next request waits out the window (1 s on the tag server)."""
+    for _ in range(5):
+        before = calls_and_requests(server)
+        got = burst(server)
+        if [a - b for a, b in zip(calls_and_requests(server), before, strict=True)] == [1, 4]:
+            return got
+    raise AssertionError("five bursts of four requests never shared one model call")
+
+
+def test_tag_answers_like_the_offline_pipeline_and_batches_concurrent_requests(servers, models):
+    want = Pipeline(None, models["tag"])(TAG_TEXTS)
     assert [(e["label"], e["text"]) for e in want[0]["entities"]] == [("PER", "Carol"), ("LOC", "Oslo")]
-
-    def burst() -> list[httpx.Response]:
-        with ThreadPoolExecutor(4) as pool:
-            return list(pool.map(lambda t: httpx.post(f"{servers['tag'].url}/v1/tag", json={"texts": [t]}, timeout=60), texts))
-
-    def calls_and_requests() -> list[float]:
-        metrics = parse_metrics(httpx.get(f"{servers['tag'].url}/metrics", timeout=60).text)
-        return [metric(metrics, f"bertforge_batch_requests_{kind}", kind="predict") for kind in ("count", "sum")]
-
     with servers["tag"].client() as c:
-        # within the 1 s window, four concurrent requests share one model call, once the server has seen
-        # requests come together (a lone client's never wait): the first burst may take two calls
-        for _ in range(5):
-            before = calls_and_requests()
-            got = burst()
-            after = calls_and_requests()
-            if [a - b for a, b in zip(after, before, strict=True)] == [1, 4]:
-                break
-        assert [a - b for a, b in zip(after, before, strict=True)] == [1, 4]
+        got = burst_in_one_call(servers["tag"])  # within the 1 s window
         assert [r.json()["predictions"][0] for r in got] == want
         words = c.post("/v1/tag", json={"tokens": [["Carol", "flew", "to", "Oslo"]]}).json()["predictions"]
         assert words == Pipeline(None, models["tag"])([["Carol", "flew", "to", "Oslo"]])
@@ -553,6 +570,7 @@ def test_sigterm_answers_requests_in_flight_then_exits_0(servers):
     """The tag server waits 1 s for company before a model call: a request sent just before SIGTERM is
     still waiting when the signal comes, and is answered before the server exits."""
     server = servers["tag"]
+    burst_in_one_call(server)  # so that the next request waits out the window
     result: dict = {}
     thread = threading.Thread(target=lambda: result.update(r=httpx.post(f"{server.url}/v1/tag", json={"texts": ["Bob flew to Rome"]}, timeout=60)))
     thread.start()
@@ -565,4 +583,28 @@ def test_sigterm_answers_requests_in_flight_then_exits_0(servers):
     assert "Traceback" not in server.err.read_text()
     with pytest.raises(httpx.ConnectError):
         httpx.get(f"{server.url}/health")
+
+
+def test_a_second_sigint_stops_at_once_without_a_traceback(models, tmp_path):
+    """Ctrl-C twice: the first waits for the request in flight, the second stops now (exit 128 + SIGINT)."""
+    server = Server(models["tag"], tmp_path, "--batch-window-ms", "3000").wait()
+    try:
+        burst_in_one_call(server)  # the next request waits out the 3 s window
+        def post() -> None:
+            with contextlib.suppress(httpx.HTTPError):  # the server stops without answering it
+                httpx.post(f"{server.url}/v1/tag", json={"texts": ["Bob flew"]}, timeout=60)
+
+        thread = threading.Thread(target=post)
+        thread.start()
+        time.sleep(0.5)
+        server.proc.send_signal(signal.SIGINT)
+        time.sleep(0.5)
+        assert server.proc.poll() is None  # still answering the request in flight
+        server.proc.send_signal(signal.SIGINT)
+        assert server.proc.wait(timeout=60) == 128 + signal.SIGINT
+        thread.join(60)
+    finally:
+        server.stop()
+    assert server.out.read_text().splitlines()[-1] == "bertforge: stopped without answering the requests in flight"
+    assert "Traceback" not in server.err.read_text()
 

@@ -578,7 +578,7 @@ def serve(
 
     An encoder (minilm-l6) serves /v1/embed, /v1/similarity and /v1/summarize; a fine-tuned model
     serves /v1/classify, /v1/tag, /v1/qa or /v1/summarize. Concurrent requests are batched into one
-    model call. SIGINT or SIGTERM stops it after the requests in flight are answered.
+    model call. SIGINT or SIGTERM stops it after the requests in flight are answered; a second one, at once.
     """
     try:
         from .serve import serve as run

@@ -28,6 +28,7 @@ import hmac
 import ipaddress
 import json
 import logging
+import os
 import signal
 import socket
 import time
@@ -849,6 +850,14 @@ def serve(
             finally:
                 for sig, handler in previous.items():
                     signal.signal(sig, handler)
+
+        def handle_exit(self, sig, frame):
+            # a second signal while the requests in flight finish: stop at once (uvicorn's own forced exit
+            # cancels its lifespan task and prints that as a traceback)
+            if self.should_exit:
+                echo("bertforge: stopped without answering the requests in flight")
+                os._exit(128 + sig)
+            super().handle_exit(sig, frame)
 
     sock = bind(host, port)
     try:
