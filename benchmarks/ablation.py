@@ -13,7 +13,6 @@ printed, so a slow spell of a shared machine falls on every variant alike.
 
 from __future__ import annotations
 
-import argparse
 import random
 import sys
 import time
@@ -22,6 +21,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).parent))
+from common import argument_parser  # noqa: E402
 from infer import load_texts  # noqa: E402  (benchmarks/infer.py: the same texts)
 
 from bertforge import Tokenizer, load_pretrained  # noqa: E402
@@ -50,13 +50,13 @@ def variants(directory: Path, precision: str) -> dict:
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--model", default="minilm-l6")
-    p.add_argument("--precisions", default="fp32,int8,bf16")
-    p.add_argument("--texts", choices=("rotten", "wiki"), default="rotten")
+    p = argument_parser(__doc__)
+    p.add_argument("--model", default="minilm-l6", help="model directory or registry name")
+    p.add_argument("--precisions", default="fp32,int8,bf16", help="comma-separated: fp32, int8, bf16")
+    p.add_argument("--texts", choices=("rotten", "wiki"), default="rotten", help="rotten-tomatoes snippets or wiki-topics-en extracts")
     p.add_argument("--chunk", type=int, default=256, help="texts per timed call")
-    p.add_argument("--rounds", type=int, default=30)
-    p.add_argument("--max-length", type=int, default=256)
+    p.add_argument("--rounds", type=int, default=30, help="timed turns of each variant")
+    p.add_argument("--max-length", type=int, default=256, help="truncate texts to this many tokens")
     args = p.parse_args()
     texts = load_texts(1024)["rotten-tomatoes" if args.texts == "rotten" else "wiki-topics-en"]
     directory = fetch(args.model)

@@ -23,6 +23,8 @@ import json
 import time
 from pathlib import Path
 
+from common import argument_parser
+
 from bertforge.api import finetune, load_task
 from bertforge.assets import fetch
 from bertforge.infer import Embedder
@@ -89,15 +91,15 @@ def run_aspect(aspect: str, out: Path, args: argparse.Namespace, embedder: Embed
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--out", type=Path, default=Path("runs/aclsum"))
-    parser.add_argument("--aspects", nargs="+", default=list(ASPECTS), choices=ASPECTS)
-    parser.add_argument("--model", default="minilm-l6")
-    parser.add_argument("--max-steps", type=int, default=30)
-    parser.add_argument("--batch-size", type=int, default=2)
-    parser.add_argument("--lr", type=float, default=1e-4)
-    parser.add_argument("--inter-layers", type=int, default=2)
-    parser.add_argument("--seed", type=int, default=0)
+    parser = argument_parser(__doc__.split("\n\n")[0])
+    parser.add_argument("--out", type=Path, default=Path("runs/aclsum"), help="where each aspect's run directory goes")
+    parser.add_argument("--aspects", nargs="+", default=list(ASPECTS), choices=ASPECTS, help="ACLSum aspects to fine-tune and score")
+    parser.add_argument("--model", default="minilm-l6", help="encoder to start from (directory or registry name)")
+    parser.add_argument("--max-steps", type=int, default=30, help="training steps per aspect")
+    parser.add_argument("--batch-size", type=int, default=2, help="documents per step")
+    parser.add_argument("--lr", type=float, default=1e-4, help="peak learning rate")
+    parser.add_argument("--inter-layers", type=int, default=2, help="inter-sentence Transformer layers of the summarization head")
+    parser.add_argument("--seed", type=int, default=0, help="random seed")
     args = parser.parse_args()
 
     embedder = Embedder.from_pretrained("minilm-l6")

@@ -15,7 +15,6 @@ error, and where PyTorch sees no GPU).
 
 from __future__ import annotations
 
-import argparse
 import csv
 import tempfile
 import time
@@ -23,6 +22,7 @@ from pathlib import Path
 
 import torch
 import transformers
+from common import argument_parser
 
 import bertforge
 from bertforge.assets import fetch
@@ -159,8 +159,8 @@ def sweep(device: torch.device, texts: list[str]) -> None:
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--texts", type=int, default=4096, help="rotten-tomatoes snippets (repeated past the 1,066 of the test split)")
+    p = argument_parser(__doc__)
+    p.add_argument("--texts", type=int, default=4096, help="rotten-tomatoes snippets (repeated past the 1,275 of the test split)")
     p.add_argument("--skip", default="", help="comma-separated: parity, precision, sweep")
     args = p.parse_args()
     skip = set(filter(None, args.skip.split(",")))

@@ -20,7 +20,6 @@ to transformers fp32, and each engine's worst cosine of mean-pooled embeddings t
 
 from __future__ import annotations
 
-import argparse
 import statistics
 import sys
 import tempfile
@@ -31,6 +30,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
+from common import argument_parser  # noqa: E402
 from infer import load_texts  # noqa: E402  (benchmarks/infer.py: the same texts)
 
 from bertforge import Tokenizer, load_pretrained  # noqa: E402
@@ -46,11 +46,11 @@ def mean_pool(hidden: np.ndarray, lengths: list[int]) -> np.ndarray:
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argument_parser(__doc__)
     p.add_argument("--texts", type=int, default=1024, help="rotten-tomatoes snippets (and half as many wiki extracts)")
-    p.add_argument("--max-length", type=int, default=256)
+    p.add_argument("--max-length", type=int, default=256, help="truncate texts to this many tokens")
     p.add_argument("--batch-size", type=int, default=32, help="batch size of transformers and ctranslate2")
-    p.add_argument("--repeats", type=int, default=5)
+    p.add_argument("--repeats", type=int, default=5, help="timed passes per engine and text set (the median is kept)")
     args = p.parse_args()
     try:
         import ctranslate2

@@ -15,7 +15,6 @@ that runs first).
 
 from __future__ import annotations
 
-import argparse
 import csv
 import math
 import tempfile
@@ -24,6 +23,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from common import argument_parser
 
 from bertforge import BertforgeError, evaluate_file, finetune
 from bertforge.assets import fetch
@@ -125,13 +125,13 @@ def run_bertforge(data: Path, train_csv: Path, args, workdir: Path) -> tuple[flo
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argument_parser(__doc__)
     p.add_argument("--train-size", type=int, default=None, help="first N training examples (default: all)")
-    p.add_argument("--epochs", type=float, default=1.0)
-    p.add_argument("--lr", type=float, default=5e-5)
-    p.add_argument("--batch-size", type=int, default=32)
-    p.add_argument("--max-length", type=int, default=128)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--epochs", type=float, default=1.0, help="passes over the training split (fractions allowed)")
+    p.add_argument("--lr", type=float, default=5e-5, help="peak learning rate (linear warm-up and decay on both sides)")
+    p.add_argument("--batch-size", type=int, default=32, help="training examples per step")
+    p.add_argument("--max-length", type=int, default=128, help="truncate reviews to this many tokens")
+    p.add_argument("--seed", type=int, default=0, help="seed of the shared example order and of the classifier's initialisation")
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: all cores)")
     p.add_argument("--device", default="cpu", help="cpu or cuda (TF32 stays off)")
     p.add_argument("--precision", default="fp32", choices=["fp32", "bf16"], help="bf16: autocast on both sides")

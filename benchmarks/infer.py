@@ -12,7 +12,8 @@ smoothed, which costs one multiply per layer.
 Prints seq/s and real (non-padding) tokens/s, the ratios, the work ratio (transformers' FLOPs on its
 padded batches over the FLOPs of the real tokens: what skipping padding alone is worth), and
 bertforge's real-token FLOP/s as a fraction of a plain matmul's FLOP/s measured in the same run at
-the same precision.
+the same precision, and beside it the fraction the model's own linear layers reach alone (its ceiling
+where attention, LayerNorm and the adds would cost nothing).
 
     python benchmarks/infer.py                          # minilm-l6 and a random `base`, fp32/bf16/int8
     python benchmarks/infer.py --models minilm-l6 --precisions fp32 --texts 512
@@ -22,7 +23,6 @@ the same precision.
 
 from __future__ import annotations
 
-import argparse
 import csv
 import json
 import statistics
@@ -31,6 +31,7 @@ import time
 from pathlib import Path
 
 import torch
+from common import argument_parser
 
 from bertforge import BertConfig, BertforgeError, BertModel, Tokenizer
 from bertforge.assets import fetch
@@ -89,6 +90,31 @@ class MatmulPeak:
             self.best = max(self.best, self.flops / (time.perf_counter() - t))
 
 
+class LinearCeiling:
+    """The FLOP/s of the model's own four linear layers (q/k/v, output, feed-forward up with its
+    activation, down) run alone on a (2048 x H) input, as the prepared model runs them (bf16: the
+    fused, packed oneDNN calls). Best rate seen, like ``MatmulPeak``: what the encoder would reach if
+    attention, LayerNorm and the residual adds cost nothing, so a ceiling for "of matmul"."""
+
+    def __init__(self, model: torch.nn.Module, dtype: torch.dtype, device: torch.device):
+        layer = next(m for m in model.modules() if isinstance(m, BertModel)).layers[0]
+        ffn = layer.ffn
+        self.steps = [layer.attn.qkv, layer.attn.out, lambda x: ffn.act(ffn.up(x)), ffn.down]
+        H, inter = ffn.up.in_features, ffn.up.out_features
+        self.inputs = [torch.randn(2048, n, device=device).to(dtype) for n in (H, H, H, inter)]
+        self.flops = 2 * 2048 * (4 * H * H + 2 * H * inter)
+        self.best, self.device = 0.0, device
+
+    @torch.inference_mode()
+    def __call__(self) -> None:
+        for _ in range(3):
+            t = time.perf_counter()
+            for step, x in zip(self.steps, self.inputs, strict=True):
+                step(x)
+            synchronize(self.device)
+            self.best = max(self.best, self.flops / (time.perf_counter() - t))
+
+
 def synchronize(device: torch.device) -> None:
     """Wait for the GPU's queued work (a no-op on the CPU), so that a timer reads finished work."""
     if device.type == "cuda":
@@ -110,15 +136,15 @@ def timed(fns, repeats: int) -> list[float]:
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argument_parser(__doc__)
     p.add_argument("--models", default="minilm-l6,base", help="minilm-l6 and/or preset names (random weights)")
     p.add_argument("--precisions", default="fp32,bf16,int8", help="fp32, bf16, int8 (CPU), fp16 (GPU)")
     p.add_argument("--device", default="cpu", help="cpu or cuda (TF32 stays off: fp32 is fp32 on both sides)")
     p.add_argument("--texts", type=int, default=1024, help="rotten-tomatoes snippets (and half as many wiki extracts)")
-    p.add_argument("--max-length", type=int, default=256)
+    p.add_argument("--max-length", type=int, default=256, help="truncate texts to this many tokens (both sides)")
     p.add_argument("--batch-size", type=int, default=32, help="transformers' batch size")
     p.add_argument("--max-tokens", type=int, default=None, help="bertforge's padded tokens per batch (default: the library's)")
-    p.add_argument("--repeats", type=int, default=5)
+    p.add_argument("--repeats", type=int, default=5, help="timed passes per side and text set (the median is kept)")
     p.add_argument("--compile", action="store_true", help="run ours through torch.compile (transformers stays eager, as its docs show)")
     args = p.parse_args()
     from transformers import AutoModel, AutoTokenizer
@@ -130,7 +156,7 @@ def main() -> None:
     corpora = load_texts(args.texts)
     where = torch.cuda.get_device_name(device) if device.type == "cuda" else f"{torch.get_num_threads()} threads"
     print(f"torch {torch.__version__}, {where}; texts as given, max length {args.max_length}")
-    header = f"{'model':10} {'prec':7} {'texts':16} {'n':>5} {'real tok':>9} {'hf seq/s':>9} {'ours seq/s':>10} {'ours tok/s':>10} {'ratio':>6} {'work':>6} {'GFLOP/s':>8} {'of matmul':>9}"
+    header = f"{'model':10} {'prec':7} {'texts':16} {'n':>5} {'real tok':>9} {'hf seq/s':>9} {'ours seq/s':>10} {'ours tok/s':>10} {'ratio':>6} {'work':>6} {'GFLOP/s':>8} {'of matmul':>9} {'linear alone':>12}"
     print(header)
     results = []
     with tempfile.TemporaryDirectory() as tmp:
@@ -147,6 +173,7 @@ def main() -> None:
                 dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision, torch.float32)
                 hf = quantize_int8(hf) if precision == "int8" else hf.to(dtype)
                 peak = MatmulPeak(dtype, config.hidden_size, config.intermediate_size, device)
+                ceiling = LinearCeiling(ours, dtype, device) if precision != "int8" else None
                 for corpus, texts in corpora.items():
                     lengths = [len(e.ids) for e in tok.encode_batch(texts, max_length=args.max_length)]
 
@@ -162,19 +189,20 @@ def main() -> None:
                         kw = {"max_tokens": args.max_tokens} if args.max_tokens else {}
                         embed(ours, tok, texts, max_length=args.max_length, **kw)
 
-                    t_hf, t_ours, _ = timed([run_hf, run_ours, peak], args.repeats)
+                    t_hf, t_ours, *_ = timed([run_hf, run_ours, peak] + ([ceiling] if ceiling else []), args.repeats)
                     flops = real_flops(config, lengths) / t_ours
                     row = {
                         "model": name, "precision": precision + ("+c" if args.compile else ""), "texts": corpus, "n": len(texts),
                         "real_tokens": sum(lengths), "hf_seq_s": len(texts) / t_hf, "ours_seq_s": len(texts) / t_ours,
                         "ours_tok_s": sum(lengths) / t_ours, "ratio": t_hf / t_ours, "gflops": flops / 1e9,
                         "work": padded_flops(config, lengths, args.batch_size) / real_flops(config, lengths),
-                        "of_matmul": flops / peak.best if precision != "int8" else float("nan"),
+                        "of_matmul": flops / peak.best if ceiling else float("nan"),
+                        "ceiling": ceiling.best / peak.best if ceiling else float("nan"),
                     }
                     results.append(row)
                     print(f"{name:10} {row['precision']:7} {corpus:16} {row['n']:>5} {row['real_tokens']:>9} {row['hf_seq_s']:>9.1f} "
                           f"{row['ours_seq_s']:>10.1f} {row['ours_tok_s']:>10.0f} {row['ratio']:>5.2f}x {row['work']:>5.2f}x {row['gflops']:>8.0f} "
-                          f"{row['of_matmul']:>8.0%}", flush=True)
+                          f"{row['of_matmul']:>8.0%} {row['ceiling']:>11.0%}", flush=True)
     fp32 = {(r["model"], r["texts"]): r["ours_seq_s"] for r in results if r["precision"].startswith("fp32")}
     for r in results:
         if not r["precision"].startswith("fp32") and (r["model"], r["texts"]) in fp32:

@@ -279,11 +279,14 @@ def test_multilabel_cells_read_as_json_lists_separators_or_nothing(tmp_path):
         task.read(bad, labelled=True)
 
 
-def test_resuming_on_other_labels_is_refused_and_on_other_settings_warned(tiny_dir, tmp_path, capsys):
-    """The classifier's rows are labels by position: a resume on other labels would silently mislabel."""
+def test_resuming_on_other_labels_is_refused_and_on_other_settings_warned(tiny_dir, tmp_path, capsys, caplog):
+    """The classifier's rows are labels by position: a resume on other labels would silently mislabel.
+    A resume says nothing of the base model's freshly initialised head: the checkpoint replaces it."""
     rows = [(f"{w} film", "fresh" if w in POS else "rotten") for w in POS + NEG] * 3
     first = _write_csv(tmp_path / "a.csv", ["text", "label"], rows)
     finetune("classify", tiny_dir, first, tmp_path / "m", args=_args(tmp_path / "m" / "run", 2))
+    assert "freshly initialised" in caplog.text
+    caplog.clear()
     other = _write_csv(tmp_path / "b.csv", ["text", "label"], [(t, "good" if y == "fresh" else "bad") for t, y in rows])
     with pytest.raises(BertforgeError, match=r"was trained on labels fresh, rotten; this data has bad, good"):
         finetune("classify", tiny_dir, other, tmp_path / "m", args=_args(tmp_path / "m" / "run", 4, resume=True))
@@ -294,6 +297,7 @@ def test_resuming_on_other_labels_is_refused_and_on_other_settings_warned(tiny_d
             in capsys.readouterr().out)
     finetune("classify", tiny_dir, first, tmp_path / "m", args=dataclasses.replace(more, max_steps=6))  # the same again
     assert "warning" not in capsys.readouterr().out
+    assert "freshly initialised" not in caplog.text
 
 
 def test_an_unknown_conll_tag_is_reported_on_its_own_line(tmp_path):

@@ -25,7 +25,7 @@ from .model import set_dropout
 from .outputs import atomic_open, atomic_text, check_out_dir, check_output
 from .tasks import ARCHITECTURE_TASKS, TASKS, FinetuneTask, TaskSpec
 from .tokenizer import Tokenizer
-from .train import TrainArgs, train
+from .train import TrainArgs, checkpoints, train
 
 log = logging.getLogger("bertforge")
 
@@ -72,7 +72,14 @@ def finetune(
     t.fit_labels(train_examples, train_file)
     t.check_labels(valid_examples, valid_source)
     torch.manual_seed(args.seed if args else 0)  # the fresh head's weights are part of what the seed reproduces
-    net = t.load_model(directory)
+    # on a resume the checkpoint replaces every weight: the base model's missing head is not news then
+    level = log.level
+    if args is not None and args.resume and checkpoints(out / "run"):
+        log.setLevel(logging.ERROR)
+    try:
+        net = t.load_model(directory)
+    finally:
+        log.setLevel(level)
     if dropout is not None:
         set_dropout(net, dropout)
     t.set_data(train_examples, valid_examples)
