@@ -244,7 +244,22 @@ def test_api_key_is_required_on_v1_and_metrics(servers):
     assert httpx.post(f"{url}/v1/embed", json=body, headers={"Authorization": f"bearer  {KEY}"}).status_code == 200  # RFC 7235
     assert "/v1/* and /metrics need 'Authorization: Bearer KEY'" in servers["minilm"].out.read_text()
     assert "API key" not in servers["classify"].out.read_text()  # on loopback, without a key: nothing to say
-    assert httpx.get(f"{url}/openapi.json").status_code == 200 and httpx.get(f"{url}/docs").status_code == 200
+    assert httpx.get(f"{url}/openapi.json").status_code == 200
+
+
+def test_docs_page_works_offline(servers):
+    """/docs loads Swagger UI's files from the server itself, not a CDN, and without the API key."""
+    url = servers["minilm"].url
+    page = httpx.get(f"{url}/docs")
+    assert page.status_code == 200 and "text/html" in page.headers["content-type"]
+    linked = re.findall(r'(?:src|href)="([^"]+)"', page.text)
+    assert sorted(linked) == ["/docs/favicon-32x32.png", "/docs/swagger-ui-bundle.js", "/docs/swagger-ui.css"], linked
+    assert "url: '/openapi.json'" in page.text and "http" not in " ".join(linked)
+    for path, kind, size in (("swagger-ui-bundle.js", "javascript", 500_000), ("swagger-ui.css", "css", 50_000), ("favicon-32x32.png", "png", 100)):
+        r = httpx.get(f"{url}/docs/{path}")
+        assert r.status_code == 200 and kind in r.headers["content-type"] and len(r.content) > size, (path, r.status_code)
+    for other in ("/docs/index.html", "/docs/swagger-ui.js", "/docs/..%2F..%2F__init__.py", "/docs/%2e%2e/%2e%2e/__init__.py"):
+        assert httpx.get(f"{url}{other}").status_code in (401, 404), other  # nothing but the three files
 
 
 def test_limits_answer_413_and_bad_requests_422(minilm):

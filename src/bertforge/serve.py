@@ -42,11 +42,13 @@ from typing import Annotated, Any
 import numpy as np
 from fastapi import FastAPI, HTTPException
 from fastapi.exceptions import RequestValidationError
+from fastapi.openapi.docs import get_swagger_ui_html
 from fastapi.openapi.utils import get_openapi
-from fastapi.responses import JSONResponse, PlainTextResponse
+from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse, Response
 from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import Request
+from swagger_ui_bundle import swagger_ui_path
 
 from .errors import BertforgeError
 
@@ -69,7 +71,11 @@ SERVES: dict[str | None, tuple[str, ...]] = {
     "qa": ("qa",),
     "extsum": ("summarize",),
 }
-OPEN_PATHS = frozenset({"/health", "/docs", "/docs/oauth2-redirect", "/redoc", "/openapi.json"})  # no API key needed
+# /docs is Swagger UI with its script, style and icon served from here (read once from the swagger-ui-bundle
+# package, by fixed names: no request names a file), so the page works without internet; FastAPI's default
+# loads them from a CDN. (/redoc still does.)
+DOCS_FILES = {"swagger-ui-bundle.js": "text/javascript", "swagger-ui.css": "text/css", "favicon-32x32.png": "image/png"}
+OPEN_PATHS = frozenset({"/health", "/docs", *(f"/docs/{f}" for f in DOCS_FILES), "/redoc", "/openapi.json"})  # no API key needed
 KNOWN_PATHS = frozenset({*(f"/v1/{e}" for e in ENDPOINTS), "/metrics", *OPEN_PATHS})
 
 
@@ -585,7 +591,9 @@ def create_app(
         version=_version(),
         description=f"Serving **{name}** ({served.kind}). Errors are `{{\"error\": \"...\"}}`.",
         lifespan=lifespan,
+        docs_url=None,  # see _local_docs
     )
+    _local_docs(app)
     app.add_middleware(_Gate, api_key=api_key, max_body_bytes=max_body_bytes, metrics=metrics)
 
     @app.exception_handler(RequestValidationError)
@@ -771,6 +779,19 @@ def _unavailable(served: ServedModel, path: str):
                             status_code=404)
 
     return unavailable
+
+
+def _local_docs(app: FastAPI) -> None:
+    """/docs with Swagger UI's files served by this server (``DOCS_FILES``)."""
+    for name, media_type in DOCS_FILES.items():
+        content = (swagger_ui_path / name).read_bytes()
+        app.add_api_route(f"/docs/{name}", lambda content=content, media_type=media_type: Response(content, media_type=media_type),
+                          methods=["GET"], include_in_schema=False)
+
+    @app.get("/docs", include_in_schema=False)
+    async def docs() -> HTMLResponse:
+        return get_swagger_ui_html(openapi_url=app.openapi_url, title=f"{app.title} API", swagger_js_url="/docs/swagger-ui-bundle.js",
+                                   swagger_css_url="/docs/swagger-ui.css", swagger_favicon_url="/docs/favicon-32x32.png")
 
 
 def _document_bearer(app: FastAPI) -> None:
