@@ -115,7 +115,7 @@ def load(url: str, texts: list[str], clients: int, per_request: int, seconds: fl
     return latencies
 
 
-def offline_rate(model: str, precision: str, texts: list[str], max_tokens: int) -> float:
+def offline_rate(model: str, precision: str, texts: list[str], max_tokens: int | None) -> float:
     """texts/s of the Embedder called directly on all texts at once (best of three)."""
     embedder = Embedder.from_pretrained(model, precision=precision)
     embedder(texts[:64], max_tokens=max_tokens)  # warm-up
@@ -135,13 +135,13 @@ def main() -> None:
     p.add_argument("--texts-per-request", nargs="+", type=int, default=[1, 8], help="Texts in each request.")
     p.add_argument("--seconds", type=float, default=5.0, help="Measured time per cell (after a 1 s warm-up).")
     p.add_argument("--texts", type=int, default=2000, help="Rotten-tomatoes snippets to draw from.")
-    p.add_argument("--max-batch-tokens", type=int, default=8192, help="the server's --max-batch-tokens")
+    p.add_argument("--max-batch-tokens", type=int, default=None, help="the server's --max-batch-tokens (default: the server's own)")
     p.add_argument("--batch-window-ms", type=float, default=5.0, help="the server's --batch-window-ms")
     args = p.parse_args()
 
     texts = load_texts(args.texts)
     print(f"{args.model}, rotten-tomatoes test snippets ({len(texts)}, {statistics.mean(map(len, texts)):.0f} characters on average), "
-          f"{args.seconds:g} s per cell, batch window {args.batch_window_ms:g} ms, max batch tokens {args.max_batch_tokens}")
+          f"{args.seconds:g} s per cell, batch window {args.batch_window_ms:g} ms, max batch tokens {args.max_batch_tokens or 'the default'}")
     header = (f"{'precision':9} {'texts/req':>9} {'clients':>7} {'req/s':>8} {'texts/s':>8} {'p50 ms':>8} {'p99 ms':>8} "
               f"{'req/call':>8} {'vs offline':>10}")
     rows = []
@@ -150,7 +150,8 @@ def main() -> None:
             reference = offline_rate(args.model, precision, texts, args.max_batch_tokens)
             print(f"\noffline Embedder, {precision}: {reference:.0f} texts/s")
             print(header)
-            extra = ["--max-batch-tokens", str(args.max_batch_tokens), "--batch-window-ms", str(args.batch_window_ms)]
+            extra = ["--batch-window-ms", str(args.batch_window_ms)]
+            extra += ["--max-batch-tokens", str(args.max_batch_tokens)] if args.max_batch_tokens else []
             proc, url = start_server(args.model, precision, extra, Path(tmp) / f"server-{precision}.log")
             try:
                 for per_request in args.texts_per_request:

@@ -213,6 +213,9 @@ def test_training_free_summaries_with_minilm(minilm_dir):
     assert got["summary"] == join([SOLAR[i] for i in got["selected"]])
     lead3 = bertforge.pipeline("summarize", minilm_dir, method="lead")(" ".join(SOLAR))
     assert lead3["selected"] == [0, 1, 2]
+    with pytest.raises(BertforgeError, match="^extsum: give --top-k or --max-words$"):  # 0: no limit on the count
+        bertforge.pipeline("summarize", minilm_dir, top_k=0)
+    assert len(bertforge.pipeline("summarize", minilm_dir, top_k=0, max_words=12)({"sentences": SOLAR})["selected"]) == 1
 
 
 def test_summarize_command_scores_against_references(minilm_dir, tmp_path):
@@ -237,6 +240,8 @@ def test_summarize_command_scores_against_references(minilm_dir, tmp_path):
         ({"sentences": "One. Two."}, "'sentences' must be a list of strings, 'text' a string"),
         ({"sentences": ["One.", 2]}, "sentence 1 is int, not text"),
         ({"sentences": ["One.", " "]}, "sentence 1 is empty"),
+        ({"sentences": []}, "the document is empty"),
+        ({"text": "  "}, "the document is empty"),
         ({"sentences": ["One.", "Two."], "labels": [1]}, "'labels' has 1 values for 2 sentences"),
         ({"text": "One. Two. Three.", "labels": [1, 0]}, "'labels' has 2 values for 3 sentences (split from the text)"),
         ({"sentences": ["One."], "labels": [2]}, "'labels' must be a list of 0/1 per sentence"),
@@ -332,8 +337,9 @@ def test_fine_tuned_summarizer_predicts_and_evaluates(extsum_model, aclsum_files
 
 def test_fine_tuned_summarizer_handles_awkward_documents(extsum_model):
     pipe = bertforge.pipeline("summarize", extsum_model)
-    empty, single, huge = pipe([{"sentences": []}, "Only one sentence here.", {"sentences": ["word " * 600, "Short one."]}])
-    assert empty == {"summary": "", "selected": [], "scores": []}
+    single, huge = pipe(["Only one sentence here.", {"sentences": ["word " * 600, "Short one."]}])
+    with pytest.raises(BertforgeError, match="^input: the document is empty$"):  # as the files' and the server's
+        pipe({"sentences": []})
     assert single["selected"] == [0] and single["summary"] == "Only one sentence here."
     assert sorted(huge["selected"]) == [0, 1] and len(huge["scores"]) == 2
     with pytest.raises(BertforgeError, match="input: needs 'sentences'"):

@@ -265,6 +265,8 @@ def test_pipeline_rejects_wrong_task(sentiment_model):
     model, _ = sentiment_model
     with pytest.raises(BertforgeError, match="is a classify model, not tag"):
         bertforge.pipeline("tag", model)
+    with pytest.raises(BertforgeError, match="^input 1: an empty text$"):  # as the files' readers say of a line
+        bertforge.pipeline("classify", model)(["a fine film", " "])
 
 
 def test_multilabel_cells_read_as_json_lists_separators_or_nothing(tmp_path):

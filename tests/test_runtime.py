@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import torch
 
-from bertforge import BertforgeError, Embedder, evaluate_file
+from bertforge import BertforgeError, Embedder, evaluate_file, load_pretrained
 from bertforge.api import finetune, load_task
 from bertforge.assets import fetch
 from bertforge.runtime import RUNTIMES, export_onnx, native_bf16, quantize_int8, resolve_precision
@@ -353,6 +353,15 @@ def _copy(directory: Path, to: Path) -> Path:
     return to
 
 
+def test_the_onnx_runtime_without_onnxruntime_says_how_to_install_it(tiny, monkeypatch):
+    monkeypatch.setitem(sys.modules, "onnxruntime", None)  # as where the onnx extra is not installed
+    says = r"--runtime onnx needs the onnx extra: pip install 'bertforge\[onnx\]' \(in a clone: pip install -e '.\[onnx\]'\)$"
+    with pytest.raises(BertforgeError, match=says):
+        Embedder.from_pretrained(tiny["encoder"], runtime="onnx")
+    with pytest.raises(BertforgeError, match="ONNX export needs the onnx extra"):
+        export_onnx(load_pretrained(tiny["encoder"]), tiny["encoder"] / "again.onnx")
+
+
 def test_the_onnx_runtime_checks_the_device_it_is_given(tiny):
     """onnxruntime runs on its CPU provider here: a GPU asked for is an error, not a silent CPU run."""
     assert Embedder.from_pretrained(tiny["encoder"], device="cpu", runtime="onnx")(["a text"]).shape == (1, 32)
@@ -439,13 +448,17 @@ def test_export_onnx_out_is_a_file_or_a_directory(tiny, tmp_path):
     out.mkdir()
     assert _export(tiny["encoder"], "--out", str(out), "--int8") == out / "model.int8.onnx"
     assert (out / "model.int8.onnx").is_file() and not (out / "model.onnx").exists()
-    (tmp_path / "a-file").write_text("", encoding="utf-8")
+    assert _export(tiny["encoder"], "--out", f"{tmp_path / 'new'}/") == tmp_path / "new" / "model.onnx"  # made
+    assert _export(tiny["encoder"], "--out", str(tmp_path / "g.onnx")) == tmp_path / "g.onnx"
+    (tmp_path / "a-file").write_text("keep me", encoding="utf-8")
     for bad, says in ((Path("/proc/m.onnx"), "/proc/m.onnx: cannot write in /proc"),
-                      (tmp_path / "a-file" / "m.onnx", f"{tmp_path / 'a-file'} is a file, not a directory")):
+                      (tmp_path / "a-file" / "m.onnx", f"{tmp_path / 'a-file'} is a file, not a directory"),
+                      (tmp_path / "a-file", f"{tmp_path / 'a-file'}: is a file, not a directory")):  # never overwritten
         proc = subprocess.run([str(BERTFORGE), "export", "onnx", "-m", str(tiny["encoder"]), "--out", str(bad)],
                               capture_output=True, text=True)
         assert proc.returncode == 2 and proc.stderr.startswith(f"bertforge: error: {bad}"), proc.stderr[-2000:]
         assert says in proc.stderr and proc.stderr.count("\n") == 1
+    assert (tmp_path / "a-file").read_text(encoding="utf-8") == "keep me"
 
 
 def test_export_onnx_names_the_models_it_exports(tiny, tmp_path):

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import random
 import re
 import signal
@@ -532,8 +533,8 @@ def _one_line_error(proc: subprocess.CompletedProcess) -> str:
 
 
 def test_start_up_errors_are_one_line_and_exit_2(servers, tmp_path):
-    def serve(*args: str) -> subprocess.CompletedProcess:
-        return subprocess.run([str(BERTFORGE), "serve", *args], capture_output=True, text=True, timeout=120)
+    def serve(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
+        return subprocess.run([str(BERTFORGE), "serve", *args], capture_output=True, text=True, timeout=120, env=env)
 
     port = servers["minilm"].port
     assert _one_line_error(serve("--model", "minilm-l6", "--port", str(port))) == f"bertforge: error: port {port} on 127.0.0.1 is in use"
@@ -545,6 +546,10 @@ def test_start_up_errors_are_one_line_and_exit_2(servers, tmp_path):
         f"bertforge: error: {tmp_path / 'empty'}: not a model directory (no config.json)"
     )
     assert _one_line_error(serve("--model", "minilm-l6", "--port", str(free_port()), "--api-key", " ")) == (
+        "bertforge: error: the API key is empty (--api-key or BERTFORGE_API_KEY): give one, or leave both unset to serve without a key"
+    )
+    empty_variable = {**os.environ, "BERTFORGE_API_KEY": ""}  # a deploy whose secret went missing
+    assert _one_line_error(serve("--model", "minilm-l6", "--port", str(free_port()), env=empty_variable)) == (
         "bertforge: error: the API key is empty (--api-key or BERTFORGE_API_KEY): give one, or leave both unset to serve without a key"
     )
     assert _one_line_error(serve("--model", "minilm-l6", "--port", str(free_port()), "--max-body-mb", "0")) == (

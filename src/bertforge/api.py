@@ -237,11 +237,12 @@ class Pipeline:
         self.embedder = None
         if task == "extsum" and model_task(model) != "extsum":
             from .infer import Embedder
-            from .tasks.extsum import METHODS
+            from .tasks.extsum import METHODS, summary_limits
 
             self.untrained = {"method": "centroid", "top_k": 3, "max_words": None, "trigram_blocking": True, **settings}
             if self.untrained["method"] not in METHODS:
                 raise BertforgeError(f"unknown method {self.untrained['method']!r} (choose from {', '.join(METHODS)})")
+            summary_limits(self.untrained["top_k"], self.untrained["max_words"])
             self.embedder = Embedder.from_pretrained(model, device=device, precision=precision, runtime=runtime, compile=compile)
             return
         self.task, self.model = load_task(model, device=device, precision=precision, runtime=runtime, compile=compile, extra=settings)
@@ -260,6 +261,9 @@ class Pipeline:
             from .tasks.extsum import document_input
 
             return [document_input(x) for x in items]
+        for i, x in enumerate(items):  # a text, or a pair of them: as the files' readers, no empty one
+            if any(isinstance(t, str) and not t.strip() for t in (x if isinstance(x, tuple) else (x,))):
+                raise BertforgeError(f"input {i}: an empty text")
         return [self._example(x) for x in items]
 
     def predict(self, examples: list) -> list[dict]:

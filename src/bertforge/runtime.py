@@ -28,7 +28,7 @@ import torch
 from torch import nn
 from torch.ao.nn.quantized.dynamic import Linear as DynamicLinear
 
-from .errors import BertforgeError
+from .errors import BertforgeError, missing_extra
 from .heads import BertWithHead, HeadOutput
 from .model import BertModel, EncoderOutput
 from .outputs import check_output
@@ -352,7 +352,7 @@ def export_onnx(model: BertModel | BertWithHead, path: str | Path, int8: bool = 
     try:
         import onnxruntime  # noqa: F401
     except ImportError:
-        raise BertforgeError("ONNX export needs the onnx extra: pip install 'bertforge[onnx]'") from None
+        raise missing_extra("ONNX export", "onnx") from None
     head = model.head_name if isinstance(model, BertWithHead) else None
     if head not in EXPORTABLE_HEADS:
         raise BertforgeError(f"the {head} head cannot be exported to ONNX (exportable: encoder, classify, tag, span)")
@@ -410,7 +410,10 @@ class OnnxModel:
 
     def __init__(self, path: str | Path, config, head: str | None, threads: int | None = None,
                  source: str | Path | None = None, int8: bool = False):
-        import onnxruntime as ort
+        try:
+            import onnxruntime as ort
+        except ImportError:
+            raise missing_extra("--runtime onnx", "onnx") from None
 
         options = ort.SessionOptions()
         if threads:

@@ -242,6 +242,18 @@ def cluster_select(vectors: np.ndarray, k: int, seed: int = 0) -> list[int]:
     return sorted(picks)
 
 
+def summary_limits(top_k: int | None, max_words: int | None) -> tuple[int | None, int | None]:
+    """A summary's limits, checked: ``top_k`` sentences (0 or None: no limit on their number) and/or a
+    ``max_words`` budget; one of them must bound it."""
+    top_k = None if top_k == 0 else top_k  # the command line's "no limit on the number of sentences"
+    for name, value in (("top_k", top_k), ("max_words", max_words)):
+        if value is not None and (not isinstance(value, int) or value < 1):
+            raise BertforgeError(f"extsum: {name} must be a positive integer, not {value!r}")
+    if top_k is None and max_words is None:
+        raise BertforgeError("extsum: give --top-k or --max-words")
+    return top_k, max_words
+
+
 def summarize_untrained(
     embedder,
     documents: list[Document],
@@ -256,6 +268,7 @@ def summarize_untrained(
     and cluster take their sentences in document order while they fit (the first always goes in)."""
     if method not in METHODS:
         raise BertforgeError(f"unknown method {method!r} (choose from {', '.join(METHODS)})")
+    top_k, max_words = summary_limits(top_k, max_words)
     k = top_k if top_k is not None else 3
     flat = [s for d in documents for s in d.sentences]
     vectors = embedder(flat, progress=progress) if method != "lead" and flat else np.zeros((len(flat), 1))
@@ -296,8 +309,9 @@ def score_summaries(predictions: list[dict], documents: list[Document]) -> dict:
 
 
 # -- reading ----------------------------------------------------------------------------------------------
-def document_from(fields: dict, line: int, where: str, text_column: str = "text") -> Document:
-    """A document from one record; problems are one-line errors starting with ``where``."""
+def document_from(fields: dict, line: int, where: str, text_column: str = "text", allow_empty: bool = False) -> Document:
+    """A document from one record; problems are one-line errors starting with ``where``. An empty one
+    (no sentences) is one too, except where ``allow_empty`` (training data: such documents are left out)."""
     if isinstance(fields.get("sentences"), list):
         sentences = fields["sentences"]
         for j, s in enumerate(sentences):
@@ -311,6 +325,8 @@ def document_from(fields: dict, line: int, where: str, text_column: str = "text"
         raise BertforgeError(f"{where}: 'sentences' must be a list of strings, {text_column!r} a string")
     else:
         raise BertforgeError(f"{where}: needs 'sentences' (a list) or {text_column!r} (a string)")
+    if not sentences and not allow_empty:
+        raise BertforgeError(f"{where}: the document is empty")
     labels = fields.get("labels")
     if labels is not None:
         if not isinstance(labels, list) or any(y not in (0, 1) for y in labels):  # True/False pass as 1/0
@@ -334,8 +350,8 @@ def document_input(x: Any, text_column: str = "text") -> Document:
     return document_from(x, 0, "input", text_column)
 
 
-def read_documents(path: Path, text_column: str = "text") -> list[Document]:
-    return [document_from(r.fields, r.line, f"{path}: line {r.line}", text_column) for r in tables.read_records(path)]
+def read_documents(path: Path, text_column: str = "text", allow_empty: bool = False) -> list[Document]:
+    return [document_from(r.fields, r.line, f"{path}: line {r.line}", text_column, allow_empty) for r in tables.read_records(path)]
 
 
 # -- the fine-tuned model -----------------------------------------------------------------------------------
@@ -375,13 +391,7 @@ class ExtSumTask(FinetuneTask):
         if unknown:
             raise BertforgeError(f"unknown extsum settings: {', '.join(sorted(unknown))} (known: {', '.join(EXTSUM_DEFAULTS)})")
         settings = {**EXTSUM_DEFAULTS, **spec.extra}
-        if settings["top_k"] == 0:  # the command line's "no limit on the number of sentences"
-            settings["top_k"] = None
-        for k in ("top_k", "max_words"):
-            if settings[k] is not None and (not isinstance(settings[k], int) or settings[k] < 1):
-                raise BertforgeError(f"extsum: {k} must be a positive integer, not {settings[k]!r}")
-        if settings["top_k"] is None and settings["max_words"] is None:
-            raise BertforgeError("extsum: give --top-k or --max-words")
+        settings["top_k"], settings["max_words"] = summary_limits(settings["top_k"], settings["max_words"])
         for k in ("inter_layers", "oracle_k", "max_sentence_tokens"):
             if not isinstance(settings[k], int) or settings[k] < (0 if k == "inter_layers" else 1):
                 raise BertforgeError(f"extsum: {k} must be a {'non-negative' if k == 'inter_layers' else 'positive'} integer")
@@ -390,7 +400,7 @@ class ExtSumTask(FinetuneTask):
 
     # -- reading ------------------------------------------------------------------------------------
     def read(self, path: Path, labelled: bool = False) -> list[Document]:
-        documents = read_documents(Path(path), self.spec.text_column)
+        documents = read_documents(Path(path), self.spec.text_column, allow_empty=labelled)
         bare = next((d for d in documents if d.labels is None and d.summary is None), None)
         if labelled and bare is not None:
             raise BertforgeError(f"{path}: line {bare.line}: needs 'labels' or 'summary'")
