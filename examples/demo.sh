@@ -12,7 +12,11 @@ $BF similarity --model minilm-l6 --pairs examples/pairs.tsv
 echo
 echo "== 2. Fine-tune minilm-l6 for sentiment on 4,800 rotten-tomatoes reviews (150 steps)"
 RT=$($BF fetch rotten-tomatoes)
-head -n 4801 "$RT/train.csv" > "$OUT/train.csv"
+${PY:-.venv/bin/python} - "$RT/train.csv" "$OUT/train.csv" <<'CSV'
+import csv, itertools, sys  # the header and the first 4,800 reviews (records, not lines: a review may span lines)
+with open(sys.argv[1], encoding="utf-8", newline="") as f, open(sys.argv[2], "w", encoding="utf-8", newline="") as out:
+    csv.writer(out).writerows(itertools.islice(csv.reader(f), 4801))
+CSV
 rm -rf "$OUT/sentiment"
 $BF finetune classify --model minilm-l6 --train "$OUT/train.csv" --valid "$RT/valid.csv" --out "$OUT/sentiment" \
     --max-steps 150 --batch-size 32 --lr 1e-4 --eval-every 75

@@ -161,15 +161,17 @@ def test_embed_errors(tmp_path):
     assert_one_line_error(bad_model, "nope: no such file or directory, and not a registry name")
     (tmp_path / "blank.txt").write_text("hello\n \nworld\n")
     (tmp_path / "empty.txt").write_text("")
-    blank, empty, empty_sentence = run_all(
+    blank, empty, empty_sentence, no_length = run_all(
         ["embed", "-m", "minilm-l6", "-i", tmp_path / "blank.txt", "-o", tmp_path / "out.npy"],
         ["embed", "-m", "minilm-l6", "-i", tmp_path / "empty.txt", "-o", tmp_path / "out.npy"],
         ["similarity", "a sentence", "  "],
+        ["embed", "-m", "minilm-l6", "-i", tmp_path / "texts.txt", "-o", tmp_path / "out.npy", "--max-length", "0"],
         ok=False,
     )
     assert_one_line_error(blank, f"{tmp_path / 'blank.txt'}: line 2 is empty")
     assert_one_line_error(empty, f"{tmp_path / 'empty.txt'}: no lines")
     assert_one_line_error(empty_sentence, "sentence 2 is empty")
+    assert_one_line_error(no_length, "max_length 0 leaves no room for text")  # not "no limit"
     assert not (tmp_path / "out.npy").exists()
 
 

@@ -349,6 +349,9 @@ def test_the_cli_reports_bad_input_in_one_line(tmp_path):
 def test_doc_stride_must_leave_room_to_advance(tokenizer):
     with pytest.raises(BertforgeError, match="doc stride 64 leaves no room to advance"):
         qa_task(tokenizer, max_length=128, max_query_length=64, doc_stride=64)
+    with pytest.raises(BertforgeError, match="^qa: windows of 64 tokens leave no room for context after questions of up to 64 tokens: "
+                                             "raise --max-length or lower --max-query-length$"):
+        qa_task(tokenizer, max_length=64, max_query_length=64, doc_stride=16)  # (the stride is not what is wrong)
 
 
 def test_a_question_longer_than_the_window_is_cut(tokenizer):

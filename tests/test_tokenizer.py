@@ -368,6 +368,8 @@ def test_bad_encode_arguments(ours):
         ours.encode("x", truncation="middle")
     with pytest.raises(BertforgeError, match="max_length 8 with stride 6 leaves no room for text"):
         ours.encode("x", max_length=8, stride=6)
+    with pytest.raises(BertforgeError, match="^max_length 0 leaves no room for text$"):  # 0 is not "no limit"
+        ours.encode("x", max_length=0)
     with pytest.raises(BertforgeError, match="text 1 is NoneType, not a string"):
         ours.encode_batch(["a", None])
     with pytest.raises(BertforgeError, match="2 texts but 1 pair texts"):

@@ -175,7 +175,7 @@ def _read_pairs(path: Path) -> tuple[list[str], list[str], list[bool | None]]:
 def similarity(
     model: Model = "minilm-l6",
     sentences: Annotated[list[str] | None, typer.Argument(help="Two sentences.")] = None,
-    pairs: Annotated[Path | None, typer.Option("--pairs", help="TSV: sentence A, sentence B[, gold 1/0].")] = None,
+    pairs: Annotated[Path | None, typer.Option("--pairs", help="TSV: sentence A, sentence B[, gold: 1/0, yes/no, same/different, true/false].")] = None,
     threshold: Annotated[float, typer.Option(help="Cosine at or above which the verdict is 'same'.")] = SAME_MEANING_THRESHOLD,
     precision: Precision = "fp32",
     device: Device = None,
@@ -221,7 +221,7 @@ def prepare_pretrain(
     vocab: Annotated[str, typer.Option("--vocab", help="vocab.txt, tokenizer.json, model directory or registry name.")],
     out: Annotated[Path, typer.Option("--out", help="Directory for the shards and manifest.json.")],
     max_seq_len: Annotated[int, typer.Option("--max-seq-len", help="Tokens per instance, [CLS] and [SEP] included.")] = 128,
-    nsp: Annotated[bool, typer.Option("--nsp/--no-nsp", help="Sentence pairs with next-sentence labels, or packed single segments (MLM only).")] = True,
+    nsp: Annotated[bool, typer.Option("--nsp/--no-nsp", help="Sentence pairs with next-sentence labels, or each document cut into single segments of up to --max-seq-len tokens (MLM only).")] = True,
     whole_word_mask: Annotated[bool, typer.Option("--whole-word-mask", help="Mask whole words (Chinese: words from --zh-segmenter).")] = False,
     dynamic_mask: Annotated[bool, typer.Option("--dynamic-mask", help="Store no masks; draw them per batch at training time.")] = False,
     dupe_factor: Annotated[int, typer.Option("--dupe-factor", help="Passes over the data, each with fresh pairs and masks.")] = 5,

@@ -185,7 +185,7 @@ class Embedder:
             texts,
             pooling=pooling or self.settings.pooling,
             normalize=self.settings.normalize if normalize is None else normalize,
-            max_length=max_length or min(self.settings.max_length, self.model.config.max_position_embeddings),
+            max_length=max_length if max_length is not None else min(self.settings.max_length, self.model.config.max_position_embeddings),
             max_tokens=max_tokens,
             progress=progress,
         )

@@ -602,7 +602,10 @@ def create_app(
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
-        message = exc.detail if exc.status_code != 404 or exc.detail != "Not Found" else f"no such endpoint: {request.url.path}"
+        message = {(404, "Not Found"): f"no such endpoint: {request.url.path}",
+                   # what FastAPI answers for a body it cannot decode (JSON's own errors are 422s)
+                   (400, "There was an error parsing the body"): "the body is not UTF-8 text: send JSON in UTF-8"}.get(
+            (exc.status_code, exc.detail), exc.detail)
         return JSONResponse({"error": message}, status_code=exc.status_code, headers=getattr(exc, "headers", None))
 
     @app.exception_handler(Exception)

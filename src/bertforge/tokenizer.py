@@ -197,7 +197,8 @@ class Tokenizer:
                 backend = _Backend.from_str(self._backend.to_str())
                 if max_length is not None:
                     if max_length < 4 or stride >= max_length - 3:
-                        raise BertforgeError(f"max_length {max_length} with stride {stride} leaves no room for text")
+                        with_stride = f" with stride {stride}" if stride else ""
+                        raise BertforgeError(f"max_length {max_length}{with_stride} leaves no room for text")
                     backend.enable_truncation(max_length, stride=stride, strategy=truncation)
                 self._variants[key] = backend
         return backend

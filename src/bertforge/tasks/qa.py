@@ -327,6 +327,11 @@ class QATask(FinetuneTask):
             if not isinstance(settings[k], int) or settings[k] < 1:
                 raise BertforgeError(f"qa: {k} must be a positive integer, not {settings[k]!r}")
         room = spec.max_length - settings["max_query_length"] - 3  # [CLS] question [SEP] context [SEP]
+        if room < 2:
+            raise BertforgeError(
+                f"qa: windows of {spec.max_length} tokens leave no room for context after questions of up to "
+                f"{settings['max_query_length']} tokens: raise --max-length or lower --max-query-length"
+            )
         if settings["doc_stride"] >= room:
             raise BertforgeError(
                 f"qa: doc stride {settings['doc_stride']} leaves no room to advance: windows of {spec.max_length} "
