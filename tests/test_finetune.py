@@ -316,3 +316,14 @@ def test_too_little_data_for_one_batch_is_an_error_before_anything_is_written(ti
     with pytest.raises(BertforgeError, match=r"^\d training examples are fewer than one batch of 16: lower --batch-size$"):
         finetune("classify", tiny_dir, train, tmp_path / "few", args=_args(tmp_path / "few" / "run", 2))
     assert not (tmp_path / "few" / "run").exists()
+
+
+def test_regression_on_mse_keeps_the_lowest(tiny_dir, tmp_path):
+    """--metric mse (an error: lower is better) keeps the evaluation with the lowest mse, not the highest."""
+    rows = [(t, 1.0 if y == "positive" else 0.0) for t, y in _sentiment_rows(60, 4)]
+    train = _write_csv(tmp_path / "scores.csv", ["text", "label"], rows)
+    args = dataclasses.replace(_args(tmp_path / "m" / "run", 8), eval_every=2, select_metric="mse")
+    best = finetune("regress", tiny_dir, train, tmp_path / "m", args=args)
+    evals = [json.loads(x) for x in (tmp_path / "m" / "run" / "metrics.jsonl").read_text().splitlines()]
+    mse = {r["step"]: r["mse"] for r in evals if r["split"] == "eval"}
+    assert len(set(mse.values())) > 1 and best["mse"] == min(mse.values()) and mse[best["step"]] == best["mse"]

@@ -18,6 +18,7 @@ from safetensors.torch import load_file
 from bertforge import BertConfig, BertforgeError
 from bertforge.data.pretrain import PretrainDataConfig, prepare
 from bertforge.optim import Lamb, make_schedule
+from bertforge.train import Dist, MetricsLog, TrainArgs, TrainState, _evaluate
 
 ASSETS = Path(__file__).parent / "assets"
 BIN = Path(sys.executable).parent
@@ -205,3 +206,45 @@ def test_finetune_under_torchrun(tmp_path):
     rows = [json.loads(x) for x in (tmp_path / "out" / "run" / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in rows if r["split"] == "eval"] == [6]
     assert "accuracy" in json.loads((tmp_path / "out" / "valid_metrics.json").read_text())
+
+
+class _ScriptedTask:
+    """Validation rows given in advance; export writes the step it was called at."""
+
+    def __init__(self, rows: list[dict[str, float]]):
+        self.rows, self.step = iter(rows), 0
+
+    def evaluate(self, model) -> dict[str, float]:
+        return next(self.rows)
+
+    def export(self, model, directory: Path) -> None:
+        directory.mkdir(parents=True)
+        (directory / "step").write_text(str(self.step))
+
+
+def _select(tmp_path: Path, metric: str, values: list[float], patience: int = 0) -> tuple[TrainState, list[bool]]:
+    """The training loop's evaluations on these values of ``metric``: its state, and whether each said stop."""
+    args = TrainArgs(out=tmp_path, select_metric=metric, patience=patience, progress=False)
+    task, state = _ScriptedTask([{metric: v, "other": 0.0} for v in values]), TrainState()
+    log = MetricsLog(tmp_path / "metrics.jsonl", False, None)
+    stops = []
+    for step in range(1, len(values) + 1):
+        state.step = task.step = step
+        stops.append(_evaluate(torch.nn.Linear(2, 2), task, args, state, Dist(), log, None))
+    return state, stops
+
+
+@pytest.mark.parametrize("metric", ["mse", "mae"])
+def test_errors_are_minimised_when_keeping_the_best_and_stopping_early(metric, tmp_path):
+    state, stops = _select(tmp_path / "down", metric, [0.9, 0.5, 0.4, 0.2], patience=1)
+    assert (state.best_step, state.best_metric, state.bad_evals) == (4, 0.2, 0)
+    assert (tmp_path / "down" / "best" / "step").read_text() == "4" and not any(stops)
+    state, stops = _select(tmp_path / "up", metric, [0.3, 0.2, 0.25, 0.4], patience=2)
+    assert (state.best_step, state.best_metric, state.bad_evals) == (2, 0.2, 2)
+    assert (tmp_path / "up" / "best" / "step").read_text() == "2" and stops == [False, False, False, True]
+
+
+def test_scores_are_maximised_when_keeping_the_best_and_stopping_early(tmp_path):
+    state, stops = _select(tmp_path, "accuracy", [0.5, 0.7, 0.6, 0.65], patience=2)
+    assert (state.best_step, state.best_metric, state.bad_evals) == (2, 0.7, 2)
+    assert (tmp_path / "best" / "step").read_text() == "2" and stops == [False, False, False, True]

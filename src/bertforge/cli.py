@@ -371,7 +371,7 @@ def finetune(
     weight_decay: Annotated[float, typer.Option("--weight-decay", help="AdamW weight decay (not on biases and LayerNorms).")] = 0.01,
     eval_every: Annotated[int, typer.Option("--eval-every", help="Validate every N steps (0: every epoch).")] = 0,
     patience: Annotated[int, typer.Option("--patience", help="Stop after N validations without improvement (0: never).")] = 2,
-    metric: Annotated[str | None, typer.Option("--metric", help="Validation metric that picks the best model (default: the task's).")] = None,
+    metric: Annotated[str | None, typer.Option("--metric", help="Validation metric that picks the best model (default: the task's; mse, mae: the lowest).")] = None,
     seed: Annotated[int, typer.Option("--seed", help="Seeds the head's initialisation, the data order and dropout.")] = 0,
     dropout: Annotated[float | None, typer.Option("--dropout", help="Hidden and attention dropout (default: the checkpoint's).")] = None,
     precision: Annotated[str, typer.Option(help="fp32 | bf16")] = "fp32",

@@ -10,6 +10,10 @@ from collections.abc import Hashable, Sequence
 
 import numpy as np
 
+# validation metrics where lower is better (errors, losses): the training loop keeps the lowest and
+# counts a rise as no improvement; every other metric it maximises
+LOWER_IS_BETTER = frozenset({"mse", "mae", "mlm_loss", "perplexity"})
+
 
 def _prf(tp: float, fp: float, fn: float) -> tuple[float, float, float]:
     p = tp / (tp + fp) if tp + fp else 0.0

@@ -31,6 +31,7 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from .errors import BertforgeError
+from .metrics import LOWER_IS_BETTER
 from .optim import make_optimizer, make_schedule
 from .outputs import progress_bar
 from .runtime import model_device, pick_device
@@ -85,8 +86,7 @@ class TrainArgs:
     log_every: int = 10
     resume: bool = False
     device: str | None = None
-    select_metric: str | None = None  # keep the best checkpoint on this eval metric
-    select_mode: str = "max"
+    select_metric: str | None = None  # keep the best checkpoint on this eval metric (the lowest in metrics.LOWER_IS_BETTER)
     patience: int = 0  # evaluations without improvement before stopping; 0: never stop early
     progress: bool = True
 
@@ -440,9 +440,8 @@ def _evaluate(model, task: Task, args: TrainArgs, state: TrainState, d: Dist, lo
             if args.select_metric not in metrics:
                 raise BertforgeError(f"metric {args.select_metric!r} is not among {', '.join(metrics)}")
             value = metrics[args.select_metric]
-            better = state.best_metric is None or (
-                value > state.best_metric if args.select_mode == "max" else value < state.best_metric
-            )
+            lower = args.select_metric in LOWER_IS_BETTER
+            better = state.best_metric is None or (value < state.best_metric if lower else value > state.best_metric)
             if better:
                 state.best_metric, state.best_step, state.bad_evals = value, state.step, 0
                 tmp = args.out / ".best.tmp"
