@@ -327,3 +327,47 @@ def test_regression_on_mse_keeps_the_lowest(tiny_dir, tmp_path):
     evals = [json.loads(x) for x in (tmp_path / "m" / "run" / "metrics.jsonl").read_text().splitlines()]
     mse = {r["step"]: r["mse"] for r in evals if r["split"] == "eval"}
     assert len(set(mse.values())) > 1 and best["mse"] == min(mse.values()) and mse[best["step"]] == best["mse"]
+
+
+def test_an_unknown_metric_is_an_error_before_training(tiny_dir, tmp_path):
+    train = _write_csv(tmp_path / "train.csv", ["text", "label"], _sentiment_rows(60, 5))
+    args = dataclasses.replace(_args(tmp_path / "m" / "run", 8), select_metric="bleu")
+    with pytest.raises(BertforgeError, match=r"^metric 'bleu' is not among accuracy, macro_f1, macro_precision, "
+                                             r"macro_recall, weighted_f1$"):
+        finetune("classify", tiny_dir, train, tmp_path / "m", args=args)
+    assert not (tmp_path / "m").exists()
+
+
+def test_metric_names_are_what_each_task_scores(tmp_path):
+    """The names --metric may choose are among what ``score`` reports (every float it reports but
+    thresholds), for every task and its variants."""
+    from bertforge.tasks.extsum import Document
+    from bertforge.tasks.qa import Answer, QAExample
+    from bertforge.tasks.tag import TagExample
+
+    tok = Tokenizer.from_pretrained(fetch("minilm-l6"))
+
+    def task(name: str, id2label=None, **spec):
+        return TASKS[name](TaskSpec(name, max_length=TASKS[name].default_max_length, **spec), tok, id2label)
+
+    texts = [TextExample("a", None, "x", 2), TextExample("b", None, "y", 3)]
+    answers = [QAExample("1", "q", "the cat", [Answer("cat", 4)]), QAExample("2", "q", "a dog", [])]
+    cases = [
+        (task("classify", {0: "x", 1: "y"}), texts, [{"label": "x"}, {"label": "x"}]),
+        (task("classify", {0: "x", 1: "y"}, multi_label=True), [TextExample("a", None, ["x", "y"], 2)], [{"labels": ["x"]}]),
+        (task("regress", {0: "score"}), [TextExample("a", None, 0.5, 2), TextExample("b", None, 1.0, 3)],
+         [{"score": 0.2}, {"score": 0.9}]),
+        (task("tag", {0: "O", 1: "B-PER"}), [TagExample(["a", "b"], ["B-PER", "O"], 1)], [{"tags": ["O", "O"]}]),
+        (task("qa"), answers[:1], [{"answer": "cat"}]),
+        (task("qa"), answers, [{"answer": "cat"}, {"answer": "dog"}]),
+        (task("qa", extra={"version_2": True}), answers,
+         [{"answer": "cat", "null_odds": -1.0, "best_span": "cat"}, {"answer": "", "null_odds": 1.0, "best_span": "dog"}]),
+        (task("extsum"), [Document(["A cat sat.", "It rained."], [1, 0], None, 1)], [{"summary": "A cat sat.", "selected": [0]}]),
+        (task("extsum"), [Document(["A cat sat.", "It rained."], None, "A cat sat.", 1)], [{"summary": "A cat sat.", "selected": [0]}]),
+    ]
+    for t, examples, predictions in cases:
+        scores = t.score(predictions, examples)
+        floats = {k for k, v in scores.items() if isinstance(v, float)}
+        names = t.metric_names(examples)
+        assert set(names) <= floats and not {n for n in floats - set(names) if not n.endswith("_thresh")}, (t.name, scores)
+        assert t.select_metric in names or t.name == "extsum", t.name

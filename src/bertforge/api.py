@@ -71,6 +71,9 @@ def finetune(
         valid_source = train_file
     t.fit_labels(train_examples, train_file)
     t.check_labels(valid_examples, valid_source)
+    metric = args.select_metric if args else None  # checked here, not at the first validation an epoch in
+    if metric and metric not in (names := t.metric_names(valid_examples)):
+        raise BertforgeError(f"metric {metric!r} is not among {', '.join(names)}")
     torch.manual_seed(args.seed if args else 0)  # the fresh head's weights are part of what the seed reproduces
     # on a resume the checkpoint replaces every weight: the base model's missing head is not news then
     level = log.level

@@ -120,6 +120,11 @@ class FinetuneTask:
     def score(self, predictions: list[dict], examples: list) -> dict:
         raise NotImplementedError
 
+    def metric_names(self, examples: list) -> tuple[str, ...]:
+        """The metrics ``score`` reports on ``examples`` that can pick the best model (``--metric``):
+        measures of quality, not counts or thresholds."""
+        raise NotImplementedError
+
     def problem_type(self) -> str | None:
         return None
 

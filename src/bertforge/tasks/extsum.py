@@ -548,5 +548,13 @@ class ExtSumTask(FinetuneTask):
     def score(self, predictions: list[dict], examples: list[Document]) -> dict:
         return score_summaries(predictions, examples)
 
+    def metric_names(self, examples: list[Document]) -> tuple[str, ...]:
+        names: list[str] = []
+        if any(d.summary is not None for d in examples):
+            names += metrics.ROUGE_TYPES
+        if any(d.labels is not None for d in examples):
+            names += ["precision", "recall", "f1"]
+        return tuple(names)
+
     def example(self, x: Any) -> Document:
         return document_input(x, self.spec.text_column)

@@ -469,6 +469,19 @@ class QATask(FinetuneTask):
             return out
         return metrics.squad_v1(golds, preds)
 
+    def metric_names(self, examples: list[QAExample]) -> tuple[str, ...]:
+        answerable = [bool(e.answers) for e in examples]
+        if not self.settings["version_2"] and all(answerable):
+            return ("exact_match", "f1")
+        names = ["exact", "f1"]
+        if any(answerable):
+            names += ["HasAns_exact", "HasAns_f1"]
+        if not all(answerable):
+            names += ["NoAns_exact", "NoAns_f1"]
+        if self.settings["version_2"]:
+            names += ["best_exact", "best_f1"]
+        return tuple(names)
+
     def example(self, x: Any) -> QAExample:
         """A pipeline input: {"question", "context"[, "id"]} or a (question, context) pair."""
         if isinstance(x, (tuple, list)) and len(x) == 2:

@@ -175,6 +175,11 @@ class SequenceTask(FinetuneTask):
             return metrics.multilabel([set(e.label) for e in examples], [set(p["labels"]) for p in predictions], labels)
         return metrics.classification([e.label for e in examples], [p["label"] for p in predictions], labels)
 
+    def metric_names(self, examples: list[TextExample]) -> tuple[str, ...]:
+        if self.spec.multi_label:
+            return ("subset_accuracy", "micro_f1", "macro_f1")
+        return ("accuracy", "macro_f1", "macro_precision", "macro_recall", "weighted_f1")
+
 
 class PairTask(SequenceTask):
     name = "pair"
@@ -223,3 +228,6 @@ class RegressTask(SequenceTask):
 
     def score(self, predictions: list[dict], examples: list[TextExample]) -> dict:
         return metrics.regression([e.label for e in examples], [p["score"] for p in predictions])
+
+    def metric_names(self, examples: list[TextExample]) -> tuple[str, ...]:
+        return ("pearson", "spearman", "mse", "mae")

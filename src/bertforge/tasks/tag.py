@@ -189,3 +189,6 @@ class TagTask(FinetuneTask):
     def score(self, predictions: list[dict], examples: list[TagExample]) -> dict:
         return metrics.entity_f1([e.tags for e in examples], [p["tags"] for p in predictions])
 
+    def metric_names(self, examples: list[TagExample]) -> tuple[str, ...]:
+        return ("precision", "recall", "f1", "token_accuracy")
+
