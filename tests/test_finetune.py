@@ -371,3 +371,25 @@ def test_metric_names_are_what_each_task_scores(tmp_path):
         names = t.metric_names(examples)
         assert set(names) <= floats and not {n for n in floats - set(names) if not n.endswith("_thresh")}, (t.name, scores)
         assert t.select_metric in names or t.name == "extsum", t.name
+
+
+def test_a_label_only_in_the_held_out_split_is_reported_as_such(tiny_dir, tmp_path):
+    """Without --valid, a rare label whose every example lands in the 10% held out for validation is in
+    the user's file: the error says where it went, not that it is unknown."""
+    order = list(range(30))
+    random.Random(0).shuffle(order)  # finetune's seeded split (seed 0): the first 3 of these are held out
+    rows = [(f"film {i}", "pos" if i % 2 else "neg") for i in range(30)]
+    rows[order[0]] = ("a film", "neutral")
+    rare = _write_csv(tmp_path / "rare.csv", ["text", "label"], rows)
+    with pytest.raises(BertforgeError, match=rf"^\S*rare.csv: label 'neutral' \(line {order[0] + 2}\) occurs only in the "
+                                             r"10% held out for validation: add examples of it, or pass --valid$"):
+        finetune("classify", tiny_dir, rare, tmp_path / "m", args=_args(tmp_path / "m" / "run", 2))
+    records = [{"tokens": ["Ann", "ran"], "tags": ["B-PER", "O"]} for _ in range(30)]
+    for i in order[:2]:
+        records[i] = {"tokens": ["in", "Oslo"], "tags": ["O", "B-LOC"]}
+    tags = tmp_path / "rare.jsonl"
+    tags.write_text("".join(json.dumps(r) + "\n" for r in records))
+    with pytest.raises(BertforgeError, match=rf"rare.jsonl: tag 'B-LOC' \(line {min(order[:2]) + 1}\) occurs only in the 10% "
+                                             r"held out for validation: add examples of it, or pass --valid$"):
+        finetune("tag", tiny_dir, tags, tmp_path / "t", args=_args(tmp_path / "t" / "run", 2))
+    assert not (tmp_path / "m").exists() and not (tmp_path / "t").exists()

@@ -58,7 +58,7 @@ def finetune(
     train_examples = t.read(train_file, labelled=True)
     if valid_file is not None:
         valid_examples = t.read(Path(valid_file), labelled=True)
-        valid_source = Path(valid_file)
+        valid_source, held_out = Path(valid_file), None
     else:
         seed = args.seed if args else 0
         order = list(range(len(train_examples)))
@@ -68,9 +68,9 @@ def finetune(
             raise BertforgeError(f"{train_file}: {len(order)} examples are too few to carve out a validation split")
         valid_examples = [train_examples[i] for i in sorted(order[:n_valid])]
         train_examples = [train_examples[i] for i in sorted(order[n_valid:])]
-        valid_source = train_file
+        valid_source, held_out = train_file, VALID_FRACTION
     t.fit_labels(train_examples, train_file)
-    t.check_labels(valid_examples, valid_source)
+    t.check_labels(valid_examples, valid_source, held_out)
     metric = args.select_metric if args else None  # checked here, not at the first validation an epoch in
     if metric and metric not in (names := t.metric_names(valid_examples)):
         raise BertforgeError(f"metric {metric!r} is not among {', '.join(names)}")

@@ -76,6 +76,19 @@ def pad_2d(rows: Sequence[Sequence[int]], value: int) -> Tensor:
     return torch.from_numpy(out)
 
 
+def unknown_labels_error(path: Path, kind: str, unknown: dict[str, int], known: set[str],
+                         held_out: float | None) -> BertforgeError:
+    """The error for labels (``kind``: label, tag) the model does not know, each with its first line;
+    with ``held_out`` they are in the training file, but only in the share held out for validation."""
+    shown = ", ".join(f"{lab!r} (line {n})" for lab, n in list(unknown.items())[:5])
+    if held_out is None:
+        return BertforgeError(f"{path}: {kind}s the model does not know: {shown}; it knows {', '.join(sorted(known))}")
+    one = len(unknown) == 1
+    what = f"{kind} {shown} occurs" if one else f"{kind}s {shown} occur"
+    return BertforgeError(f"{path}: {what} only in the {held_out:.0%} held out for validation: "
+                          f"add examples of {'it' if one else 'them'}, or pass --valid")
+
+
 class FinetuneTask:
     """Base of every fine-tuning task; subclasses fill in the task-specific parts."""
 
@@ -105,8 +118,9 @@ class FinetuneTask:
     def fit_labels(self, examples: list, path: Path) -> None:
         """Infer the label set from training examples (tasks with labels)."""
 
-    def check_labels(self, examples: list, path: Path) -> None:
-        """Raise if ``examples`` carry a label the model does not know."""
+    def check_labels(self, examples: list, path: Path, held_out: float | None = None) -> None:
+        """Raise if ``examples`` carry a label the model does not know; ``held_out``: they are that share
+        of the training file, held out for validation (no --valid)."""
 
     def features(self, examples: list, train: bool) -> list[Feature]:
         raise NotImplementedError

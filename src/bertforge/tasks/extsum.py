@@ -413,7 +413,7 @@ class ExtSumTask(FinetuneTask):
         if not any(any(self.labels(d)) for d in examples):
             raise BertforgeError(f"{path}: no sentence is labelled as in the summary: nothing to learn")
 
-    def check_labels(self, examples: list[Document], path: Path) -> None:
+    def check_labels(self, examples: list[Document], path: Path, held_out: float | None = None) -> None:
         if not any(d.labels is not None or d.summary is not None for d in examples):
             raise BertforgeError(f"{path}: no 'summary' or 'labels' to score against")
 

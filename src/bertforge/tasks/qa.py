@@ -361,7 +361,7 @@ class QATask(FinetuneTask):
         if self.settings["version_2"] is None:
             self.settings["version_2"] = any(not e.answers for e in examples)
 
-    def check_labels(self, examples: list[QAExample], path: Path) -> None:
+    def check_labels(self, examples: list[QAExample], path: Path, held_out: float | None = None) -> None:
         unlabelled = next((e for e in examples if e.answers is None), None)
         if unlabelled is not None:
             raise BertforgeError(f"{path}: {unlabelled.where}: no 'answers' to score against")

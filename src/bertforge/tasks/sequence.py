@@ -26,7 +26,7 @@ from .. import metrics
 from ..data import tables
 from ..errors import BertforgeError
 from ..infer import run_batches
-from .base import Feature, FinetuneTask
+from .base import Feature, FinetuneTask, unknown_labels_error
 
 
 @dataclass
@@ -86,7 +86,7 @@ class SequenceTask(FinetuneTask):
             )
         self.id2label = dict(enumerate(found))
 
-    def check_labels(self, examples: list[TextExample], path: Path) -> None:
+    def check_labels(self, examples: list[TextExample], path: Path, held_out: float | None = None) -> None:
         known = set(self.label2id)
         unknown: dict[str, int] = {}
         for e in examples:
@@ -96,8 +96,7 @@ class SequenceTask(FinetuneTask):
                 if lab not in known:
                     unknown.setdefault(lab, e.line)
         if unknown:
-            shown = ", ".join(f"{lab!r} (line {n})" for lab, n in list(unknown.items())[:5])
-            raise BertforgeError(f"{path}: labels the model does not know: {shown}; it knows {', '.join(sorted(known))}")
+            raise unknown_labels_error(path, "label", unknown, known, held_out)
 
     def problem_type(self) -> str:
         return "multi_label_classification" if self.spec.multi_label else "single_label_classification"
@@ -214,7 +213,7 @@ class RegressTask(SequenceTask):
             raise BertforgeError(f"{path}: every {self.spec.label_column!r} is the same: nothing to learn")
         self.id2label = {0: "score"}
 
-    def check_labels(self, examples: list[TextExample], path: Path) -> None:
+    def check_labels(self, examples: list[TextExample], path: Path, held_out: float | None = None) -> None:
         return None
 
     def problem_type(self) -> str:

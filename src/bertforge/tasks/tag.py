@@ -21,7 +21,7 @@ from ..data import tables
 from ..errors import BertforgeError
 from ..heads import IGNORE_INDEX
 from ..infer import run_batches
-from .base import Feature, FinetuneTask, pad_2d
+from .base import Feature, FinetuneTask, pad_2d, unknown_labels_error
 
 CONLL_SUFFIXES = (".conll", ".conllu", ".bio", ".iob", ".txt", ".tsv")
 
@@ -102,7 +102,7 @@ class TagTask(FinetuneTask):
             raise BertforgeError(f"{path}: every tag is 'O': nothing to learn")
         self.id2label = dict(enumerate(["O", *found]))
 
-    def check_labels(self, examples: list[TagExample], path: Path) -> None:
+    def check_labels(self, examples: list[TagExample], path: Path, held_out: float | None = None) -> None:
         known = set(self.label2id)
         unknown: dict[str, int] = {}
         conll = Path(path).suffix.lower() in CONLL_SUFFIXES  # a word a line: word i of a sentence is on its line + i
@@ -111,8 +111,7 @@ class TagTask(FinetuneTask):
                 if t not in known:
                     unknown.setdefault(t, e.line + i if conll else e.line)
         if unknown:
-            shown = ", ".join(f"{t!r} (line {n})" for t, n in list(unknown.items())[:5])
-            raise BertforgeError(f"{path}: tags the model does not know: {shown}; it knows {', '.join(sorted(known))}")
+            raise unknown_labels_error(path, "tag", unknown, known, held_out)
 
     # -- features -----------------------------------------------------------------------------------
     def encode(self, examples: list[TagExample]) -> tuple[list[Encoding], list[int]]:
