@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -18,7 +19,7 @@ from safetensors.torch import load_file
 from bertforge import BertConfig, BertforgeError
 from bertforge.data.pretrain import PretrainDataConfig, prepare
 from bertforge.optim import Lamb, make_schedule
-from bertforge.train import Dist, MetricsLog, TrainArgs, TrainState, _evaluate
+from bertforge.train import Dist, MetricsLog, TrainArgs, TrainState, _evaluate, checkpoints
 
 ASSETS = Path(__file__).parent / "assets"
 BIN = Path(sys.executable).parent
@@ -106,6 +107,36 @@ def test_kill_9_and_resume_gives_identical_weights(shards, tmp_path):
     for k in a:
         assert torch.equal(a[k], b[k]), k
     assert train_losses(killed) == train_losses(straight)
+
+
+def test_resume_from_a_corrupt_checkpoint_is_a_one_line_error(shards, tmp_path):
+    """Every file resume reads, corrupt (or missing): one line naming it and the way out, no traceback."""
+    from conftest import assert_one_line_error
+
+    run = tmp_path / "run"
+    pretrain(shards, run, "--save-every", "2", steps=4)
+    assert [p.name for p in checkpoints(run)] == ["step-2", "step-4"]
+    for name, garbage in [("trainer_state.json", b'{"step": 4,'), ("rng.pt", b"not a zip"), ("rng.pt", None),
+                          ("optimizer.pt", b"not a zip"), ("model.safetensors", b"\x00" * 16),
+                          ("config.json", b"{")]:
+        broken = tmp_path / f"broken-{name}-{garbage is None}"
+        shutil.copytree(run, broken)
+        target = broken / "checkpoints" / "step-4" / name
+        if garbage is None:
+            target.unlink()
+        else:
+            target.write_bytes(garbage)
+        cmd = [str(BIN / "bertforge"), "pretrain", "--data", str(shards), "--out", str(broken), "--preset", "tiny",
+               "--max-steps", "6", "--batch-size", "8", "--save-every", "2", "--resume"]
+        proc = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"}, timeout=600)
+        assert_one_line_error(proc, f"{target}: ")
+        assert f"remove {broken / 'checkpoints' / 'step-4'} to resume from the checkpoint before it (step-2)" in proc.stderr
+        if garbage is None:
+            assert "no such file" in proc.stderr
+    # the way out works: without step-4, the run resumes from step-2
+    shutil.rmtree(broken / "checkpoints" / "step-4")
+    pretrain(shards, broken, "--save-every", "2", "--resume", steps=6)
+    assert (broken / "final" / "model.safetensors").is_file()
 
 
 def test_two_processes_match_one(shards, no_dropout, tmp_path):

@@ -300,7 +300,7 @@ def pretrain(
     from .outputs import check_out_dir
     from .tasks.pretrain import PretrainTask
     from .tokenizer import Tokenizer
-    from .train import TrainArgs, checkpoints, train
+    from .train import TrainArgs, checkpoints, resume_hint, train
 
     check_out_dir(out)
     manifest = PretrainShards(data, "train").manifest
@@ -308,7 +308,10 @@ def pretrain(
     task = PretrainTask(data, tokenizer)
     existing = checkpoints(out) if resume else []
     if existing:
-        cfg = BertConfig.from_json(existing[-1] / "config.json").replace(architectures=None)
+        try:
+            cfg = BertConfig.from_json(existing[-1] / "config.json").replace(architectures=None)
+        except BertforgeError as e:
+            raise BertforgeError(f"{e}; {resume_hint(existing[-1])}") from None
     elif config is not None:
         cfg = BertConfig.from_json(config)
     else:

@@ -232,25 +232,52 @@ def changed_settings(previous: Path, args: TrainArgs) -> str:
     return ", ".join(f"{k} {before[k]} -> {now[k]}" for k in RUN_SETTINGS if k in before and before[k] != now[k])
 
 
+def resume_hint(path: Path) -> str:
+    """The way out of an unreadable checkpoint ``path`` (RUN/checkpoints/step-N): remove it, and resume from the one before."""
+    earlier = [p for p in checkpoints(path.parent.parent) if p != path]
+    if earlier:
+        return f"remove {path} to resume from the checkpoint before it ({earlier[-1].name})"
+    return f"remove {path} to start over from step 0 (there is no checkpoint before it)"
+
+
 def load_checkpoint(path: Path, model: nn.Module, optimizer, scheduler) -> TrainState:
     from .checkpoint import load_state, read_weights
     from .config import BertConfig
 
+    hint = resume_hint(path)
+
+    def unreadable(name: str, what: str, e: Exception) -> BertforgeError:
+        reason = "no such file" if isinstance(e, FileNotFoundError) else f"cannot read {what} ({type(e).__name__})"
+        return BertforgeError(f"{path / name}: {reason}; {hint}")
+
+    try:
+        saved = BertConfig.from_json(path / "config.json").id2label
+    except BertforgeError as e:
+        raise BertforgeError(f"{e}; {hint}") from None
     # the head's rows are labels by position: resuming on data with other labels would pair them up wrongly
-    saved = BertConfig.from_json(path / "config.json").id2label
     current = getattr(getattr(model, "config", None), "id2label", None)
     if saved and current and saved != current:
         raise BertforgeError(f"{path} was trained on labels {', '.join(saved.values())}; this data has "
                              f"{', '.join(current.values())}: resume with the same labels, or choose another --out")
-    load_state(model, read_weights(path), str(path))
+    try:
+        load_state(model, read_weights(path), str(path))
+    except BertforgeError as e:
+        raise BertforgeError(f"{e}; {hint}") from None
     try:
         opt = torch.load(path / "optimizer.pt", map_location="cpu", weights_only=True)
+        opt_state, sched_state = opt["optimizer"], opt["scheduler"]
     except Exception as e:
-        raise BertforgeError(f"{path / 'optimizer.pt'}: cannot read optimizer state ({type(e).__name__})") from None
-    optimizer.load_state_dict(opt["optimizer"])
-    scheduler.load_state_dict(opt["scheduler"])
-    _set_rng_state(torch.load(path / "rng.pt", weights_only=True))
-    return TrainState(**json.loads((path / "trainer_state.json").read_text()))
+        raise unreadable("optimizer.pt", "optimizer state", e) from None
+    optimizer.load_state_dict(opt_state)
+    scheduler.load_state_dict(sched_state)
+    try:
+        _set_rng_state(torch.load(path / "rng.pt", weights_only=True))
+    except Exception as e:
+        raise unreadable("rng.pt", "random generator state", e) from None
+    try:
+        return TrainState(**json.loads((path / "trainer_state.json").read_text(encoding="utf-8")))
+    except Exception as e:
+        raise unreadable("trainer_state.json", "trainer state", e) from None
 
 
 # -- the loop ------------------------------------------------------------------------------------------
