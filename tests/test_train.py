@@ -174,6 +174,32 @@ def test_continued_pretraining_starts_from_the_given_weights(shards, no_dropout,
     assert proc.returncode != 0 and "vocabulary has 77 entries" in proc.stderr and "Traceback" not in proc.stderr
 
 
+def test_pretrain_refuses_a_vocabulary_changed_since_the_shards(tmp_path):
+    """prepare-pretrain records the vocabulary's sha256: a vocab.txt regenerated in place (larger: the wrong
+    words silently; smaller: an IndexError) is refused in one line, as is a missing one."""
+    from conftest import assert_one_line_error
+
+    vocab = tmp_path / "vocab.txt"
+    vocab.write_bytes((ASSETS / "vocab_en.txt").read_bytes())
+    data = tmp_path / "shards"
+    prepare([ASSETS / "corpus_en.txt"], vocab, data, PretrainDataConfig(max_seq_len=48, dupe_factor=1), workers=1,
+            progress=False)
+    tokens = vocab.read_text(encoding="utf-8").splitlines()
+    cmd = [str(BIN / "bertforge"), "pretrain", "--data", str(data), "--out", str(tmp_path / "run"), "--preset", "tiny",
+           "--max-steps", "1", "--batch-size", "8", "--save-every", "0"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    for changed in (tokens + ["zzzextra"], tokens[: len(tokens) // 2]):
+        vocab.write_text("".join(t + "\n" for t in changed), encoding="utf-8")
+        proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
+        assert_one_line_error(proc, f"{vocab}: changed since prepare-pretrain")
+        assert f"{data / 'manifest.json'}" in proc.stderr and "re-run prepare-pretrain" in proc.stderr
+    vocab.unlink()
+    assert_one_line_error(subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600), f"{vocab}: no such file; it is the vocabulary")
+    assert not (tmp_path / "run" / "checkpoints").exists()
+    vocab.write_text("".join(t + "\n" for t in tokens), encoding="utf-8")  # restored: it trains
+    assert subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600).returncode == 0
+
+
 def test_grad_accumulation_matches_big_batch(shards, no_dropout, tmp_path):
     big = tmp_path / "big"
     pretrain(shards, big, "--config", str(no_dropout), "--save-every", "0", steps=6)

@@ -294,7 +294,7 @@ def pretrain(
 
     from .checkpoint import load_pretrained
     from .config import BertConfig
-    from .data.pretrain import PretrainShards
+    from .data.pretrain import PretrainShards, check_vocab
     from .heads import BertWithHead
     from .model import set_dropout
     from .outputs import check_out_dir
@@ -304,6 +304,7 @@ def pretrain(
 
     check_out_dir(out)
     manifest = PretrainShards(data, "train").manifest
+    check_vocab(data, manifest)
     tokenizer = Tokenizer.from_pretrained(manifest["vocab_path"], lowercase=manifest.get("lowercase"))
     task = PretrainTask(data, tokenizer)
     existing = checkpoints(out) if resume else []

@@ -710,6 +710,23 @@ def read_manifest(directory: str | Path) -> dict[str, Any]:
     return manifest
 
 
+def check_vocab(directory: str | Path, manifest: dict[str, Any]) -> None:
+    """The vocabulary the shards in ``directory`` were made with is still there, unchanged (its sha256 in
+    the manifest): token ids from another vocabulary would train the model on the wrong words."""
+    path = _vocab_file(Path(manifest["vocab_path"]))
+    shards = Path(directory) / "manifest.json"
+    try:
+        digest = _sha256(path)
+    except OSError as e:
+        reason = "no such file" if isinstance(e, FileNotFoundError) else f"cannot be read ({type(e).__name__})"
+        raise BertforgeError(f"{path}: {reason}; it is the vocabulary the shards in {directory} were made with "
+                             f"({shards}): restore it, or re-run prepare-pretrain with another") from None
+    if digest != manifest["vocab_sha256"]:
+        raise BertforgeError(f"{path}: changed since prepare-pretrain made the shards in {directory} (its sha256 is not "
+                             f"the one in {shards}): re-run prepare-pretrain with this vocabulary, or restore the one "
+                             "the shards were made with")
+
+
 class PretrainShards:
     """The instances of one split, memory-mapped; ``collate`` makes padded training batches.
 
