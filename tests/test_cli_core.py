@@ -196,6 +196,25 @@ def test_vocab_error_for_a_missing_corpus(tmp_path, monkeypatch, capsys):
     assert capsys.readouterr().err == f"bertforge: error: {tmp_path / 'none.txt'}: no such file\n"
 
 
+def test_vocab_refuses_an_empty_corpus_and_an_out_it_cannot_write(tmp_path, tiny_corpus):
+    """As prepare-pretrain: an empty corpus is an error, not a vocabulary of the specials alone; --out is
+    checked before the training (a directory, the corpus itself)."""
+    empty = tmp_path / "empty.txt"
+    empty.write_text("\n  \n\n", encoding="utf-8")
+    (tmp_path / "dir").mkdir()
+    no_text, directory, itself = run_all(
+        ["vocab", "--corpus", empty, "--vocab-size", "200", "--out", tmp_path / "v.txt"],
+        ["vocab", "--corpus", tiny_corpus, "--vocab-size", "200", "--out", tmp_path / "dir"],
+        ["vocab", "--corpus", empty, "--vocab-size", "200", "--out", empty],
+        ok=False,
+    )
+    assert_one_line_error(no_text, f"{empty}: no text (empty corpus)")
+    assert not (tmp_path / "v.txt").exists()
+    assert_one_line_error(directory, f"{tmp_path / 'dir'}: is a directory")
+    assert_one_line_error(itself, f"{empty}: is the input file")
+    assert empty.read_text(encoding="utf-8") == "\n  \n\n"
+
+
 def test_fetch(minilm_dir):
     listing, fetched, unknown, nothing = run_all(
         ["fetch", "--list"], ["fetch", "minilm-l6"], ["fetch", "imagenet"], ["fetch"], ok=False

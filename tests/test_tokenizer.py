@@ -279,6 +279,14 @@ def test_train_vocab_on_english(tiny_corpus, tmp_path):
     assert Tokenizer.from_pretrained(path).encode(lines[0]).ids == tok.encode(lines[0]).ids
 
 
+def test_train_vocab_refuses_an_empty_corpus(tiny_corpus, tmp_path):
+    blank = tmp_path / "blank.txt"
+    blank.write_text(" \n\n\t\n", encoding="utf-8")
+    with pytest.raises(BertforgeError, match=r"blank\.txt: no text \(empty corpus\)"):
+        train_vocab([blank], vocab_size=300, show_progress=False)
+    assert "the" in train_vocab([blank, tiny_corpus], vocab_size=300, show_progress=False).get_vocab()  # one is enough
+
+
 def test_train_vocab_cased_keeps_capitals(tiny_corpus):
     cased = train_vocab([tiny_corpus], vocab_size=300, lowercase=False, show_progress=False)
     uncased = train_vocab([tiny_corpus], vocab_size=300, lowercase=True, show_progress=False)

@@ -308,6 +308,15 @@ class Tokenizer:
         return directory
 
 
+def _has_text(path: Path) -> bool:
+    """Anything but whitespace in the file (read in blocks, stopping at the first text)."""
+    with path.open("rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            if block.decode("utf-8", "ignore").strip():
+                return True
+    return False
+
+
 def train_vocab(
     files: Sequence[str | Path],
     vocab_size: int,
@@ -325,6 +334,8 @@ def train_vocab(
             raise BertforgeError(f"{f}: no such file")
     if vocab_size < len(SPECIAL_TOKENS) + 10:
         raise BertforgeError(f"vocab size {vocab_size} is too small")
+    if not any(_has_text(Path(f)) for f in files):  # as prepare-pretrain says it: a vocabulary of the specials alone is no use
+        raise BertforgeError(f"{', '.join(map(str, files))}: no text (empty corpus)")
     tk = _Backend(WordPiece(unk_token="[UNK]", max_input_chars_per_word=MAX_WORD_CHARS))
     tk.normalizer = normalizers.BertNormalizer(
         clean_text=True, handle_chinese_chars=True, strip_accents=None, lowercase=lowercase
