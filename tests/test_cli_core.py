@@ -183,7 +183,7 @@ def test_vocab_writes_a_vocabulary(tmp_path, tiny_corpus):
     )
     for (cased, out), proc in zip(outs.items(), results, strict=True):
         tokens = out.read_text(encoding="utf-8").split("\n")[:-1]
-        assert proc.stdout.strip() == f"wrote {out} ({len(tokens)} entries, {'cased' if cased else 'uncased'})"
+        assert proc.stdout == f"wrote {out} ({len(tokens)} entries, {'cased' if cased else 'uncased'})\n"
         assert tokens[:5] == list(SPECIAL_TOKENS) and 100 < len(tokens) <= 200
         assert ("The" in tokens) is cased and "the" in tokens
 
@@ -213,6 +213,50 @@ def test_vocab_refuses_an_empty_corpus_and_an_out_it_cannot_write(tmp_path, tiny
     assert_one_line_error(directory, f"{tmp_path / 'dir'}: is a directory")
     assert_one_line_error(itself, f"{empty}: is the input file")
     assert empty.read_text(encoding="utf-8") == "\n  \n\n"
+
+
+def test_vocab_stdout_is_the_wrote_line_alone(tmp_path, tiny_corpus, monkeypatch):
+    """The tokenizers trainer ends each of its progress bars with a newline on stdout: no bars (stderr not a
+    terminal, or TQDM_DISABLE) and no newlines; on a terminal the bars and their newlines go to stderr."""
+    import os
+    import pty
+    import threading
+
+    out = tmp_path / "v.txt"
+    cmd = ["vocab", "--corpus", tiny_corpus, "--vocab-size", "200", "--out", out]
+    monkeypatch.delenv("TQDM_DISABLE", raising=False)
+    [piped] = run_all(cmd)
+    monkeypatch.setenv("TQDM_DISABLE", "1")
+    [quiet] = run_all(cmd)
+    monkeypatch.delenv("TQDM_DISABLE")
+    master, terminal = pty.openpty()
+    shown: list[bytes] = []
+
+    def drain() -> None:
+        while True:
+            try:
+                data = os.read(master, 1 << 16)
+            except OSError:  # the terminal's other end closed
+                return
+            if not data:
+                return
+            shown.append(data)
+
+    reader = threading.Thread(target=drain, daemon=True)
+    reader.start()
+    try:
+        on_terminal = subprocess.run([str(BERTFORGE), *map(str, cmd)], stdout=subprocess.PIPE, stderr=terminal,
+                                     text=True, timeout=300)
+    finally:
+        os.close(terminal)
+    reader.join(30)
+    os.close(master)
+    entries = len(out.read_text(encoding="utf-8").split("\n")) - 1
+    for proc in (piped, quiet, on_terminal):
+        assert proc.returncode == 0
+        assert proc.stdout == f"wrote {out} ({entries} entries, uncased)\n", proc.stdout
+    assert piped.stderr == quiet.stderr == ""
+    assert "Compute merges" in b"".join(shown).decode("utf-8", "replace")
 
 
 def test_fetch(minilm_dir):

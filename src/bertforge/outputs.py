@@ -94,8 +94,13 @@ def atomic_text(path: str | Path, text: str) -> None:
         f.write(text)
 
 
-def progress_bar(enabled: bool = True, **kwargs) -> tqdm:
-    """A tqdm bar on stderr, off when ``enabled`` is false or ``TQDM_DISABLE`` is set (tqdm's own switch,
-    which it ignores once a caller passes ``disable``): ``TQDM_DISABLE=1 bertforge ...`` for clean logs."""
+def progress_enabled(enabled: bool = True) -> bool:
+    """Progress is shown: ``enabled`` and ``TQDM_DISABLE`` not set (tqdm's own switch, which it ignores once a
+    caller passes ``disable``): ``TQDM_DISABLE=1 bertforge ...`` for clean logs."""
     quiet = os.environ.get("TQDM_DISABLE", "").strip().lower() not in ("", "0", "false", "no")
-    return tqdm(disable=not enabled or quiet, **kwargs)
+    return enabled and not quiet
+
+
+def progress_bar(enabled: bool = True, **kwargs) -> tqdm:
+    """A tqdm bar on stderr, off unless ``progress_enabled(enabled)``."""
+    return tqdm(disable=not progress_enabled(enabled), **kwargs)

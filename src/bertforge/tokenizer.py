@@ -13,8 +13,11 @@ with a stride, ``overflowing`` windows.
 from __future__ import annotations
 
 import json
+import os
+import sys
 import threading
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 
 import numpy as np
@@ -317,6 +320,20 @@ def _has_text(path: Path) -> bool:
     return False
 
 
+@contextmanager
+def _stdout_to_stderr() -> Iterator[None]:
+    """File descriptor 1 pointed at stderr for the block: what native code prints goes there too."""
+    if sys.stdout is not None:
+        sys.stdout.flush()
+    saved = os.dup(1)
+    try:
+        os.dup2(2, 1)
+        yield
+    finally:
+        os.dup2(saved, 1)
+        os.close(saved)
+
+
 def train_vocab(
     files: Sequence[str | Path],
     vocab_size: int,
@@ -327,7 +344,8 @@ def train_vocab(
     """Learn a WordPiece vocabulary from text files, with BERT's normalisation and pre-tokenisation.
 
     Chinese characters are words of their own (as in Google's Chinese BERT), so a Chinese corpus
-    yields a character vocabulary plus whatever non-CJK words and pieces it contains.
+    yields a character vocabulary plus whatever non-CJK words and pieces it contains. ``show_progress``:
+    the trainer's progress bars, on stderr when that is a terminal.
     """
     for f in files:
         if not Path(f).is_file():
@@ -336,6 +354,9 @@ def train_vocab(
         raise BertforgeError(f"vocab size {vocab_size} is too small")
     if not any(_has_text(Path(f)) for f in files):  # as prepare-pretrain says it: a vocabulary of the specials alone is no use
         raise BertforgeError(f"{', '.join(map(str, files))}: no text (empty corpus)")
+    # The trainer draws its bars on stderr, and only when that is a terminal, but ends each bar with a newline
+    # on stdout (println!): shown on a terminal only, with those newlines sent to stderr beside the bars.
+    show_progress = show_progress and os.isatty(2)
     tk = _Backend(WordPiece(unk_token="[UNK]", max_input_chars_per_word=MAX_WORD_CHARS))
     tk.normalizer = normalizers.BertNormalizer(
         clean_text=True, handle_chinese_chars=True, strip_accents=None, lowercase=lowercase
@@ -349,7 +370,8 @@ def train_vocab(
         show_progress=show_progress,
     )
     try:
-        tk.train([str(f) for f in files], trainer)
+        with _stdout_to_stderr() if show_progress else nullcontext():
+            tk.train([str(f) for f in files], trainer)
     except Exception as e:
         raise BertforgeError(f"vocabulary training failed: {str(e).splitlines()[0]}") from None
     # Re-create from the learned vocabulary so the result is exactly a vocab.txt tokenizer.
