@@ -289,7 +289,7 @@ def test_answers_not_at_their_offset_are_moved_or_counted(tokenizer, tmp_path, c
     [message] = [r.getMessage() for r in caplog.records]
     assert message == (
         f"{path}: 3 of 4 answers are not at their answer_start: 2 moved to the nearest occurrence of their text, "
-        "1 not found in the context (skipped for training); first: q2, q4, q3"
+        "1 not found in the context (not trained on); first question ids: q2, q4, q3"
     )
     feats = t.features(examples, train=True)
     assert sorted({f.example for f in feats}) == [0, 1, 3]  # q3, whose answer is nowhere, is left out

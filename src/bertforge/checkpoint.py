@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import logging
+import pickle
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -158,6 +159,8 @@ def _read_file(path: Path, load_file) -> dict[str, Tensor]:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except FileNotFoundError:
         raise BertforgeError(f"{path}: no such file") from None
+    except pickle.UnpicklingError:  # (torch's message advises weights_only=False: never, for a file from elsewhere)
+        raise BertforgeError(f"{path}: not a readable checkpoint (not a PyTorch file of tensors alone)") from None
     except Exception as e:
         raise BertforgeError(f"{path}: not a readable checkpoint ({_one_line(e)})") from None
     if not isinstance(state, dict) or not all(isinstance(v, Tensor) for v in state.values()):

@@ -225,7 +225,7 @@ def check_offsets(examples: list[QAExample], path: Path) -> None:
         first = list(dict.fromkeys(moved + missing))[:3]
         log.warning(
             "%s: %d of %d answers are not at their answer_start: %d moved to the nearest occurrence of their "
-            "text, %d not found in the context (skipped for training); first: %s",
+            "text, %d not found in the context (not trained on); first question ids: %s",
             path, len(moved) + len(missing), total, len(moved), len(missing), ", ".join(first),
         )
 
