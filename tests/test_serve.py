@@ -259,6 +259,8 @@ def test_docs_page_works_offline(servers):
     for path, kind, size in (("swagger-ui-bundle.js", "javascript", 500_000), ("swagger-ui.css", "css", 50_000), ("favicon-32x32.png", "png", 100)):
         r = httpx.get(f"{url}/docs/{path}")
         assert r.status_code == 200 and kind in r.headers["content-type"] and len(r.content) > size, (path, r.status_code)
+    r = httpx.get(f"{url}/docs/swagger-ui.css", params={"content": "<script>", "media_type": "text/html"})
+    assert "css" in r.headers["content-type"] and b"<script>" not in r.content  # nothing comes from the request
     for other in ("/docs/index.html", "/docs/swagger-ui.js", "/docs/..%2F..%2F__init__.py", "/docs/%2e%2e/%2e%2e/__init__.py"):
         assert httpx.get(f"{url}{other}").status_code in (401, 404), other  # nothing but the three files
 

@@ -786,10 +786,14 @@ def _unavailable(served: ServedModel, path: str):
 
 def _local_docs(app: FastAPI) -> None:
     """/docs with Swagger UI's files served by this server (``DOCS_FILES``)."""
+    def static(content: bytes, media_type: str):
+        async def send() -> Response:  # (no parameters: FastAPI would read any from the query string)
+            return Response(content, media_type=media_type)
+        return send
+
     for name, media_type in DOCS_FILES.items():
-        content = (swagger_ui_path / name).read_bytes()
-        app.add_api_route(f"/docs/{name}", lambda content=content, media_type=media_type: Response(content, media_type=media_type),
-                          methods=["GET"], include_in_schema=False)
+        app.add_api_route(f"/docs/{name}", static((swagger_ui_path / name).read_bytes(), media_type), methods=["GET"],
+                          include_in_schema=False)
 
     @app.get("/docs", include_in_schema=False)
     async def docs() -> HTMLResponse:
