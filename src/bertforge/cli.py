@@ -635,7 +635,7 @@ def export_onnx(
         raise BertforgeError(f"{directory}: {article} {task} model cannot be exported to ONNX (encoder, classify, pair, regress, tag, qa can)")
     precision = "int8" if int8 else "fp32"
     out = out or directory
-    if out.suffix != ".onnx":  # a directory (made if missing), never a file of another kind overwritten
+    if out.suffix.lower() != ".onnx":  # a directory (made if missing), never a file of another kind overwritten
         out = onnx_path(check_out_dir(out), precision)
     path = export(load_pretrained(directory, head=head), out, int8=int8)
     typer.echo(f"wrote {path} ({path.stat().st_size / 2**20:.1f} MiB)")
