@@ -70,31 +70,44 @@ def padded_flops(config: BertConfig, lengths: list[int], batch_size: int) -> flo
                for i in range(0, len(lengths), batch_size))
 
 
-class MatmulPeak:
-    """The FLOP/s of a plain (M x H) @ (H x 4H) matmul, the feed-forward's shape at a large batch
-    (M = 4096 tokens on a CPU, 65536 on a GPU).
-    Called in the same rotation as the two sides (``timed``), five matmuls a turn, it keeps the best
-    rate seen over the whole measurement: a peak measured once, before or after, can land in a slow
-    spell of this shared machine (it once read a third of the bf16 rate) and flatter the fraction."""
+class BestRate:
+    """The best FLOP/s ``work`` reaches, kept over every call: called in the same rotation as the two
+    sides (``timed``), a few times a turn, so that a rate measured once, before or after, cannot land in a
+    slow spell of this shared machine (one once read a third of the bf16 rate) and flatter the fraction."""
 
-    def __init__(self, dtype: torch.dtype, H: int, inter: int, device: torch.device):
-        M = 4096 if device.type == "cpu" else 65536
-        self.a, self.b = torch.randn(M, H, device=device).to(dtype), torch.randn(H, inter, device=device).to(dtype)
-        self.flops, self.best, self.device = 2 * M * H * inter, 0.0, device
+    def __init__(self, flops: float, device: torch.device, times: int):
+        self.flops, self.device, self.times, self.best = flops, device, times, 0.0
 
+    def work(self) -> None:
+        raise NotImplementedError
+
+    @torch.inference_mode()
     def __call__(self) -> None:
-        for _ in range(5):
+        for _ in range(self.times):
             t = time.perf_counter()
-            self.a @ self.b
+            self.work()
             synchronize(self.device)
             self.best = max(self.best, self.flops / (time.perf_counter() - t))
 
 
-class LinearCeiling:
-    """The FLOP/s of the model's own four linear layers (q/k/v, output, feed-forward up with its
-    activation, down) run alone on a (2048 x H) input, as the prepared model runs them (bf16: the
-    fused, packed oneDNN calls). Best rate seen, like ``MatmulPeak``: what the encoder would reach if
-    attention, LayerNorm and the residual adds cost nothing, so a ceiling for "of matmul"."""
+class MatmulPeak(BestRate):
+    """A plain (M x H) @ (H x 4H) matmul, the feed-forward's shape at a large batch (M = 4096 tokens on
+    a CPU, 65536 on a GPU), five a turn."""
+
+    def __init__(self, dtype: torch.dtype, H: int, inter: int, device: torch.device):
+        M = 4096 if device.type == "cpu" else 65536
+        self.a, self.b = torch.randn(M, H, device=device).to(dtype), torch.randn(H, inter, device=device).to(dtype)
+        super().__init__(2 * M * H * inter, device, times=5)
+
+    def work(self) -> None:
+        self.a @ self.b
+
+
+class LinearCeiling(BestRate):
+    """The model's own four linear layers (q/k/v, output, feed-forward up with its activation, down) run
+    alone on a (2048 x H) input, as the prepared model runs them (bf16: the fused, packed oneDNN calls),
+    three times a turn: what the encoder would reach if attention, LayerNorm and the residual adds cost
+    nothing, so a ceiling for "of matmul"."""
 
     def __init__(self, model: torch.nn.Module, dtype: torch.dtype, device: torch.device):
         layer = next(m for m in model.modules() if isinstance(m, BertModel)).layers[0]
@@ -102,17 +115,11 @@ class LinearCeiling:
         self.steps = [layer.attn.qkv, layer.attn.out, lambda x: ffn.act(ffn.up(x)), ffn.down]
         H, inter = ffn.up.in_features, ffn.up.out_features
         self.inputs = [torch.randn(2048, n, device=device).to(dtype) for n in (H, H, H, inter)]
-        self.flops = 2 * 2048 * (4 * H * H + 2 * H * inter)
-        self.best, self.device = 0.0, device
+        super().__init__(2 * 2048 * (4 * H * H + 2 * H * inter), device, times=3)
 
-    @torch.inference_mode()
-    def __call__(self) -> None:
-        for _ in range(3):
-            t = time.perf_counter()
-            for step, x in zip(self.steps, self.inputs, strict=True):
-                step(x)
-            synchronize(self.device)
-            self.best = max(self.best, self.flops / (time.perf_counter() - t))
+    def work(self) -> None:
+        for step, x in zip(self.steps, self.inputs, strict=True):
+            step(x)
 
 
 def synchronize(device: torch.device) -> None:
