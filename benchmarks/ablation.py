@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).parent))
-from common import argument_parser  # noqa: E402
+from common import Listed, argument_parser  # noqa: E402
 from infer import load_texts  # noqa: E402  (benchmarks/infer.py: the same texts)
 
 from bertforge import Tokenizer, load_pretrained  # noqa: E402
@@ -52,7 +52,7 @@ def variants(directory: Path, precision: str) -> dict:
 def main() -> None:
     p = argument_parser(__doc__)
     p.add_argument("--model", default="minilm-l6", help="model directory or registry name")
-    p.add_argument("--precisions", default="fp32,int8,bf16", help="comma-separated: fp32, int8, bf16")
+    p.add_argument("--precisions", action=Listed, options=("fp32", "int8", "bf16"), default=["fp32", "int8", "bf16"], help="precisions to time")
     p.add_argument("--texts", choices=("rotten", "wiki"), default="rotten", help="rotten-tomatoes snippets or wiki-topics-en extracts")
     p.add_argument("--chunk", type=int, default=256, help="texts per timed call")
     p.add_argument("--rounds", type=int, default=30, help="timed turns of each variant")
@@ -62,7 +62,7 @@ def main() -> None:
     directory = fetch(args.model)
     tok = Tokenizer.from_pretrained(directory)
     rng = random.Random(0)
-    for precision in args.precisions.split(","):
+    for precision in args.precisions:
         models = variants(directory, precision)
         reference = embed(models["default"], tok, texts[: args.chunk], max_length=args.max_length)
         times: dict[str, list[float]] = {name: [] for name in models}

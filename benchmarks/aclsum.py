@@ -23,7 +23,7 @@ import json
 import time
 from pathlib import Path
 
-from common import argument_parser
+from common import Listed, argument_parser
 
 from bertforge.api import finetune, load_task
 from bertforge.assets import fetch
@@ -93,7 +93,7 @@ def run_aspect(aspect: str, out: Path, args: argparse.Namespace, embedder: Embed
 def main() -> None:
     parser = argument_parser(__doc__.split("\n\n")[0])
     parser.add_argument("--out", type=Path, default=Path("runs/aclsum"), help="where each aspect's run directory goes")
-    parser.add_argument("--aspects", nargs="+", default=list(ASPECTS), choices=ASPECTS, help="ACLSum aspects to fine-tune and score")
+    parser.add_argument("--aspects", action=Listed, options=ASPECTS, default=list(ASPECTS), help="ACLSum aspects to fine-tune and score")
     parser.add_argument("--model", default="minilm-l6", help="encoder to start from (directory or registry name)")
     parser.add_argument("--max-steps", type=int, default=30, help="training steps per aspect")
     parser.add_argument("--batch-size", type=int, default=2, help="documents per step")

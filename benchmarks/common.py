@@ -1,8 +1,10 @@
-"""What every benchmark script shares: its command line's look."""
+"""What every benchmark script shares: its command line's look, and one way to give a list."""
 
 from __future__ import annotations
 
 import argparse
+from collections.abc import Callable, Sequence
+from typing import Any
 
 
 class HelpFormatter(argparse.RawDescriptionHelpFormatter):
@@ -11,9 +13,38 @@ class HelpFormatter(argparse.RawDescriptionHelpFormatter):
 
     def _get_help_string(self, action: argparse.Action) -> str:
         text = action.help or ""
-        if action.option_strings and action.default not in (None, "", argparse.SUPPRESS) and action.default is not False and "default" not in text:
-            text += " (default: %(default)s)"
+        default = action.default
+        if action.option_strings and default not in (None, "", [], argparse.SUPPRESS) and default is not False and "default" not in text:
+            text += " (default: %s)" % (",".join(map(str, default)) if isinstance(default, list) else "%(default)s")
         return text
+
+
+class Listed(argparse.Action):
+    """A list option, given either way: ``--precisions fp32,bf16`` or ``--precisions fp32 bf16``.
+    Each item is converted by ``item`` and, with ``options``, must be one of them."""
+
+    def __init__(self, option_strings: Sequence[str], dest: str, item: Callable[[str], Any] = str,
+                 options: Sequence[Any] | None = None, **kwargs: Any) -> None:
+        kwargs.setdefault("nargs", "+")
+        if options and "metavar" not in kwargs:
+            kwargs["metavar"] = "{" + ",".join(map(str, options)) + "}"
+        super().__init__(option_strings, dest, **kwargs)
+        self.item, self.options = item, options
+
+    def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace, values: Any,
+                 option_string: str | None = None) -> None:
+        items = []
+        for part in (p for value in values for p in value.split(",") if p):
+            try:
+                value = self.item(part)
+            except ValueError:
+                parser.error(f"{option_string}: {part!r} is not a valid {getattr(self.item, '__name__', 'value')}")
+            if self.options is not None and value not in self.options:
+                parser.error(f"{option_string}: {part!r} is not one of {', '.join(map(str, self.options))}")
+            items.append(value)
+        if not items and self.nargs == "+":
+            parser.error(f"{option_string}: give at least one value")
+        setattr(namespace, self.dest, items)
 
 
 def argument_parser(doc: str | None) -> argparse.ArgumentParser:

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import torch
 import transformers
-from common import argument_parser
+from common import Listed, argument_parser
 
 import bertforge
 from bertforge.assets import fetch
@@ -161,11 +161,9 @@ def sweep(device: torch.device, texts: list[str]) -> None:
 def main() -> None:
     p = argument_parser(__doc__)
     p.add_argument("--texts", type=int, default=4096, help="rotten-tomatoes snippets (repeated past the 1,275 of the test split)")
-    p.add_argument("--skip", default="", help="comma-separated: parity, precision, sweep")
+    p.add_argument("--skip", action=Listed, nargs="*", options=("parity", "precision", "sweep"), default=[], help="checks to leave out")
     args = p.parse_args()
-    skip = set(filter(None, args.skip.split(",")))
-    if skip - {"parity", "precision", "sweep"}:
-        p.error(f"--skip: unknown check(s) {', '.join(sorted(skip - {'parity', 'precision', 'sweep'}))} (parity, precision, sweep)")
+    skip = set(args.skip)
     if not torch.cuda.is_available():
         p.error("PyTorch sees no GPU: this script checks the CUDA path")
     device = torch.device("cuda")

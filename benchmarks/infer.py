@@ -31,7 +31,7 @@ import time
 from pathlib import Path
 
 import torch
-from common import argument_parser
+from common import Listed, argument_parser
 
 from bertforge import BertConfig, BertforgeError, BertModel, Tokenizer
 from bertforge.assets import fetch
@@ -144,8 +144,8 @@ def timed(fns, repeats: int) -> list[float]:
 
 def main() -> None:
     p = argument_parser(__doc__)
-    p.add_argument("--models", default="minilm-l6,base", help="minilm-l6 and/or preset names (random weights)")
-    p.add_argument("--precisions", default="fp32,bf16,int8", help="fp32, bf16, int8 (CPU), fp16 (GPU)")
+    p.add_argument("--models", action=Listed, default=["minilm-l6", "base"], help="minilm-l6 and/or preset names (random weights)")
+    p.add_argument("--precisions", action=Listed, options=("fp32", "bf16", "int8", "fp16"), default=["fp32", "bf16", "int8"], help="int8 on the CPU, fp16 on a GPU")
     p.add_argument("--device", default="cpu", help="cpu or cuda (TF32 stays off: fp32 is fp32 on both sides)")
     p.add_argument("--texts", type=int, default=1024, help="rotten-tomatoes snippets (and half as many wiki extracts)")
     p.add_argument("--max-length", type=int, default=256, help="truncate texts to this many tokens (both sides)")
@@ -167,12 +167,12 @@ def main() -> None:
     print(header)
     results = []
     with tempfile.TemporaryDirectory() as tmp:
-        for name in args.models.split(","):
+        for name in args.models:
             directory = model_dir(name, Path(tmp))
             config = BertConfig.from_json(directory / "config.json")
             hf_tok = AutoTokenizer.from_pretrained(directory)
             tok = Tokenizer.from_pretrained(directory)
-            for precision in args.precisions.split(","):
+            for precision in args.precisions:
                 from bertforge import load_pretrained
 
                 ours = prepare(load_pretrained(directory), precision, device, compile=args.compile)

@@ -30,7 +30,7 @@ import time
 from pathlib import Path
 
 import httpx
-from common import argument_parser
+from common import Listed, argument_parser
 
 from bertforge.assets import fetch
 from bertforge.infer import Embedder
@@ -129,12 +129,12 @@ def offline_rate(model: str, precision: str, texts: list[str], max_tokens: int |
 
 def main() -> None:
     p = argument_parser(__doc__)
-    p.add_argument("--model", default="minilm-l6", help="Model directory or registry name (an encoder).")
-    p.add_argument("--precisions", nargs="+", default=["fp32", "int8"], help="Server precisions (fp32 bf16 int8 auto).")
-    p.add_argument("--clients", nargs="+", type=int, default=[1, 8, 32], help="Concurrent clients per cell.")
-    p.add_argument("--texts-per-request", nargs="+", type=int, default=[1, 8], help="Texts in each request.")
-    p.add_argument("--seconds", type=float, default=5.0, help="Measured time per cell (after a 1 s warm-up).")
-    p.add_argument("--texts", type=int, default=2000, help="Rotten-tomatoes snippets to draw from.")
+    p.add_argument("--model", default="minilm-l6", help="model directory or registry name (an encoder)")
+    p.add_argument("--precisions", action=Listed, options=("fp32", "bf16", "int8", "auto"), default=["fp32", "int8"], help="server precisions")
+    p.add_argument("--clients", action=Listed, item=int, default=[1, 8, 32], help="concurrent clients per cell")
+    p.add_argument("--texts-per-request", action=Listed, item=int, default=[1, 8], help="texts in each request")
+    p.add_argument("--seconds", type=float, default=5.0, help="measured time per cell (after a 1 s warm-up)")
+    p.add_argument("--texts", type=int, default=2000, help="rotten-tomatoes snippets to draw from")
     p.add_argument("--max-batch-tokens", type=int, default=None, help="the server's --max-batch-tokens (default: the server's own)")
     p.add_argument("--batch-window-ms", type=float, default=5.0, help="the server's --batch-window-ms")
     args = p.parse_args()
