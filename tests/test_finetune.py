@@ -289,6 +289,9 @@ def test_resuming_on_other_labels_is_refused_and_on_other_settings_warned(tiny_d
     finetune("classify", tiny_dir, first, tmp_path / "m", args=_args(tmp_path / "m" / "run", 2))
     assert "freshly initialised" in caplog.text
     caplog.clear()
+    with pytest.raises(BertforgeError, match=r"already holds checkpoints: pass --resume"):  # before the model loads
+        finetune("classify", tiny_dir, first, tmp_path / "m", args=_args(tmp_path / "m" / "run", 2))
+    assert "freshly initialised" not in caplog.text
     other = _write_csv(tmp_path / "b.csv", ["text", "label"], [(t, "good" if y == "fresh" else "bad") for t, y in rows])
     with pytest.raises(BertforgeError, match=r"was trained on labels fresh, rotten; this data has bad, good"):
         finetune("classify", tiny_dir, other, tmp_path / "m", args=_args(tmp_path / "m" / "run", 4, resume=True))

@@ -25,7 +25,7 @@ from .model import set_dropout
 from .outputs import atomic_open, atomic_text, check_out_dir, check_output
 from .tasks import ARCHITECTURE_TASKS, TASKS, FinetuneTask, TaskSpec
 from .tokenizer import Tokenizer
-from .train import TrainArgs, checkpoints, train
+from .train import TrainArgs, resumable, train
 
 log = logging.getLogger("bertforge")
 
@@ -77,7 +77,7 @@ def finetune(
     torch.manual_seed(args.seed if args else 0)  # the fresh head's weights are part of what the seed reproduces
     # on a resume the checkpoint replaces every weight: the base model's missing head is not news then
     level = log.level
-    if args is not None and args.resume and checkpoints(out / "run"):
+    if resumable(out / "run", args is not None and args.resume):
         log.setLevel(logging.ERROR)
     try:
         net = t.load_model(directory)

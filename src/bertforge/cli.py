@@ -303,14 +303,14 @@ def pretrain(
     from .outputs import check_out_dir
     from .tasks.pretrain import PretrainTask
     from .tokenizer import Tokenizer
-    from .train import TrainArgs, checkpoints, resume_hint, train
+    from .train import TrainArgs, resumable, resume_hint, train
 
     check_out_dir(out)
     manifest = PretrainShards(data, "train").manifest
     check_vocab(data, manifest)
     tokenizer = Tokenizer.from_pretrained(manifest["vocab_path"], lowercase=manifest.get("lowercase"))
     task = PretrainTask(data, tokenizer)
-    existing = checkpoints(out) if resume else []
+    existing = resumable(out, resume)
     if existing:
         try:
             cfg = BertConfig.from_json(existing[-1] / "config.json").replace(architectures=None)

@@ -176,6 +176,15 @@ def checkpoints(out: Path) -> list[Path]:
     return sorted(found, key=lambda p: int(p.name.split("-")[1]))
 
 
+def resumable(out: Path, resume: bool) -> list[Path]:
+    """The run ``out``'s checkpoints to resume from; a run that holds some is refused unless resuming
+    (callers ask before they load a model, train() asks again)."""
+    existing = checkpoints(out)
+    if existing and not resume:
+        raise BertforgeError(f"{out} already holds checkpoints: pass --resume to continue, or choose another --out")
+    return existing
+
+
 def _rng_state() -> dict[str, Any]:
     """The global RNGs, in types that load with ``weights_only=True``."""
     _, keys, pos, has_gauss, cached = np.random.get_state()
@@ -331,9 +340,7 @@ def train(model: nn.Module, task: Task, args: TrainArgs, on_eval: Callable[[dict
         out.mkdir(parents=True, exist_ok=True)
     for stale in (out / "checkpoints").glob(".tmp-step-*") if d.main else []:
         shutil.rmtree(stale, ignore_errors=True)  # left by a run killed while saving
-    existing = checkpoints(out)
-    if existing and not args.resume:
-        raise BertforgeError(f"{out} already holds checkpoints: pass --resume to continue, or choose another --out")
+    existing = resumable(out, args.resume)
 
     torch.manual_seed(args.seed)
     model.to(device)
