@@ -263,6 +263,7 @@ def test_docs_page_works_offline(servers):
     assert "css" in r.headers["content-type"] and b"<script>" not in r.content  # nothing comes from the request
     for other in ("/docs/index.html", "/docs/swagger-ui.js", "/docs/..%2F..%2F__init__.py", "/docs/%2e%2e/%2e%2e/__init__.py"):
         assert httpx.get(f"{url}{other}").status_code in (401, 404), other  # nothing but the three files
+    assert httpx.get(f"{url}/redoc").status_code in (401, 404)  # its script would come from a CDN
 
 
 def test_limits_answer_413_and_bad_requests_422(minilm):

@@ -73,9 +73,9 @@ SERVES: dict[str | None, tuple[str, ...]] = {
 }
 # /docs is Swagger UI with its script, style and icon served from here (read once from the swagger-ui-bundle
 # package, by fixed names: no request names a file), so the page works without internet; FastAPI's default
-# loads them from a CDN. (/redoc still does.)
+# loads them from a CDN. There is no /redoc: ReDoc's script would come from a CDN, a blank page offline.
 DOCS_FILES = {"swagger-ui-bundle.js": "text/javascript", "swagger-ui.css": "text/css", "favicon-32x32.png": "image/png"}
-OPEN_PATHS = frozenset({"/health", "/docs", *(f"/docs/{f}" for f in DOCS_FILES), "/redoc", "/openapi.json"})  # no API key needed
+OPEN_PATHS = frozenset({"/health", "/docs", *(f"/docs/{f}" for f in DOCS_FILES), "/openapi.json"})  # no API key needed
 KNOWN_PATHS = frozenset({*(f"/v1/{e}" for e in ENDPOINTS), "/metrics", *OPEN_PATHS})
 
 
@@ -592,6 +592,7 @@ def create_app(
         description=f"Serving **{name}** ({served.kind}). Errors are `{{\"error\": \"...\"}}`.",
         lifespan=lifespan,
         docs_url=None,  # see _local_docs
+        redoc_url=None,  # see DOCS_FILES
     )
     _local_docs(app)
     app.add_middleware(_Gate, api_key=api_key, max_body_bytes=max_body_bytes, metrics=metrics)
