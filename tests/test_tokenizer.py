@@ -145,6 +145,9 @@ def test_pairs_truncate_like_transformers(ours, theirs, wiki_topics, rotten_toma
 def test_impossible_truncation_is_an_error(ours):
     with pytest.raises(BertforgeError, match="cannot encode with max_length=16, truncation=only_first"):
         ours.encode("a", "many words " * 30, max_length=16, truncation="only_first")
+    # a pair whose truncation leaves one text fewer tokens than the stride: tokenizers panics (a BaseException)
+    with pytest.raises(BertforgeError, match=r"stride=20: `stride` must be strictly less than `max_len=14`$"):
+        ours.encode("a question of some words " * 3, "the context is long here " * 20, max_length=32, stride=20)
 
 
 def test_stride_windows_match_transformers(ours, theirs, wiki_topics):

@@ -256,8 +256,12 @@ class Tokenizer:
             inputs = list(texts)
         try:
             return backend.encode_batch(inputs, is_pretokenized=is_pretokenized, add_special_tokens=add_special_tokens)
-        except Exception as e:  # tokenizers raises when a truncation strategy cannot be honoured
-            raise BertforgeError(f"cannot encode with max_length={max_length}, truncation={truncation}: {e}") from None
+        except BaseException as e:  # tokenizers raises when a truncation strategy cannot be honoured, and panics
+            # (a BaseException) when a pair leaves one text fewer tokens than the stride
+            if not isinstance(e, Exception) and type(e).__name__ != "PanicException":
+                raise
+            said = str(e).split(" (note")[0]
+            raise BertforgeError(f"cannot encode with max_length={max_length}, truncation={truncation}, stride={stride}: {said}") from None
 
     def tokenize(self, text: str) -> list[str]:
         return self.encode(text, add_special_tokens=False).tokens
