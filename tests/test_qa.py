@@ -390,6 +390,22 @@ def test_fine_tuned_model_answers_its_training_questions(squad_model, squad, tmp
                              "null_threshold": 0.0, "version_2": False}
 
 
+def test_fine_tuned_directory_loads_in_transformers_with_the_same_logits(squad_model, squad):
+    from transformers import AutoModelForQuestionAnswering
+
+    hf, info = AutoModelForQuestionAnswering.from_pretrained(squad_model, output_loading_info=True)
+    assert not any(info.values()), info  # nothing missing, unexpected or mismatched (no "id2label": {})
+    task, net = load_task(squad_model)
+    paragraph = json.loads(squad.read_text())["data"][0]["paragraphs"][0]
+    encs, _ = task.encode([QAExample("q", paragraph["qas"][0]["question"], paragraph["context"], None)])
+    batch = task.tokenizer.to_tensors(encs)
+    with torch.no_grad():
+        ours, theirs = net(**batch), hf.eval()(**batch)
+    real = batch["attention_mask"].bool()  # two windows: the second is padded
+    torch.testing.assert_close(ours.logits[real], theirs.start_logits[real], atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(ours.end_logits[real], theirs.end_logits[real], atol=1e-4, rtol=1e-4)
+
+
 def test_predict_writes_answers_with_character_offsets(squad_model, squad, tmp_path):
     data = json.loads(squad.read_text())
     rows = [{"id": q["id"], "question": q["question"], "context": p["context"]}

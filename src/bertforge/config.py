@@ -103,6 +103,8 @@ class BertConfig:
             v = getattr(self, f.name)
             if f.name in ("id2label", "problem_type", "architectures", "classifier_dropout") and v is None:
                 continue
+            if f.name == "id2label" and not v:  # "{}" would read as num_labels 0 in transformers (QA saves no labels)
+                continue
             d[f.name] = v
         if self.id2label:
             d["id2label"] = {str(k): v for k, v in sorted(self.id2label.items())}
