@@ -136,7 +136,7 @@ def test_long_text_windows_not_truncated(sentiment_model):
     assert task.predict(net, huge)[0]["label"] in ("positive", "negative")
 
 
-def test_multilabel_and_regression_and_pair(tiny_dir, tmp_path):
+def test_multilabel_and_regression_and_pair(tiny_dir, tmp_path, caplog):
     rnd = random.Random(0)
     rows = []
     for _ in range(400):
@@ -159,9 +159,15 @@ def test_multilabel_and_regression_and_pair(tiny_dir, tmp_path):
     m = finetune("pair", tiny_dir, ptrain, tmp_path / "pair", args=_args(tmp_path / "pair" / "run", 100))
     assert m["accuracy"] > 0.9
     assert pipeline("pair", tmp_path / "pair")(("the plot and the music", "it is great"))["label"] == "yes"
-    rspec = TaskSpec("regress", text_pair_column="text_pair", label_column="score")
+    # no --text-pair-column: the training file's text_pair column makes a regression over pairs
+    rspec = TaskSpec("regress", label_column="score")
     m = finetune("regress", tiny_dir, ptrain, tmp_path / "reg", spec=rspec, args=_args(tmp_path / "reg" / "run", 100))
     assert m["pearson"] > 0.7 and "spearman" in m
+    assert "pairs.csv: each example is a pair (column 'text_pair'); the model will read pairs" in caplog.text
+    with pytest.raises(BertforgeError, match=r"this model reads \(text, text_pair\) pairs; got str"):
+        pipeline("regress", tmp_path / "reg")("it is great")
+    with pytest.raises(BertforgeError, match=r"this model reads single texts; got tuple of 2"):
+        pipeline("classify", tmp_path / "ml")(("pizza", "guitar"))
 
 
 def test_tagging_chinese_characters_and_transformers(tiny_dir, tmp_path):
@@ -206,6 +212,15 @@ def test_tag_jsonl_text_with_entity_spans(tiny_dir, tmp_path):
     assert [(e["label"], e["text"]) for e in out["entities"]] == [("PER", "carol"), ("LOC", "oslo")] or [
         (e["label"], e["text"]) for e in out["entities"]
     ] == [("PER", "Carol"), ("LOC", "Oslo")]
+    # pre-split words: entities are word indices (end exclusive); the words come back as given, no input_tokens
+    (tmp_path / "words.jsonl").write_text(json.dumps({"id": 1, "tokens": ["Carol", "flew", "to", "Oslo"]}) + "\n")
+    predict_file(tmp_path / "tagm", tmp_path / "words.jsonl", tmp_path / "words.out.jsonl")
+    row = json.loads((tmp_path / "words.out.jsonl").read_text())
+    assert list(row) == ["id", "tokens", "tags", "entities"] and row["tokens"] == ["Carol", "flew", "to", "Oslo"]
+    assert [(e["label"], e["start"], e["end"]) for e in row["entities"]] == [("PER", 0, 1), ("LOC", 3, 4)]
+    for bad, said in ((["Carol", " ", "Oslo"], r"tokens\[1\] is ' ', not a word"), ([], "empty 'tokens'")):
+        with pytest.raises(BertforgeError, match=said):
+            pipeline("tag", tmp_path / "tagm")([bad])
 
 
 # -- bad input: one line on stderr, exit 2, nothing half-written ------------------------------------

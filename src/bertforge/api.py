@@ -184,10 +184,13 @@ def predict_file(
     return len(examples)
 
 
+ECHOED = ("tokens",)  # prediction fields that repeat their input: a tagger's words, given as tokens or split from text
+
+
 def with_prediction(fields: dict, prediction: dict, clashes: set[str]) -> dict:
     """The input's fields plus the prediction's. An input field the prediction also writes (a gold
     ``label``) is kept as ``input_<name>``, and its name added to ``clashes``."""
-    clash = fields.keys() & prediction.keys()
+    clash = {k for k in fields.keys() & prediction.keys() if k not in ECHOED or fields[k] != prediction[k]}
     clashes |= clash
     return {**{f"input_{k}" if k in clash else k: v for k, v in fields.items()}, **prediction}
 
@@ -279,20 +282,20 @@ class Pipeline:
 
     def _example(self, x: Any):
         from .tasks.sequence import TextExample
-        from .tasks.tag import TagExample
+        from .tasks.tag import TagExample, words_of
 
         name = self.task.name
         if hasattr(self.task, "example"):
             return self.task.example(x)
-        if name in ("classify", "pair", "regress"):
-            if isinstance(x, (tuple, list)) and len(x) == 2:
-                return TextExample(str(x[0]), str(x[1]), None, 0)
-            if name == "pair":
-                raise BertforgeError("a pair model takes (text, text_pair) tuples")
-            return TextExample(str(x), None, None, 0)
+        if name in ("classify", "pair", "regress"):  # as the model was trained: pairs or single texts
+            pair = isinstance(x, (tuple, list)) and len(x) == 2 and all(isinstance(t, str) for t in x)
+            if not (pair if self.task.is_pair else isinstance(x, str)):
+                raise BertforgeError(f"this model reads {'(text, text_pair) pairs' if self.task.is_pair else 'single texts'}; "
+                                     f"got {type(x).__name__}{f' of {len(x)}' if isinstance(x, (tuple, list)) else ''}")
+            return TextExample(x[0], x[1], None, 0) if pair else TextExample(x, None, None, 0)
         if name == "tag":
             if isinstance(x, list):
-                return TagExample([str(w) for w in x], None, 0)
+                return TagExample(words_of(x, "input"), None, 0)
             return self.task._from_text({self.task.spec.text_column: str(x)}, 0, Path("<input>"))
         raise BertforgeError(f"no pipeline for task {name!r}")
 

@@ -363,7 +363,7 @@ def finetune(
     out: Annotated[Path, typer.Option("--out", help="Output model directory (Hugging Face format): new, empty or a previous run's; the run goes to OUT/run.")],
     valid: Annotated[Path | None, typer.Option("--valid", help="Validation data (default: 10% of --train, seeded).")] = None,
     text_column: Annotated[str, typer.Option("--text-column", help="Column (JSONL field) holding the text.")] = "text",
-    text_pair_column: Annotated[str | None, typer.Option("--text-pair-column", help="Second text (pair; default text_pair).")] = None,
+    text_pair_column: Annotated[str | None, typer.Option("--text-pair-column", help="Second text's column (pair: default text_pair; classify and regress read pairs when the training file has a text_pair column).")] = None,
     label_column: Annotated[str, typer.Option("--label-column", help="Column holding the label (regress: the number).")] = "label",
     multi_label: Annotated[bool, typer.Option("--multi-label", help="classify: several labels per text (a JSON list or 'a|b'; an empty cell: none of them).")] = False,
     max_length: Annotated[int | None, typer.Option("--max-length", help="Tokens per window (default 128; qa 384, extsum 512).")] = None,

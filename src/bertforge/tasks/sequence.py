@@ -13,6 +13,7 @@ first text is windowed and the second kept whole in every window, so put the lon
 from __future__ import annotations
 
 import json
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -27,6 +28,9 @@ from ..data import tables
 from ..errors import BertforgeError
 from ..infer import run_batches
 from .base import Feature, FinetuneTask, unknown_labels_error
+
+log = logging.getLogger("bertforge")
+PAIR_COLUMN = "text_pair"  # the second text's column unless --text-pair-column names another
 
 
 @dataclass
@@ -52,6 +56,10 @@ class SequenceTask(FinetuneTask):
     # -- reading ------------------------------------------------------------------------------------
     def read(self, path: Path, labelled: bool = False) -> list[TextExample]:
         records = tables.read_records(path)
+        if labelled and not self.id2label and self.spec.text_pair_column is None and PAIR_COLUMN in records[0].fields:
+            # the training file of a model yet to be fitted holds pairs: learn from both texts, not the first alone
+            self.spec.text_pair_column = PAIR_COLUMN
+            log.warning("%s: each example is a pair (column %r); the model will read pairs", path, PAIR_COLUMN)
         texts = tables.texts(records, self.spec.text_column, path)
         pairs = tables.texts(records, self.spec.text_pair_column, path) if self.is_pair else [None] * len(texts)
         raw = tables.column(records, self.spec.label_column, path, required=labelled)
@@ -185,7 +193,7 @@ class PairTask(SequenceTask):
 
     def __init__(self, spec, tokenizer, id2label=None):
         if spec.text_pair_column is None:
-            spec.text_pair_column = "text_pair"
+            spec.text_pair_column = PAIR_COLUMN
         super().__init__(spec, tokenizer, id2label)
 
 

@@ -26,6 +26,17 @@ from .base import Feature, FinetuneTask, pad_2d, unknown_labels_error
 CONLL_SUFFIXES = (".conll", ".conllu", ".bio", ".iob", ".txt", ".tsv")
 
 
+def words_of(tokens: list, where: str) -> list[str]:
+    """Pre-split input (``tokens``) as words: a non-empty list of non-blank strings (numbers read as written)."""
+    if not tokens:
+        raise BertforgeError(f"{where}: empty 'tokens'")
+    words = [str(w) if isinstance(w, (int, float)) and not isinstance(w, bool) else w for w in tokens]
+    for i, w in enumerate(words):
+        if not isinstance(w, str) or not w.strip():
+            raise BertforgeError(f"{where}: tokens[{i}] is {tokens[i]!r}, not a word")
+    return words
+
+
 @dataclass
 class TagExample:
     words: list[str]
@@ -57,12 +68,10 @@ class TagTask(FinetuneTask):
         for r in records:
             f = r.fields
             if isinstance(f.get("tokens"), list):
-                words = [str(w) for w in f["tokens"]]
+                words = words_of(f["tokens"], f"{path}: line {r.line}")
                 tags = f.get("tags")
                 if tags is not None and (not isinstance(tags, list) or len(tags) != len(words)):
                     raise BertforgeError(f"{path}: line {r.line}: 'tags' must be a list as long as 'tokens'")
-                if not words:
-                    raise BertforgeError(f"{path}: line {r.line}: empty 'tokens'")
                 examples.append(TagExample(words, [str(t) for t in tags] if tags is not None else None, r.line))
             elif isinstance(f.get(self.spec.text_column), str):
                 examples.append(self._from_text(f, r.line, path))
