@@ -333,6 +333,10 @@ def test_fine_tuned_summarizer_predicts_and_evaluates(extsum_model, aclsum_files
     assert scores == pytest.approx(score_summaries(preds, docs))
     assert set(scores) == {"rouge1", "rouge2", "rougeL", "precision", "recall", "f1"}
     assert all(0 <= v <= 100 for v in scores.values())
+    # `summarize` runs the untrained methods: on a trained summariser it points at predict, not past the scorer
+    result = CliRunner().invoke(app, ["summarize", "--model", str(extsum_model), "--input", str(valid), "--output", str(tmp_path / "s.jsonl")])
+    assert isinstance(result.exception, BertforgeError) and "is a fine-tuned summariser" in str(result.exception)
+    assert "bertforge predict --model" in str(result.exception) and not (tmp_path / "s.jsonl").exists()
 
 
 def test_fine_tuned_summarizer_handles_awkward_documents(extsum_model):

@@ -160,10 +160,12 @@ def test_multilabel_and_regression_and_pair(tiny_dir, tmp_path, caplog):
     assert m["accuracy"] > 0.9
     assert pipeline("pair", tmp_path / "pair")(("the plot and the music", "it is great"))["label"] == "yes"
     # no --text-pair-column: the training file's text_pair column makes a regression over pairs
-    rspec = TaskSpec("regress", label_column="score")
+    rspec = TaskSpec("regress", label_column="score", max_length=600)  # past the model's 128 positions: said, then capped
     m = finetune("regress", tiny_dir, ptrain, tmp_path / "reg", spec=rspec, args=_args(tmp_path / "reg" / "run", 100))
     assert m["pearson"] > 0.7 and "spearman" in m
     assert "pairs.csv: each example is a pair (column 'text_pair'); the model will read pairs" in caplog.text
+    assert "has 128 positions: sequences of at most 128 tokens, not 600" in caplog.text
+    assert json.loads((tmp_path / "reg" / "config.json").read_text())["bertforge"]["max_length"] == 128
     with pytest.raises(BertforgeError, match=r"this model reads \(text, text_pair\) pairs; got str"):
         pipeline("regress", tmp_path / "reg")("it is great")
     with pytest.raises(BertforgeError, match=r"this model reads single texts; got tuple of 2"):
@@ -303,6 +305,8 @@ def test_resuming_on_other_labels_is_refused_and_on_other_settings_warned(tiny_d
     first = _write_csv(tmp_path / "a.csv", ["text", "label"], rows)
     finetune("classify", tiny_dir, first, tmp_path / "m", args=_args(tmp_path / "m" / "run", 2))
     assert "freshly initialised" in caplog.text
+    caplog.clear()
+    assert "positions" not in caplog.text
     caplog.clear()
     with pytest.raises(BertforgeError, match=r"already holds checkpoints: pass --resume"):  # before the model loads
         finetune("classify", tiny_dir, first, tmp_path / "m", args=_args(tmp_path / "m" / "run", 2))

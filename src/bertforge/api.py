@@ -52,7 +52,10 @@ def finetune(
     directory = resolve_model_dir(model)
     _check_finetune_out(out, directory)
     tokenizer = Tokenizer.from_pretrained(directory)
-    spec.max_length = min(spec.max_length, BertConfig.from_json(directory / "config.json").max_position_embeddings)
+    positions = BertConfig.from_json(directory / "config.json").max_position_embeddings
+    if spec.max_length > positions:
+        log.warning("%s has %d positions: sequences of at most %d tokens, not %d", directory, positions, positions, spec.max_length)
+        spec.max_length = positions
     t = TASKS[task](spec, tokenizer)
     train_file = Path(train_file)
     train_examples = t.read(train_file, labelled=True)

@@ -535,13 +535,16 @@ def summarize(
     """
     import json
 
-    from .api import note_clashes, with_prediction
+    from .api import model_task, note_clashes, with_prediction
     from .data import tables
     from .infer import Embedder
     from .outputs import atomic_open, check_output
     from .tasks.extsum import read_documents, score_summaries, summarize_untrained
 
     check_output(output, input)
+    if method != "lead" and model_task(model) == "extsum":  # its trained scorer would sit unused
+        raise BertforgeError(f"{model}: is a fine-tuned summariser; summarize runs the untrained methods: "
+                             f"use `bertforge predict --model {model}` (or `evaluate`)")
     documents = read_documents(input, text_column)
     if top_k is None:
         top_k = None if max_words is not None else 3
