@@ -143,7 +143,8 @@ def test_two_processes_match_one(shards, no_dropout, tmp_path):
     """torchrun with 2 CPU processes (gloo), the global batch split between them, takes the same steps
     as 1 process: losses within 1e-5, weights within 1e-5."""
     one = tmp_path / "one"
-    pretrain(shards, one, "--config", str(no_dropout), "--save-every", "0")
+    said = pretrain(shards, one, "--config", str(no_dropout), "--save-every", "0").stderr
+    assert f"{no_dropout}: vocab_size 30522 replaced by the shards' vocabulary's" in said  # not silently
     two = tmp_path / "two"
     launcher = [str(BIN / "torchrun"), "--standalone", "--nproc-per-node", "2", "-m", "bertforge"]
     pretrain(shards, two, "--config", str(no_dropout), "--save-every", "0", launcher=launcher)
