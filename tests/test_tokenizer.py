@@ -381,6 +381,14 @@ def test_bad_encode_arguments(ours):
         ours.encode("x", max_length=8, stride=6)
     with pytest.raises(BertforgeError, match="^max_length 0 leaves no room for text$"):  # 0 is not "no limit"
         ours.encode("x", max_length=0)
+    with pytest.raises(BertforgeError, match="^max_length -4 leaves no room for text$"):
+        ours.encode("x", max_length=-4)
+    # a negative stride: tokenizers raised OverflowError (with a max_length), or ignored it (without)
+    for max_length in (16, None):
+        with pytest.raises(BertforgeError, match="^stride -1 is negative"):
+            ours.encode("a question", "its context", max_length=max_length, stride=-1)
+        with pytest.raises(BertforgeError, match="^stride -2 is negative"):
+            ours.encode_batch(["a b", "c"], max_length=max_length, stride=-2)
     with pytest.raises(BertforgeError, match="text 1 is NoneType, not a string"):
         ours.encode_batch(["a", None])
     with pytest.raises(BertforgeError, match="2 texts but 1 pair texts"):

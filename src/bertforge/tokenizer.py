@@ -193,6 +193,8 @@ class Tokenizer:
         again, so encoding is safe from many threads."""
         if truncation not in TRUNCATION:
             raise BertforgeError(f"unknown truncation {truncation!r} (choose from {', '.join(TRUNCATION)})")
+        if stride < 0:
+            raise BertforgeError(f"stride {stride} is negative: windows overlap by 0 tokens or more")
         key = (max_length, truncation, stride)
         backend = self._variants.get(key)
         if backend is None:
