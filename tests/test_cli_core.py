@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -172,6 +173,24 @@ def test_embed_errors(tmp_path):
     assert_one_line_error(empty, f"{tmp_path / 'empty.txt'}: no lines")
     assert_one_line_error(empty_sentence, "sentence 2 is empty")
     assert_one_line_error(no_length, "max_length 0 leaves no room for text")  # not "no limit"
+    assert not (tmp_path / "out.npy").exists()
+
+
+def test_embed_refuses_a_vocabulary_larger_than_the_model(tmp_path, tiny_dir, monkeypatch, capsys):
+    """An id past the word embeddings failed (IndexError) only when a text held that token: refused at load."""
+    model = tmp_path / "model"
+    shutil.copytree(tiny_dir, model)
+    (model / "tokenizer.json").unlink()
+    with (model / "vocab.txt").open("a", encoding="utf-8") as f:
+        f.write("zzqqxx\n")
+    (tmp_path / "texts.txt").write_text("hello\n")  # no extra token in it: refused all the same
+    monkeypatch.setattr(sys, "argv", ["bertforge", "embed", "-m", str(model), "-i", str(tmp_path / "texts.txt"),
+                                      "-o", str(tmp_path / "out.npy")])
+    with pytest.raises(SystemExit) as e:
+        main()
+    assert e.value.code == 2
+    assert capsys.readouterr().err == (f"bertforge: error: {model}: the tokenizer has 30523 entries, more than config.json's "
+                                       "vocab_size 30522: use the vocabulary the model was trained with\n")
     assert not (tmp_path / "out.npy").exists()
 
 

@@ -7,6 +7,7 @@ import csv
 import dataclasses
 import json
 import random
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -276,6 +277,28 @@ def test_bad_inputs(tiny_dir, sentiment_model, tmp_path):
     _one_line_error(_cli("predict", "-m", str(model), "-i", str(broken), "-o", str(tmp_path / "p.jsonl")),
                     "broken.jsonl", "line 2")
     assert not (tmp_path / "p.jsonl").exists()
+
+
+def _classifier(tiny_dir: Path, out: Path) -> Path:
+    """An untrained classifier, saved as finetune saves one (no training: fast)."""
+    t = TASKS["classify"](TaskSpec("classify"), Tokenizer.from_pretrained(tiny_dir), {0: "fresh", 1: "rotten"})
+    t.export(t.load_model(tiny_dir), out)
+    return out
+
+
+def test_a_vocabulary_larger_than_the_model_is_refused_at_load(tiny_dir, tmp_path):
+    """A token past the word embeddings failed (IndexError) only when a text held it: every load refuses it."""
+    model = _classifier(tiny_dir, tmp_path / "m")
+    (model / "tokenizer.json").unlink()
+    with (model / "vocab.txt").open("a", encoding="utf-8") as f:
+        f.write("zzqqxx\n")
+    train = _write_csv(tmp_path / "train.csv", ["text", "label"], _sentiment_rows(40, 0))
+    message = f"^{re.escape(str(model))}: the tokenizer has 30523 entries, more than config.json's vocab_size 30522: "
+    for load in (lambda: load_task(model), lambda: pipeline("classify", model), lambda: bertforge.Embedder.from_pretrained(model),
+                 lambda: finetune("classify", model, train, tmp_path / "out", args=_args(tmp_path / "out" / "run", 2))):
+        with pytest.raises(BertforgeError, match=message):
+            load()
+    assert not (tmp_path / "out" / "run").exists()
 
 
 def test_pipeline_rejects_wrong_task(sentiment_model):

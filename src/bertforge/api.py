@@ -20,11 +20,10 @@ import torch
 from .assets import resolve_model_dir
 from .config import BertConfig
 from .errors import BertforgeError
-from .infer import load_for_inference
+from .infer import load_for_inference, model_tokenizer
 from .model import set_dropout
 from .outputs import atomic_open, atomic_text, check_out_dir, check_output
 from .tasks import ARCHITECTURE_TASKS, TASKS, FinetuneTask, TaskSpec
-from .tokenizer import Tokenizer
 from .train import TrainArgs, resumable, train
 
 log = logging.getLogger("bertforge")
@@ -51,8 +50,9 @@ def finetune(
     spec = spec or TaskSpec(task, max_length=TASKS[task].default_max_length)
     directory = resolve_model_dir(model)
     _check_finetune_out(out, directory)
-    tokenizer = Tokenizer.from_pretrained(directory)
-    positions = BertConfig.from_json(directory / "config.json").max_position_embeddings
+    config = BertConfig.from_json(directory / "config.json")
+    tokenizer = model_tokenizer(directory, config)
+    positions = config.max_position_embeddings
     if spec.max_length > positions:
         log.warning("%s has %d positions: sequences of at most %d tokens, not %d", directory, positions, positions, spec.max_length)
         spec.max_length = positions
@@ -141,7 +141,7 @@ def load_task(
     spec = TaskSpec.from_dict({**settings, **{k: v for k, v in overrides.items() if v is not None}, "extra": extra})
     if spec.task not in TASKS:
         raise BertforgeError(f"{directory}: unknown task {spec.task!r}")
-    t = TASKS[spec.task](spec, Tokenizer.from_pretrained(directory), config.id2label)
+    t = TASKS[spec.task](spec, model_tokenizer(directory, config), config.id2label)
     return t, load_for_inference(directory, t.head, device, precision, runtime, compile)
 
 

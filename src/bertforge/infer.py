@@ -17,6 +17,7 @@ import torch
 from tokenizers import Encoding
 from torch import Tensor
 
+from .config import BertConfig
 from .errors import BertforgeError
 from .model import BertModel, EncoderOutput
 from .outputs import progress_bar
@@ -166,8 +167,9 @@ class Embedder:
         from .assets import resolve_model_dir
 
         directory = resolve_model_dir(name_or_path)
+        tokenizer = model_tokenizer(directory, BertConfig.from_json(directory / "config.json"))
         model = load_for_inference(directory, None, device, precision, runtime, compile)
-        return cls(model, Tokenizer.from_pretrained(directory), pooling_settings(directory))
+        return cls(model, tokenizer, pooling_settings(directory))
 
     def __call__(
         self,
@@ -198,6 +200,17 @@ class Embedder:
         return (v[: len(a)] * v[len(a) :]).sum(axis=1)
 
 
+def model_tokenizer(directory: Path, config: BertConfig) -> Tokenizer:
+    """A model directory's tokenizer, refused when it has ids past the model's word embeddings (a
+    token beyond them would fail only when a text holds it)."""
+    tokenizer = Tokenizer.from_pretrained(directory)
+    size = max(tokenizer.get_vocab().values()) + 1
+    if size > config.vocab_size:
+        raise BertforgeError(f"{directory}: the tokenizer has {size} entries, more than config.json's vocab_size "
+                             f"{config.vocab_size}: use the vocabulary the model was trained with")
+    return tokenizer
+
+
 def onnx_path(directory: Path, precision: str) -> Path:
     """Where `bertforge export onnx` puts a model directory's graph."""
     return directory / ("model.int8.onnx" if precision == "int8" else "model.onnx")
@@ -213,7 +226,6 @@ def load_for_inference(
 ):
     """The model of a directory, ready for ``run_batches``: PyTorch at a precision, or its ONNX graph."""
     from .checkpoint import load_pretrained
-    from .config import BertConfig
     from .runtime import EXPORTABLE_HEADS, RUNTIMES, OnnxModel, pick_device
 
     if runtime not in RUNTIMES:
