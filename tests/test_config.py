@@ -199,6 +199,16 @@ def test_we_read_transformers_config(tmp_path):
         ('{"hidden_act": "mish"}', "hidden_act 'mish' is not supported"),
         ('{"hidden_size": 100}', "hidden_size 100 is not divisible"),
         ('{"vocab_size": 10, "hidden_size": 10, "num_attention_heads": 3}', "not divisible"),
+        # hand-edited values: each names its field (hidden_size said "not all arguments converted during string formatting")
+        ('{"hidden_size": "abc"}', "hidden_size is 'abc', not an integer"),
+        ('{"num_attention_heads": true}', "num_attention_heads is True, not an integer"),
+        ('{"layer_norm_eps": "tiny"}', "layer_norm_eps is 'tiny', not a number"),
+        ('{"architectures": "BertModel"}', "architectures is 'BertModel', not a list or null"),
+        ('{"num_labels": "two"}', "num_labels is 'two', not an integer"),
+        ('{"id2label": ["fresh", "rotten"]}', "id2label is ['fresh', 'rotten'], not an object or null"),
+        ('{"id2label": {"zero": "fresh"}}', "id2label has ids that are not integers (zero)"),
+        ('{"id2label": {"0": "fresh", "5": "rotten"}}', "id2label lacks id 1: its 2 ids must run 0 to 1"),
+        ('{"id2label": {"0": "fresh", "1": "fresh"}}', "id2label names 'fresh' twice: each id needs a label of its own"),
     ],
 )
 def test_bad_config_json_names_the_file(tmp_path, content, message):

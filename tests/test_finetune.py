@@ -301,6 +301,36 @@ def test_a_vocabulary_larger_than_the_model_is_refused_at_load(tiny_dir, tmp_pat
     assert not (tmp_path / "out" / "run").exists()
 
 
+@pytest.mark.parametrize(
+    "edit, message",
+    [
+        (lambda c: c.update(bertforge="x"), "bertforge is 'x', not an object"),
+        (lambda c: c["bertforge"].update(max_length="abc"), "bertforge.max_length is 'abc', not an integer"),
+        (lambda c: c["bertforge"].update(extra=None), "bertforge.extra is None, not an object"),
+        (lambda c: c["bertforge"].pop("task"), "bertforge.task is missing"),
+        (lambda c: c["bertforge"].update(task="sort"), "unknown bertforge.task 'sort'"),
+        (lambda c: c.update(id2label={"0": "fresh", "5": "rotten"}), "id2label lacks id 1"),
+        (lambda c: c.update(id2label={"0": "fresh", "1": "fresh"}), "id2label names 'fresh' twice"),
+        (lambda c: c.update(hidden_size="abc"), "hidden_size is 'abc', not an integer"),
+    ],
+)
+def test_a_damaged_config_json_is_refused_at_load(tiny_dir, tmp_path, edit, message):
+    """Each raised AttributeError, TypeError or KeyError at the first prediction (serve started, then
+    answered 500s), or gave contradictory output (a duplicate label): one line naming the file, at load."""
+    from bertforge.serve import ServedModel
+
+    model = _classifier(tiny_dir, tmp_path / "m")
+    config = json.loads((model / "config.json").read_text())
+    edit(config)
+    (model / "config.json").write_text(json.dumps(config))
+    expected = "^" + re.escape(f"{model / 'config.json'}: {message}")
+    for load in (lambda: load_task(model), lambda: pipeline(None, model), lambda: pipeline("summarize", model),
+                 lambda: ServedModel(model, None, "fp32", "torch", None)):
+        with pytest.raises(BertforgeError, match=expected) as e:
+            load()
+        assert "\n" not in str(e.value)
+
+
 def test_pipeline_rejects_wrong_task(sentiment_model):
     model, _ = sentiment_model
     with pytest.raises(BertforgeError, match="is a classify model, not tag"):

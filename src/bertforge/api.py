@@ -129,20 +129,32 @@ def load_task(
     given precision (fp32, bf16, fp16, int8, auto) on PyTorch or on its exported ONNX graph."""
     directory = resolve_model_dir(name_or_path)
     config = BertConfig.from_json(directory / "config.json")
-    settings = config.extra.get("bertforge")
-    if settings is None:
+    saved = saved_spec(directory, config)
+    if saved is None:
         arch = (config.architectures or ["BertModel"])[0]
-        if arch not in ARCHITECTURE_TASKS:
-            raise BertforgeError(
-                f"{directory}: has no task head ({arch}); fine-tune it first with `bertforge finetune`"
-            )
-        settings = {"task": ARCHITECTURE_TASKS[arch], "max_length": TASKS[ARCHITECTURE_TASKS[arch]].default_max_length}
-    extra = {**settings.get("extra", {}), **{k: v for k, v in (overrides.pop("extra", None) or {}).items() if v is not None}}
-    spec = TaskSpec.from_dict({**settings, **{k: v for k, v in overrides.items() if v is not None}, "extra": extra})
-    if spec.task not in TASKS:
-        raise BertforgeError(f"{directory}: unknown task {spec.task!r}")
+        raise BertforgeError(f"{directory}: has no task head ({arch}); fine-tune it first with `bertforge finetune`")
+    extra = {**saved.extra, **{k: v for k, v in (overrides.pop("extra", None) or {}).items() if v is not None}}
+    spec = TaskSpec.from_dict({**saved.to_dict(), **{k: v for k, v in overrides.items() if v is not None}, "extra": extra})
     t = TASKS[spec.task](spec, model_tokenizer(directory, config), config.id2label)
     return t, load_for_inference(directory, t.head, device, precision, runtime, compile)
+
+
+def saved_spec(directory: Path, config: BertConfig) -> TaskSpec | None:
+    """The task settings in a model directory's config.json ("bertforge", or its transformers
+    architecture's defaults); None for a bare encoder. Damaged settings are an error naming the file."""
+    settings = config.extra.get("bertforge")
+    if settings is None:
+        task = ARCHITECTURE_TASKS.get((config.architectures or ["BertModel"])[0])
+        if task is None:
+            return None
+        settings = {"task": task, "max_length": TASKS[task].default_max_length}
+    try:
+        spec = TaskSpec.from_dict(settings, "bertforge")
+    except BertforgeError as e:
+        raise BertforgeError(f"{directory / 'config.json'}: {e}") from None
+    if spec.task not in TASKS:
+        raise BertforgeError(f"{directory / 'config.json'}: unknown bertforge.task {spec.task!r} (choose from {', '.join(TASKS)})")
+    return spec
 
 
 def _chunks(items: Sequence, size: int):
@@ -222,11 +234,9 @@ TASK_ALIASES = {"summarize": "extsum", "question-answering": "qa"}
 
 def model_task(name_or_path: str | Path) -> str | None:
     """The task a model directory was fine-tuned for (None for a bare encoder)."""
-    config = BertConfig.from_json(resolve_model_dir(name_or_path) / "config.json")
-    settings = config.extra.get("bertforge")
-    if settings is not None:
-        return settings.get("task")
-    return ARCHITECTURE_TASKS.get((config.architectures or ["BertModel"])[0])
+    directory = resolve_model_dir(name_or_path)
+    spec = saved_spec(directory, BertConfig.from_json(directory / "config.json"))
+    return spec.task if spec is not None else None
 
 
 class Pipeline:

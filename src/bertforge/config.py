@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import numbers
 import re
+import reprlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -13,6 +15,36 @@ from .errors import BertforgeError
 
 # Activations a BERT checkpoint may name in `hidden_act`; see model.ACTIVATIONS.
 SUPPORTED_ACTIVATIONS = ("gelu", "gelu_new", "gelu_pytorch_tanh", "gelu_fast", "relu", "silu", "swish")
+
+
+# What a field's declared type accepts from a JSON file, and how an error names it.
+_KINDS = {
+    "int": ("an integer", lambda v: isinstance(v, numbers.Integral) and not isinstance(v, bool)),
+    "float": ("a number", lambda v: isinstance(v, numbers.Real) and not isinstance(v, bool)),
+    "bool": ("true or false", lambda v: isinstance(v, bool)),
+    "str": ("a string", lambda v: isinstance(v, str)),
+    "dict": ("an object", lambda v: isinstance(v, dict)),
+    "list": ("a list", lambda v: isinstance(v, list)),
+    "None": ("null", lambda v: v is None),
+}
+
+
+def field_types(cls: type) -> dict[str, str]:
+    """A dataclass's fields and their declared types (``"int"``, ``"str | None"``...)."""
+    return {f.name: str(f.type) for f in dataclasses.fields(cls)}
+
+
+def check_fields(d: dict[str, Any], types: dict[str, str], prefix: str = "") -> None:
+    """Raise if a value in ``d`` (read from a file) is not of its type in ``types`` (see ``field_types``),
+    naming the field (after ``prefix``) and the value."""
+    for name, declared in types.items():
+        if name not in d:
+            continue
+        kinds = [k.split("[")[0] for k in declared.split(" | ")]
+        if any(k not in _KINDS or _KINDS[k][1](d[name]) for k in kinds):
+            continue
+        value = reprlib.repr(d[name])
+        raise BertforgeError(f"{prefix}{name} is {value}, not {' or '.join(_KINDS[k][0] for k in kinds)}")
 
 
 @dataclass
@@ -53,7 +85,7 @@ class BertConfig:
                 f"hidden_act {self.hidden_act!r} is not supported (choose from {', '.join(SUPPORTED_ACTIVATIONS)})"
             )
         if self.id2label is not None:
-            self.id2label = {int(k): str(v) for k, v in self.id2label.items()}
+            self.id2label = _label_ids(self.id2label)
 
     @property
     def head_size(self) -> int:
@@ -90,9 +122,11 @@ class BertConfig:
         known = {k: v for k, v in d.items() if k in names}
         if known.get("pad_token_id") is None:
             known.pop("pad_token_id", None)
+        check_fields(known, field_types(cls))
         extra = {k: v for k, v in d.items() if k not in names and k not in ("label2id", "num_labels")}
         if "id2label" not in known and d.get("num_labels"):
-            known["id2label"] = {i: f"LABEL_{i}" for i in range(int(d["num_labels"]))}
+            check_fields(d, {"num_labels": "int"})
+            known["id2label"] = {i: f"LABEL_{i}" for i in range(d["num_labels"])}
         return cls(**known, extra=extra)
 
     def to_dict(self) -> dict[str, Any]:
@@ -140,6 +174,23 @@ class BertConfig:
     def preset(cls, name: str, **overrides: Any) -> BertConfig:
         """A named size: tiny, mini, small, medium, base, large, or ``L{layers}-H{hidden}``."""
         return cls(**{**_preset_shape(name), **overrides})
+
+
+def _label_ids(id2label: dict) -> dict[int, str]:
+    """id2label with integer ids, which must run 0..n-1 (a head's rows), each naming a label of its own."""
+    try:
+        labels = {int(k): str(v) for k, v in id2label.items()}
+    except ValueError:
+        raise BertforgeError(f"id2label has ids that are not integers ({', '.join(map(str, id2label))})") from None
+    missing = next((i for i in range(len(labels)) if i not in labels), None)
+    if missing is not None:
+        raise BertforgeError(f"id2label lacks id {missing}: its {len(labels)} ids must run 0 to {len(labels) - 1}")
+    seen: set[str] = set()
+    for i in range(len(labels)):
+        if labels[i] in seen:
+            raise BertforgeError(f"id2label names {labels[i]!r} twice: each id needs a label of its own")
+        seen.add(labels[i])
+    return labels
 
 
 # Turc et al. (2019), "Well-Read Students Learn Better": 24 compact BERTs, L in {2..12}, H in {128..768},

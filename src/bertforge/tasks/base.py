@@ -8,6 +8,7 @@ its loss, how to turn model outputs into predictions, and its metrics.
 from __future__ import annotations
 
 import dataclasses
+import reprlib
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,6 +18,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from ..config import check_fields, field_types
 from ..errors import BertforgeError
 from ..heads import IGNORE_INDEX
 from ..tokenizer import Tokenizer
@@ -55,9 +57,15 @@ class TaskSpec:
         return dataclasses.asdict(self)
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> TaskSpec:
-        names = {f.name for f in dataclasses.fields(cls)}
-        return cls(**{k: v for k, v in d.items() if k in names})
+    def from_dict(cls, d: dict[str, Any], name: str = "settings") -> TaskSpec:
+        """From settings read from a file (``name``: what errors call them); unknown keys are ignored."""
+        if not isinstance(d, dict):
+            raise BertforgeError(f"{name} is {reprlib.repr(d)}, not an object")
+        if "task" not in d:
+            raise BertforgeError(f"{name}.task is missing")
+        types = field_types(cls)
+        check_fields(d, types, f"{name}.")
+        return cls(**{k: v for k, v in d.items() if k in types})
 
 
 @dataclass
