@@ -299,3 +299,67 @@ def test_progress_bars_go_to_stderr_unless_tqdm_disable_is_set(tmp_path, monkeyp
     [quiet] = run_all(embed)
     assert "encoding" in shown.stderr and "seq/s" in shown.stderr
     assert quiet.stderr == "" and quiet.stdout == shown.stdout
+
+
+def _main_error(monkeypatch, capsys, *args: str | Path) -> str:
+    """Run ``bertforge ARGS`` in process; it must fail with exit status 2 and one line on stderr: that line."""
+    monkeypatch.setattr(sys, "argv", ["bertforge", *map(str, args)])
+    with pytest.raises(SystemExit) as e:
+        main()
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and len(err.splitlines()) == 1 and "Traceback" not in err, err
+    assert err.startswith("bertforge: error: "), err
+    return err.rstrip("\n")
+
+
+def test_usage_errors_are_one_line_naming_the_help(monkeypatch, capsys):
+    """click's usage errors (a missing option, a value of the wrong type, an unknown option) are one line,
+    as every other error, with the way to the command's options."""
+    assert _main_error(monkeypatch, capsys, "embed", "-m", "minilm-l6", "-o", "x.npy") == (
+        "bertforge: error: Missing option '--input' / '-i'; see 'bertforge embed --help'")
+    assert "Invalid value for '--batch-size'" in _main_error(monkeypatch, capsys, "finetune", "classify", "--batch-size", "x")
+    assert _main_error(monkeypatch, capsys, "nope") == "bertforge: error: No such command 'nope'; see 'bertforge --help'"
+    monkeypatch.setattr(sys, "argv", ["bertforge"])  # no command: the help, as before
+    with pytest.raises(SystemExit):
+        main()
+    assert "Usage: " in capsys.readouterr().err
+
+
+BAD_VALUES = {  # (option, value, what is said); each command is given what it needs to get past the parser
+    "pretrain": [("--batch-size", "0", "greater than or equal to 1"), ("--grad-accum", "0", "greater than or equal to 1"),
+                 ("--lr", "-1", "greater than or equal to 0"), ("--lr", "nan", "greater than or equal to 0"),
+                 ("--weight-decay", "-0.1", "greater than or equal to 0"), ("--log-every", "0", "greater than or equal to 1"),
+                 ("--dropout", "1.5", "less than or equal to 1"), ("--dropout", "-0.1", "greater than or equal to 0"),
+                 ("--config", "DIR", "file 'DIR' is a directory")],
+    "finetune": [("--batch-size", "0", "greater than or equal to 1"), ("--grad-accum", "0", "greater than or equal to 1"),
+                 ("--lr", "-1", "greater than or equal to 0"), ("--weight-decay", "-0.1", "greater than or equal to 0"),
+                 ("--dropout", "1.5", "less than or equal to 1"), ("--train", "DIR", "file 'DIR' is a directory"),
+                 ("--valid", "DIR", "file 'DIR' is a directory")],
+    "embed": [("--input", "DIR", "file 'DIR' is a directory")],
+    "similarity": [("--pairs", "DIR", "file 'DIR' is a directory")],
+    "vocab": [("--corpus", "DIR", "file 'DIR' is a directory")],
+    "evaluate": [("--data", "DIR", "file 'DIR' is a directory")],
+    "predict": [("--input", "DIR", "file 'DIR' is a directory")],
+    "summarize": [("--input", "DIR", "file 'DIR' is a directory")],
+}
+
+
+def test_bad_option_values_are_usage_errors_before_anything_is_written(tmp_path, monkeypatch, capsys):
+    """Values the training loop, torch or a file read would crash on (a division by zero, torch's optimizer or
+    dropout, a directory read as a file) stop at the command line, naming the option; nothing is written."""
+    directory, file = tmp_path / "adir", tmp_path / "a.txt"
+    directory.mkdir()
+    file.write_text("a text\n")
+    out = tmp_path / "out"
+    needs = {
+        "pretrain": ["--data", directory, "--out", out], "finetune": ["classify", "-m", "minilm-l6", "--train", file, "--out", out],
+        "embed": ["-m", "minilm-l6", "-i", file, "-o", out / "e.npy"], "similarity": [], "vocab": ["--corpus", file, "--out", out / "v.txt"],
+        "evaluate": ["-m", "minilm-l6", "--data", file], "predict": ["-m", "minilm-l6", "-i", file, "-o", out / "p.jsonl"],
+        "summarize": ["-i", file, "-o", out / "s.jsonl"],
+    }
+    for command, cases in BAD_VALUES.items():
+        for option, value, said in cases:
+            value, said = (directory, said.replace("DIR", str(directory))) if value == "DIR" else (value, said)
+            err = _main_error(monkeypatch, capsys, command, *needs[command], option, value)
+            assert f"Invalid value for '{option}'" in err and said in err and f"see 'bertforge {command} --help'" in err, err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.txt", "adir"] and not list(directory.iterdir())

@@ -393,6 +393,15 @@ def test_too_little_data_for_one_batch_is_an_error_before_anything_is_written(ti
     assert not (tmp_path / "few" / "run").exists()
 
 
+def test_a_dropout_outside_0_1_is_an_error_before_anything_is_written(tiny_dir, tmp_path):
+    """torch says so only at the first training step, once OUT/run/train_args.json is written."""
+    train = _write_csv(tmp_path / "train.csv", ["text", "label"], _sentiment_rows(60, 5))
+    for p in (1.5, -0.1, float("nan")):
+        with pytest.raises(BertforgeError, match=rf"^dropout must be within \[0, 1\], not {p}$"):
+            finetune("classify", tiny_dir, train, tmp_path / "m", args=_args(tmp_path / "m" / "run", 2), dropout=p)
+    assert not (tmp_path / "m").exists()
+
+
 def test_regression_on_mse_keeps_the_lowest(tiny_dir, tmp_path):
     """--metric mse (an error: lower is better) keeps the evaluation with the lowest mse, not the highest."""
     rows = [(t, 1.0 if y == "positive" else 0.0) for t, y in _sentiment_rows(60, 4)]

@@ -216,6 +216,15 @@ def test_bf16_lamb_cosine_run(shards, tmp_path):
     assert all(map(lambda x: x == x, losses)) and losses[-1] < losses[0]
 
 
+@pytest.mark.parametrize("name, value, least", [("batch_size", 0, 1), ("grad_accum", 0, 1), ("log_every", 0, 1),
+                                                ("lr", -1.0, 0), ("lr", float("nan"), 0), ("weight_decay", -0.1, 0)])
+def test_train_args_refuse_what_the_loop_would_crash_on(tmp_path, name, value, least):
+    """A division by zero or torch's optimizer, once the run has begun writing; the API's way to the loop
+    (bertforge.finetune) is checked here, the command line's options by their bounds."""
+    with pytest.raises(BertforgeError, match=rf"^{name} must be at least {least}, not {value}$"):
+        TrainArgs(out=tmp_path, **{name: value})
+
+
 def test_schedules_and_lamb():
     p = torch.nn.Parameter(torch.ones(3))
     opt = torch.optim.SGD([p], lr=1.0)

@@ -97,7 +97,7 @@ def fetch(
 
 @app.command()
 def vocab(
-    corpus: Annotated[list[Path], typer.Option("--corpus", help="Text file(s) to learn from; repeat the option.")],
+    corpus: Annotated[list[Path], typer.Option("--corpus", dir_okay=False, help="Text file(s) to learn from; repeat the option.")],
     vocab_size: Annotated[int, typer.Option("--vocab-size", help="Entries in the vocabulary, specials included.")] = 30522,
     out: Annotated[Path, typer.Option("--out", help="Where to write vocab.txt.")] = Path("vocab.txt"),
     cased: Annotated[bool, typer.Option("--cased", help="Keep case and accents (default: lowercase, strip accents).")] = False,
@@ -118,7 +118,7 @@ def vocab(
 @app.command()
 def embed(
     model: Model,
-    input: Annotated[Path, typer.Option("--input", "-i", help="Text file, one text a line.")],
+    input: Annotated[Path, typer.Option("--input", "-i", dir_okay=False, help="Text file, one text a line.")],
     output: Annotated[Path, typer.Option("--output", "-o", help=".npy (float32 matrix) or .jsonl.")],
     pooling: Annotated[str | None, typer.Option(help="mean | cls | pooler (default: the checkpoint's, else mean).")] = None,
     normalize: Annotated[bool | None, typer.Option("--normalize/--no-normalize", help="L2-normalise (default: the checkpoint's).")] = None,
@@ -178,7 +178,7 @@ def _read_pairs(path: Path) -> tuple[list[str], list[str], list[bool | None]]:
 def similarity(
     model: Model = "minilm-l6",
     sentences: Annotated[list[str] | None, typer.Argument(help="Two sentences.")] = None,
-    pairs: Annotated[Path | None, typer.Option("--pairs", help="TSV: sentence A, sentence B[, gold: 1/0, yes/no, same/different, true/false].")] = None,
+    pairs: Annotated[Path | None, typer.Option("--pairs", dir_okay=False, help="TSV: sentence A, sentence B[, gold: 1/0, yes/no, same/different, true/false].")] = None,
     threshold: Annotated[float, typer.Option(help="Cosine at or above which the verdict is 'same'.")] = SAME_MEANING_THRESHOLD,
     precision: Precision = "fp32",
     device: Device = None,
@@ -267,23 +267,23 @@ def pretrain(
     data: Annotated[Path, typer.Option("--data", help="Shards written by prepare-pretrain.")],
     out: Annotated[Path, typer.Option("--out", help="Run directory: checkpoints/, metrics.jsonl, curves.png, final/.")],
     preset: Annotated[str, typer.Option(help="Model size: tiny, mini, small, medium, base, large or L{n}-H{m}.")] = "mini",
-    config: Annotated[Path | None, typer.Option("--config", help="A config.json instead of a preset.")] = None,
+    config: Annotated[Path | None, typer.Option("--config", dir_okay=False, help="A config.json instead of a preset.")] = None,
     init: Annotated[str | None, typer.Option("--init", help="Start from this model's weights (continued or domain-adaptive pretraining); its vocabulary must be the shards'.")] = None,
     max_steps: Annotated[int, typer.Option("--max-steps", help="Optimizer steps.")] = 10000,
-    batch_size: Annotated[int, typer.Option("--batch-size", help="Sequences per step, over all processes.")] = 128,
-    grad_accum: Annotated[int, typer.Option("--grad-accum", help="Micro-batches per step.")] = 1,
-    lr: Annotated[float, typer.Option("--lr", help="Peak learning rate.")] = 1e-4,
+    batch_size: Annotated[int, typer.Option("--batch-size", min=1, help="Sequences per step, over all processes.")] = 128,
+    grad_accum: Annotated[int, typer.Option("--grad-accum", min=1, help="Micro-batches per step.")] = 1,
+    lr: Annotated[float, typer.Option("--lr", min=0, help="Peak learning rate.")] = 1e-4,
     warmup: Annotated[float, typer.Option("--warmup", help="Warmup steps (>= 1) or fraction of steps (< 1).")] = 0.05,
     schedule: Annotated[str, typer.Option(help="linear | cosine | constant decay after warmup.")] = "linear",
     optimizer: Annotated[str, typer.Option(help="adamw | lamb (for large batches).")] = "adamw",
-    weight_decay: Annotated[float, typer.Option("--weight-decay", help="AdamW weight decay (not on biases and LayerNorms).")] = 0.01,
+    weight_decay: Annotated[float, typer.Option("--weight-decay", min=0, help="AdamW weight decay (not on biases and LayerNorms).")] = 0.01,
     save_every: Annotated[int, typer.Option("--save-every", help="Checkpoint every N steps (0: at the end).")] = 1000,
     keep_last: Annotated[int, typer.Option("--keep-last", help="Checkpoints kept.")] = 2,
     eval_every: Annotated[int, typer.Option("--eval-every", help="Evaluate every N steps (0: at the end).")] = 1000,
-    log_every: Annotated[int, typer.Option("--log-every", help="Log training metrics every N steps.")] = 10,
+    log_every: Annotated[int, typer.Option("--log-every", min=1, help="Log training metrics every N steps.")] = 10,
     seed: Annotated[int, typer.Option("--seed", help="Seeds the initialisation, the data order and dropout.")] = 0,
     precision: Annotated[str, typer.Option(help="fp32 | bf16 (autocast).")] = "fp32",
-    dropout: Annotated[float | None, typer.Option("--dropout", help="Hidden and attention dropout (default: the preset's, 0.1 as in BERT; short runs learn faster with 0).")] = None,
+    dropout: Annotated[float | None, typer.Option("--dropout", min=0, max=1, help="Hidden and attention dropout (default: the preset's, 0.1 as in BERT; short runs learn faster with 0).")] = None,
     compile: Annotated[bool, typer.Option("--compile", help="torch.compile the model.")] = False,
     resume: Annotated[bool, typer.Option("--resume", help="Continue from the newest checkpoint in --out.")] = False,
     device: Device = None,
@@ -361,9 +361,9 @@ def plot(run: Annotated[Path, typer.Argument(help="A run directory with metrics.
 def finetune(
     task: Annotated[str, typer.Argument(help="classify | pair | regress | tag | qa | extsum")],
     model: Model,
-    train: Annotated[Path, typer.Option("--train", help="Training data: CSV, TSV or JSONL (tag: also CoNLL; qa: also SQuAD JSON).")],
+    train: Annotated[Path, typer.Option("--train", dir_okay=False, help="Training data: CSV, TSV or JSONL (tag: also CoNLL; qa: also SQuAD JSON).")],
     out: Annotated[Path, typer.Option("--out", help="Output model directory (Hugging Face format): new, empty or a previous run's; the run goes to OUT/run.")],
-    valid: Annotated[Path | None, typer.Option("--valid", help="Validation data (default: 10% of --train, seeded).")] = None,
+    valid: Annotated[Path | None, typer.Option("--valid", dir_okay=False, help="Validation data (default: 10% of --train, seeded).")] = None,
     text_column: Annotated[str, typer.Option("--text-column", help="Column (JSONL field) holding the text.")] = "text",
     text_pair_column: Annotated[str | None, typer.Option("--text-pair-column", help="Second text's column (pair: default text_pair; classify and regress read pairs when the training file has a text_pair column).")] = None,
     label_column: Annotated[str, typer.Option("--label-column", help="Column holding the label (regress: the number).")] = "label",
@@ -373,16 +373,16 @@ def finetune(
     stride: Annotated[int | None, typer.Option("--stride", help="Window overlap in tokens (default max-length/4).")] = None,
     epochs: Annotated[float, typer.Option("--epochs", help="Passes over --train (fractions allowed).")] = 3.0,
     max_steps: Annotated[int | None, typer.Option("--max-steps", help="Stop after N steps (overrides --epochs).")] = None,
-    lr: Annotated[float, typer.Option("--lr", help="Peak learning rate (AdamW; linear warmup, then linear decay).")] = 5e-5,
-    batch_size: Annotated[int, typer.Option("--batch-size", help="Examples (windows) per optimizer step, over all processes.")] = 32,
-    grad_accum: Annotated[int, typer.Option("--grad-accum", help="Split each step into N micro-batches (same result, less memory).")] = 1,
+    lr: Annotated[float, typer.Option("--lr", min=0, help="Peak learning rate (AdamW; linear warmup, then linear decay).")] = 5e-5,
+    batch_size: Annotated[int, typer.Option("--batch-size", min=1, help="Examples (windows) per optimizer step, over all processes.")] = 32,
+    grad_accum: Annotated[int, typer.Option("--grad-accum", min=1, help="Split each step into N micro-batches (same result, less memory).")] = 1,
     warmup: Annotated[float, typer.Option("--warmup", help="Warmup steps (>= 1) or fraction (< 1).")] = 0.1,
-    weight_decay: Annotated[float, typer.Option("--weight-decay", help="AdamW weight decay (not on biases and LayerNorms).")] = 0.01,
+    weight_decay: Annotated[float, typer.Option("--weight-decay", min=0, help="AdamW weight decay (not on biases and LayerNorms).")] = 0.01,
     eval_every: Annotated[int, typer.Option("--eval-every", help="Validate every N steps (0: every epoch).")] = 0,
     patience: Annotated[int, typer.Option("--patience", help="Stop after N validations without improvement (0: never).")] = 2,
     metric: Annotated[str | None, typer.Option("--metric", help="Validation metric that picks the best model (default: the task's; mse, mae: the lowest).")] = None,
     seed: Annotated[int, typer.Option("--seed", help="Seeds the head's initialisation, the data order and dropout.")] = 0,
-    dropout: Annotated[float | None, typer.Option("--dropout", help="Hidden and attention dropout (default: the checkpoint's).")] = None,
+    dropout: Annotated[float | None, typer.Option("--dropout", min=0, max=1, help="Hidden and attention dropout (default: the checkpoint's).")] = None,
     precision: Annotated[str, typer.Option(help="fp32 | bf16")] = "fp32",
     save_every: Annotated[int, typer.Option("--save-every", help="Checkpoint every N steps (0: at the end).")] = 0,
     resume: Annotated[bool, typer.Option("--resume", help="Continue from the newest checkpoint in OUT/run.")] = False,
@@ -454,7 +454,7 @@ def _task_settings(task: str | None, **options) -> dict:
 @app.command()
 def evaluate(
     model: Model,
-    data: Annotated[Path, typer.Option("--data", help="Labelled file in the task's format.")],
+    data: Annotated[Path, typer.Option("--data", dir_okay=False, help="Labelled file in the task's format.")],
     output: Annotated[Path | None, typer.Option("--output", help="Write the metrics as JSON here.")] = None,
     text_column: Annotated[str | None, typer.Option("--text-column", help="Default: as in training.")] = None,
     text_pair_column: Annotated[str | None, typer.Option("--text-pair-column")] = None,
@@ -495,7 +495,7 @@ def evaluate(
 @app.command()
 def predict(
     model: Model,
-    input: Annotated[Path, typer.Option("--input", "-i", help="Texts in the task's format (labels not needed).")],
+    input: Annotated[Path, typer.Option("--input", "-i", dir_okay=False, help="Texts in the task's format (labels not needed).")],
     output: Annotated[Path, typer.Option("--output", "-o", help="JSONL: the input's fields plus the prediction (an input field of the same name kept as input_NAME).")],
     text_column: Annotated[str | None, typer.Option("--text-column", help="Default: as in training.")] = None,
     text_pair_column: Annotated[str | None, typer.Option("--text-pair-column")] = None,
@@ -520,7 +520,7 @@ def predict(
 
 @app.command()
 def summarize(
-    input: Annotated[Path, typer.Option("--input", "-i", help="JSONL documents: 'sentences' (a list) or 'text'.")],
+    input: Annotated[Path, typer.Option("--input", "-i", dir_okay=False, help="JSONL documents: 'sentences' (a list) or 'text'.")],
     output: Annotated[Path, typer.Option("--output", "-o", help="JSONL: the input's fields plus summary and selected.")],
     model: Model = "minilm-l6",
     method: Annotated[str, typer.Option(help="centroid | cluster | lead")] = "centroid",
@@ -647,15 +647,40 @@ def export_onnx(
 
 
 def main() -> None:
+    try:  # typer vendors click from 0.2x on; before, it ran on click itself
+        from typer._click.exceptions import UsageError
+    except ImportError:  # pragma: no cover
+        from click.exceptions import UsageError
+
     logging.basicConfig(level=logging.WARNING, format="bertforge: %(message)s")
     try:
-        app()
+        code = app(standalone_mode=False)  # usage errors come here, to be one line like the others
     except BertforgeError as e:
-        print(f"bertforge: error: {e}", file=sys.stderr)
-        sys.exit(2)
+        _fail(str(e))
+    except UsageError as e:
+        message = e.format_message()
+        if "\n" in message:  # the help, for a command given no arguments
+            e.show()
+            sys.exit(e.exit_code)
+        _fail(f"{message.rstrip('.')}; see '{_command(e.ctx)} --help'")
     except KeyboardInterrupt:
         print("bertforge: interrupted", file=sys.stderr)
         sys.exit(130)
+    sys.exit(code if isinstance(code, int) else 0)  # --help, or typer's exit status (130 for ^C)
+
+
+def _command(ctx) -> str:
+    """'bertforge export onnx': the command a click context parses, named as the errors name the program."""
+    names = []
+    while ctx is not None and ctx.parent is not None:
+        names.append(ctx.info_name)
+        ctx = ctx.parent
+    return " ".join(["bertforge", *reversed(names)])
+
+
+def _fail(message: str) -> None:
+    print(f"bertforge: error: {message}", file=sys.stderr)
+    sys.exit(2)
 
 
 if __name__ == "__main__":

@@ -211,6 +211,8 @@ class BertModel(nn.Module):
 
 def set_dropout(model: nn.Module, p: float) -> None:
     """Set every dropout of a built model (hidden, attention, heads) to ``p``, and its config to match."""
+    if not 0 <= p <= 1:  # (NaN too) torch would say so only at the first training step
+        raise BertforgeError(f"dropout must be within [0, 1], not {p}")
     for m in model.modules():
         if isinstance(m, nn.Dropout):
             m.p = p

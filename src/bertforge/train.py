@@ -90,6 +90,14 @@ class TrainArgs:
     patience: int = 0  # evaluations without improvement before stopping; 0: never stop early
     progress: bool = True
 
+    def __post_init__(self) -> None:
+        """The settings a bad value of would crash the loop (a division by zero, torch's optimizer) once it has
+        begun writing; the command line's options carry the same bounds."""
+        for name, least in (("batch_size", 1), ("grad_accum", 1), ("log_every", 1), ("lr", 0), ("weight_decay", 0)):
+            value = getattr(self, name)
+            if not value >= least:  # (NaN too)
+                raise BertforgeError(f"{name} must be at least {least}, not {value}")
+
 
 @dataclass
 class TrainState:
