@@ -215,6 +215,16 @@ def test_vocab_error_for_a_missing_corpus(tmp_path, monkeypatch, capsys):
     assert capsys.readouterr().err == f"bertforge: error: {tmp_path / 'none.txt'}: no such file\n"
 
 
+def test_vocab_names_the_file_and_line_that_is_not_utf8(tmp_path, tiny_corpus, monkeypatch, capsys):
+    """As prepare-pretrain says it; the trainer's own message names neither."""
+    latin = tmp_path / "latin.txt"
+    latin.write_bytes("hello world\ncaf\u00e9 au lait\n".encode("latin-1"))
+    err = _main_error(monkeypatch, capsys, "vocab", "--corpus", tiny_corpus, "--corpus", latin, "--vocab-size", "200",
+                      "--out", tmp_path / "v.txt")
+    assert err == f"bertforge: error: {latin}: line 2 is not UTF-8 text (byte 0xe9)"
+    assert not (tmp_path / "v.txt").exists()
+
+
 def test_vocab_refuses_an_empty_corpus_and_an_out_it_cannot_write(tmp_path, tiny_corpus):
     """As prepare-pretrain: an empty corpus is an error, not a vocabulary of the specials alone; --out is
     checked before the training (a directory, the corpus itself)."""

@@ -104,12 +104,18 @@ def vocab(
     min_frequency: Annotated[int, typer.Option("--min-frequency", help="Ignore words seen fewer times.")] = 2,
 ) -> None:
     """Train a WordPiece vocabulary (English, Chinese or mixed text) with BERT's normalisation."""
+    from .data.sentences import check_utf8
     from .outputs import check_output, progress_enabled
     from .tokenizer import train_vocab
 
     check_output(out, *corpus)  # before the training, which can take minutes
-    tok = train_vocab(corpus, vocab_size, lowercase=not cased, min_frequency=min_frequency,
-                      show_progress=progress_enabled())
+    try:
+        tok = train_vocab(corpus, vocab_size, lowercase=not cased, min_frequency=min_frequency,
+                          show_progress=progress_enabled())
+    except BertforgeError:
+        for path in corpus:  # the trainer names neither the file nor the line of a byte it cannot read
+            check_utf8(path)
+        raise
     out.parent.mkdir(parents=True, exist_ok=True)
     tok.save_vocab(out)
     typer.echo(f"wrote {out} ({tok.vocab_size} entries, {'cased' if cased else 'uncased'})")

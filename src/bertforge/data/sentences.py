@@ -116,6 +116,12 @@ def _lines(path: Path) -> Iterator[tuple[int, str, int]]:
             yield n, line.rstrip("\r\n"), done
 
 
+def check_utf8(path: Path) -> None:
+    """A file that is not UTF-8 text is an error naming the file and its first such line."""
+    for _ in _lines(path):
+        pass
+
+
 def read_pieces(path: Path) -> Iterator[tuple[list[str], bool, int]]:
     """(sentences, whether they end a document, bytes read so far) for a text or JSONL file: whole
     documents, or a long document in pieces of up to PIECE_SENTENCES sentences."""
