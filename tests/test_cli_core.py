@@ -25,6 +25,17 @@ def run(*args: str | Path, ok: bool = True) -> subprocess.CompletedProcess:
     return run_all(list(args), ok=ok)[0]
 
 
+def _main_error(monkeypatch, capsys, *args: str | Path) -> str:
+    """Run ``bertforge ARGS`` in process; it must fail with exit status 2 and one line on stderr: that line."""
+    monkeypatch.setattr(sys, "argv", ["bertforge", *map(str, args)])
+    with pytest.raises(SystemExit) as e:
+        main()
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and len(err.splitlines()) == 1 and "Traceback" not in err, err
+    assert err.startswith("bertforge: error: "), err
+    return err.rstrip("\n")
+
+
 @pytest.fixture(scope="module")
 def embedder() -> Embedder:
     return Embedder.from_pretrained("minilm-l6")
@@ -112,7 +123,9 @@ def test_similarity_errors_are_one_line(tmp_path):
     "content, message",
     [
         (b"one\t\n", "line 1: expected two tab-separated sentences"),
-        (b"one\ttwo\tmaybe\n", "line 1: unknown label 'maybe' (use 1/0, yes/no, same/different)"),
+        (b"one\ttwo\tmaybe\n", "line 1: unknown label 'maybe' (use 1/0, yes/no, same/different, true/false)"),
+        (b"one\ttwo\tTrue\nthree\tfour\t1\textra\n",
+         "line 2: 4 tab-separated columns; expected sentence A, sentence B and an optional gold label"),
         (b"# only a comment\n\n", "no sentence pairs"),
         (b"a\tb\n\xff\n", "line 2 is not UTF-8 text (byte 0xff)"),
     ],
@@ -125,6 +138,25 @@ def test_more_pairs_errors_in_process(tmp_path, monkeypatch, capsys, content, me
         main()
     assert e.value.code == 2
     assert capsys.readouterr().err == f"bertforge: error: {pairs}: {message}\n"
+
+
+def test_similarity_refuses_sentences_with_pairs_and_a_threshold_beyond_cosine(tmp_path, monkeypatch, capsys):
+    pairs = tmp_path / "pairs.tsv"
+    pairs.write_text("one\ttwo\n")
+    assert _main_error(monkeypatch, capsys, "similarity", "--pairs", pairs, "a", "b") == (
+        "bertforge: error: give two sentences or --pairs FILE, not both")
+    for value, bound in (("2", "less than or equal to 1"), ("-1.5", "greater than or equal to -1")):
+        err = _main_error(monkeypatch, capsys, "similarity", "a", "b", "--threshold", value)
+        assert f"Invalid value for '--threshold': Input should be {bound}" in err
+
+
+def test_a_pairs_file_of_one_pair_prints_the_table(tmp_path, embedder):
+    pairs = tmp_path / "pairs.tsv"
+    pairs.write_text("A man is playing a guitar.\tSomeone plays the guitar.\n")
+    lines = run("similarity", "--pairs", pairs).stdout.splitlines()
+    assert len(lines) == 2 and lines[0].split() == ["cosine", "same?", "sentence", "A", "sentence", "B"]
+    score = embedder.similarity(["A man is playing a guitar."], ["Someone plays the guitar."])[0]
+    assert abs(float(lines[1].split()[0]) - score) < 1e-3 and lines[1].split()[1] == "yes"
 
 
 def test_pairs_lines_split_on_newlines_only(tmp_path):
@@ -309,17 +341,6 @@ def test_progress_bars_go_to_stderr_unless_tqdm_disable_is_set(tmp_path, monkeyp
     [quiet] = run_all(embed)
     assert "encoding" in shown.stderr and "seq/s" in shown.stderr
     assert quiet.stderr == "" and quiet.stdout == shown.stdout
-
-
-def _main_error(monkeypatch, capsys, *args: str | Path) -> str:
-    """Run ``bertforge ARGS`` in process; it must fail with exit status 2 and one line on stderr: that line."""
-    monkeypatch.setattr(sys, "argv", ["bertforge", *map(str, args)])
-    with pytest.raises(SystemExit) as e:
-        main()
-    err = capsys.readouterr().err
-    assert e.value.code == 2 and len(err.splitlines()) == 1 and "Traceback" not in err, err
-    assert err.startswith("bertforge: error: "), err
-    return err.rstrip("\n")
 
 
 def test_usage_errors_are_one_line_naming_the_help(monkeypatch, capsys):

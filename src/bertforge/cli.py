@@ -158,7 +158,9 @@ def embed(
     typer.echo(f"wrote {output}: {vectors.shape[0]} x {vectors.shape[1]}")
 
 
-_GOLD = {"1": True, "0": False, "yes": True, "no": False, "same": True, "different": False, "true": True, "false": False}
+_GOLD_WORDS = (("1", "0"), ("yes", "no"), ("same", "different"), ("true", "false"))  # (same meaning, different)
+_GOLD = {word: same for pair in _GOLD_WORDS for word, same in zip(pair, (True, False), strict=True)}
+GOLD_HELP = ", ".join("/".join(pair) for pair in _GOLD_WORDS)
 
 
 def _read_pairs(path: Path) -> tuple[list[str], list[str], list[bool | None]]:
@@ -169,9 +171,12 @@ def _read_pairs(path: Path) -> tuple[list[str], list[str], list[bool | None]]:
         cols = line.split("\t")
         if len(cols) < 2 or not cols[0].strip() or not cols[1].strip():
             raise BertforgeError(f"{path}: line {n}: expected two tab-separated sentences")
+        if len(cols) > 3:
+            raise BertforgeError(f"{path}: line {n}: {len(cols)} tab-separated columns; expected sentence A, "
+                                 "sentence B and an optional gold label")
         label = cols[2].strip().lower() if len(cols) > 2 else ""
         if label and label not in _GOLD:
-            raise BertforgeError(f"{path}: line {n}: unknown label {cols[2].strip()!r} (use 1/0, yes/no, same/different)")
+            raise BertforgeError(f"{path}: line {n}: unknown label {cols[2].strip()!r} (use {GOLD_HELP})")
         a.append(cols[0].strip())
         b.append(cols[1].strip())
         gold.append(_GOLD[label] if label else None)
@@ -184,8 +189,8 @@ def _read_pairs(path: Path) -> tuple[list[str], list[str], list[bool | None]]:
 def similarity(
     model: Model = "minilm-l6",
     sentences: Annotated[list[str] | None, typer.Argument(help="Two sentences.")] = None,
-    pairs: Annotated[Path | None, typer.Option("--pairs", dir_okay=False, help="TSV: sentence A, sentence B[, gold: 1/0, yes/no, same/different, true/false].")] = None,
-    threshold: Annotated[float, typer.Option(help="Cosine at or above which the verdict is 'same'.")] = SAME_MEANING_THRESHOLD,
+    pairs: Annotated[Path | None, typer.Option("--pairs", dir_okay=False, help=f"TSV: sentence A, sentence B[, gold: {GOLD_HELP}]; prints a table.")] = None,
+    threshold: Annotated[float, typer.Option(min=-1, max=1, help="Cosine at or above which the verdict is 'same'.")] = SAME_MEANING_THRESHOLD,
     precision: Precision = "fp32",
     device: Device = None,
 ) -> None:
@@ -193,6 +198,8 @@ def similarity(
     from .infer import Embedder
 
     if pairs is not None:
+        if sentences:
+            raise BertforgeError("give two sentences or --pairs FILE, not both")
         a, b, gold = _read_pairs(pairs)
     elif sentences and len(sentences) == 2:
         for n, sentence in enumerate(sentences, 1):
@@ -203,7 +210,7 @@ def similarity(
         raise BertforgeError("give two sentences, or --pairs FILE")
     scores = Embedder.from_pretrained(model, device, precision).similarity(a, b)
     verdicts = [bool(s >= threshold) for s in scores]
-    if len(a) == 1 and gold[0] is None:
+    if pairs is None:
         typer.echo(f"{scores[0]:.4f}  {'same meaning' if verdicts[0] else 'different meaning'}")
         return
     width = 44
