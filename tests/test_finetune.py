@@ -386,6 +386,20 @@ def test_an_unknown_conll_tag_is_reported_on_its_own_line(tmp_path):
         task.check_labels(task.read(path, labelled=True), path)
 
 
+@pytest.mark.parametrize("task, suffix, formats", [
+    ("classify", ".txt", ".csv, .tsv, .jsonl or .json"),
+    ("extsum", ".txt", ".csv, .tsv, .jsonl or .json"),
+    ("qa", ".txt", ".csv, .tsv, .jsonl or .json (SQuAD, or a list of records)"),
+    ("tag", ".xml", ".csv, .jsonl, .json or CoNLL (.conll, .conllu, .bio, .iob, .txt, .tsv)"),
+])
+def test_an_unknown_file_type_lists_what_the_task_reads(tmp_path, task, suffix, formats):
+    path = tmp_path / f"data{suffix}"
+    path.write_text("a text\n")
+    t = TASKS[task](TaskSpec(task, max_length=TASKS[task].default_max_length), Tokenizer.from_pretrained(fetch("minilm-l6")))
+    with pytest.raises(BertforgeError, match=rf"^{re.escape(str(path))}: unknown file type {suffix}: use {re.escape(formats)}$"):
+        t.read(path, labelled=True)
+
+
 def test_too_little_data_for_one_batch_is_an_error_before_anything_is_written(tiny_dir, tmp_path):
     train = _write_csv(tmp_path / "few.csv", ["text", "label"], [("good", "fresh"), ("bad", "rotten")] * 3)
     with pytest.raises(BertforgeError, match=r"^\d training examples are fewer than one batch of 16: lower --batch-size$"):

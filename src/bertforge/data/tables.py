@@ -13,6 +13,7 @@ from typing import Any
 from ..errors import BertforgeError
 
 MAX_FIELD_CHARS = 10_000_000  # csv's default field limit (128 KiB) is too small for long documents
+FORMATS = (".csv", ".tsv", ".jsonl", ".json")  # what read_records reads (.tab, .ndjson too), for its error
 
 
 @dataclass
@@ -37,8 +38,9 @@ def read_text(path: Path) -> str:
         raise BertforgeError(f"{path}: line {line} is not UTF-8 text (byte 0x{data[e.start]:02x})") from None
 
 
-def read_records(path: str | Path) -> list[Record]:
-    """Records of a .csv, .tsv or .jsonl/.json file, by its suffix."""
+def read_records(path: str | Path, formats: tuple[str, ...] = FORMATS) -> list[Record]:
+    """Records of a .csv, .tsv or .jsonl/.json file, by its suffix; ``formats``: what the caller reads
+    (a task may read others beside these), as the error for another suffix lists them."""
     path = Path(path)
     suffix = path.suffix.lower()
     text = read_text(path)
@@ -49,7 +51,7 @@ def read_records(path: str | Path) -> list[Record]:
     elif suffix in (".csv", ".tsv", ".tab"):
         records = _delimited(path, text, "\t" if suffix != ".csv" else ",")
     else:
-        raise BertforgeError(f"{path}: unknown file type {suffix or '(none)'}: use .csv, .tsv or .jsonl")
+        raise BertforgeError(f"{path}: unknown file type {suffix or '(none)'}: use {', '.join(formats[:-1])} or {formats[-1]}")
     if not records:
         raise BertforgeError(f"{path}: no records")
     return records

@@ -178,9 +178,12 @@ def read_squad(path: Path, text: str) -> list[QAExample]:
         raise AssertionError("a SQuAD problem that went away on re-reading") from None
 
 
+FORMATS = (*tables.FORMATS[:-1], ".json (SQuAD, or a list of records)")
+
+
 def read_jsonl(path: Path) -> list[QAExample]:
     examples = []
-    for r in tables.read_records(path):
+    for r in tables.read_records(path, FORMATS):
         f = r.fields
         try:
             question = _field(f, "question", str)

@@ -24,6 +24,7 @@ from ..infer import run_batches
 from .base import Feature, FinetuneTask, pad_2d, unknown_labels_error
 
 CONLL_SUFFIXES = (".conll", ".conllu", ".bio", ".iob", ".txt", ".tsv")
+FORMATS = (".csv", ".jsonl", ".json", f"CoNLL ({', '.join(CONLL_SUFFIXES)})")  # (.tsv is CoNLL here)
 
 
 def words_of(tokens: list, where: str) -> list[str]:
@@ -63,7 +64,7 @@ class TagTask(FinetuneTask):
         return examples
 
     def _read_records(self, path: Path) -> list[TagExample]:
-        records = tables.read_records(path)
+        records = tables.read_records(path, FORMATS)
         examples = []
         for r in records:
             f = r.fields
