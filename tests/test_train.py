@@ -217,7 +217,8 @@ def test_bf16_lamb_cosine_run(shards, tmp_path):
 
 
 @pytest.mark.parametrize("name, value, least", [("batch_size", 0, 1), ("grad_accum", 0, 1), ("log_every", 0, 1),
-                                                ("lr", -1.0, 0), ("lr", float("nan"), 0), ("weight_decay", -0.1, 0)])
+                                                ("lr", -1.0, 0), ("lr", float("nan"), 0), ("weight_decay", -0.1, 0),
+                                                ("max_steps", 0, 1)])
 def test_train_args_refuse_what_the_loop_would_crash_on(tmp_path, name, value, least):
     """A division by zero or torch's optimizer, once the run has begun writing; the API's way to the loop
     (bertforge.finetune) is checked here, the command line's options by their bounds."""

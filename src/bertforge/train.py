@@ -97,6 +97,8 @@ class TrainArgs:
             value = getattr(self, name)
             if not value >= least:  # (NaN too)
                 raise BertforgeError(f"{name} must be at least {least}, not {value}")
+        if self.max_steps is not None and self.max_steps < 1:  # (0 used to mean "not set": a whole run of epochs)
+            raise BertforgeError(f"max_steps must be at least 1, not {self.max_steps}")
 
 
 @dataclass
