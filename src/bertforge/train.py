@@ -93,12 +93,11 @@ class TrainArgs:
     def __post_init__(self) -> None:
         """The settings a bad value of would crash the loop (a division by zero, torch's optimizer) once it has
         begun writing; the command line's options carry the same bounds."""
-        for name, least in (("batch_size", 1), ("grad_accum", 1), ("log_every", 1), ("lr", 0), ("weight_decay", 0)):
+        bounds = (("batch_size", 1), ("grad_accum", 1), ("log_every", 1), ("lr", 0), ("weight_decay", 0), ("max_steps", 1))
+        for name, least in bounds:  # (max_steps None: by epochs; 0 once meant that too)
             value = getattr(self, name)
-            if not value >= least:  # (NaN too)
+            if value is not None and not value >= least:  # (NaN too)
                 raise BertforgeError(f"{name} must be at least {least}, not {value}")
-        if self.max_steps is not None and self.max_steps < 1:  # (0 used to mean "not set": a whole run of epochs)
-            raise BertforgeError(f"max_steps must be at least 1, not {self.max_steps}")
 
 
 @dataclass
