@@ -171,6 +171,14 @@ def test_multilabel_and_regression_and_pair(tiny_dir, tmp_path, caplog):
         pipeline("regress", tmp_path / "reg")("it is great")
     with pytest.raises(BertforgeError, match=r"this model reads single texts; got tuple of 2"):
         pipeline("classify", tmp_path / "ml")(("pizza", "guitar"))
+    with pytest.raises(BertforgeError, match=r"input 0: an empty text"):
+        pipeline("regress", tmp_path / "reg")([["it is great", " "]])
+    # pairs in any record, not only the first: the records without one are then named
+    mixed = tmp_path / "mixed.jsonl"
+    mixed.write_text(json.dumps({"text": "a", "score": 1.0}) + "\n" + json.dumps({"text": "b", "text_pair": "c", "score": 0.0}) + "\n")
+    with pytest.raises(BertforgeError, match=r"mixed.jsonl: no column 'text_pair' \(columns: text, score\)"):
+        finetune("regress", tiny_dir, mixed, tmp_path / "mixed", spec=TaskSpec("regress", label_column="score"),
+                 args=_args(tmp_path / "mixed" / "run", 2))
 
 
 def test_tagging_chinese_characters_and_transformers(tiny_dir, tmp_path):

@@ -226,6 +226,12 @@ def test_train_args_refuse_what_the_loop_would_crash_on(tmp_path, name, value, l
         TrainArgs(out=tmp_path, **{name: value})
 
 
+@pytest.mark.parametrize("epochs", [0, -1.0, float("nan")])
+def test_train_args_refuse_no_epochs(tmp_path, epochs):
+    with pytest.raises(BertforgeError, match=rf"^epochs must be more than 0, not {epochs}$"):
+        TrainArgs(out=tmp_path, epochs=epochs)
+
+
 def test_schedules_and_lamb():
     p = torch.nn.Parameter(torch.ones(3))
     opt = torch.optim.SGD([p], lr=1.0)

@@ -281,7 +281,7 @@ class Pipeline:
 
             return [document_input(x) for x in items]
         for i, x in enumerate(items):  # a text, or a pair of them: as the files' readers, no empty one
-            if any(isinstance(t, str) and not t.strip() for t in (x if isinstance(x, tuple) else (x,))):
+            if any(isinstance(t, str) and not t.strip() for t in (x if isinstance(x, (tuple, list)) else (x,))):
                 raise BertforgeError(f"input {i}: an empty text")
         return [self._example(x) for x in items]
 

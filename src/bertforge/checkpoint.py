@@ -83,9 +83,6 @@ ARCHITECTURES = {
     "choice": "BertForMultipleChoice",
     "extsum": "BertForExtractiveSummarization",
 }
-# transformers' classes built without a pooler (add_pooling_layer=False): ours never read it either,
-# so it is not saved for them (transformers would list it as unexpected).
-_NO_POOLER = frozenset({"mlm", "tag", "span"})
 # Checkpoint tensors that carry no information of their own.
 _REDUNDANT = ("embeddings.position_ids", "embeddings.token_type_ids", "cls.predictions.decoder.weight")
 _TIED = ("head.mlm.decoder.weight",)
@@ -291,14 +288,13 @@ def load_pretrained(
 
 # -- writing ---------------------------------------------------------------------------------------
 def export_state(model: BertModel | BertWithHead) -> dict[str, Tensor]:
-    """Our state dict in Hugging Face names (the fused q/k/v split back), ready for safetensors; without
-    the pooler where transformers' class for the head has none."""
+    """Our state dict in Hugging Face names (the fused q/k/v split back), ready for safetensors. The
+    pooler is kept even where transformers' class for the head has none (it lists it as unexpected):
+    an encoder continued or fine-tuned from this directory keeps the trained pooler."""
     head = model.head_name if isinstance(model, BertWithHead) else None
     ours = model.state_dict()
     out: dict[str, Tensor] = {}
     for name, hf_names in key_table(model.config, head):
-        if head in _NO_POOLER and name.startswith("bert.pooler."):
-            continue
         if name not in ours:  # int8 or fused bf16 layers (runtime.prepare) keep their weights in packed form
             raise BertforgeError(f"this model was prepared for {getattr(model, 'precision', 'inference')} inference and "
                                  "holds packed weights; save the model as loaded, before runtime.prepare")

@@ -98,6 +98,8 @@ class TrainArgs:
             value = getattr(self, name)
             if value is not None and not value >= least:  # (NaN too)
                 raise BertforgeError(f"{name} must be at least {least}, not {value}")
+        if not self.epochs > 0:  # (NaN too) no pass over the data at all would still write a model
+            raise BertforgeError(f"epochs must be more than 0, not {self.epochs}")
 
 
 @dataclass

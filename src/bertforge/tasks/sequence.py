@@ -56,7 +56,7 @@ class SequenceTask(FinetuneTask):
     # -- reading ------------------------------------------------------------------------------------
     def read(self, path: Path, labelled: bool = False) -> list[TextExample]:
         records = tables.read_records(path)
-        if labelled and not self.id2label and self.spec.text_pair_column is None and PAIR_COLUMN in records[0].fields:
+        if labelled and not self.id2label and self.spec.text_pair_column is None and any(PAIR_COLUMN in r.fields for r in records):
             # the training file of a model yet to be fitted holds pairs: learn from both texts, not the first alone
             self.spec.text_pair_column = PAIR_COLUMN
             log.warning("%s: each example is a pair (column %r); the model will read pairs", path, PAIR_COLUMN)
