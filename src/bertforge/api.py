@@ -281,7 +281,8 @@ class Pipeline:
 
             return [document_input(x) for x in items]
         for i, x in enumerate(items):  # a text, or a pair of them: as the files' readers, no empty one
-            if any(isinstance(t, str) and not t.strip() for t in (x if isinstance(x, (tuple, list)) else (x,))):
+            texts = x if isinstance(x, tuple) or (isinstance(x, list) and self.task.name != "tag") else (x,)  # (a tagger's list: words)
+            if any(isinstance(t, str) and not t.strip() for t in texts):
                 raise BertforgeError(f"input {i}: an empty text")
         return [self._example(x) for x in items]
 
