@@ -280,11 +280,7 @@ class Pipeline:
             from .tasks.extsum import document_input
 
             return [document_input(x) for x in items]
-        for i, x in enumerate(items):  # a text, or a pair of them: as the files' readers, no empty one
-            texts = x if isinstance(x, tuple) or (isinstance(x, list) and self.task.name != "tag") else (x,)  # (a tagger's list: words)
-            if any(isinstance(t, str) and not t.strip() for t in texts):
-                raise BertforgeError(f"input {i}: an empty text")
-        return [self._example(x) for x in items]
+        return [self._example(x, i) for i, x in enumerate(items)]
 
     def predict(self, examples: list) -> list[dict]:
         """Predictions for ``examples`` (from ``examples()``), in order, through the one inference path."""
@@ -294,10 +290,13 @@ class Pipeline:
             return summarize_untrained(self.embedder, examples, **self.untrained)
         return self.task.predict(self.model, examples)
 
-    def _example(self, x: Any):
+    def _example(self, x: Any, i: int):
+        """Input ``i`` as the task's example; as the files' readers, no text of it may be empty."""
         from .tasks.sequence import TextExample
         from .tasks.tag import TagExample, words_of
 
+        if isinstance(x, str) and not x.strip():
+            raise BertforgeError(f"input {i}: an empty text")
         name = self.task.name
         if hasattr(self.task, "example"):
             return self.task.example(x)
@@ -306,10 +305,12 @@ class Pipeline:
             if not (pair if self.task.is_pair else isinstance(x, str)):
                 raise BertforgeError(f"this model reads {'(text, text_pair) pairs' if self.task.is_pair else 'single texts'}; "
                                      f"got {type(x).__name__}{f' of {len(x)}' if isinstance(x, (tuple, list)) else ''}")
+            if pair and not all(t.strip() for t in x):
+                raise BertforgeError(f"input {i}: an empty text")
             return TextExample(x[0], x[1], None, 0) if pair else TextExample(x, None, None, 0)
         if name == "tag":
             if isinstance(x, list):
-                return TagExample(words_of(x, "input"), None, 0)
+                return TagExample(words_of(x, f"input {i}"), None, 0)
             return self.task._from_text({self.task.spec.text_column: str(x)}, 0, Path("<input>"))
         raise BertforgeError(f"no pipeline for task {name!r}")
 
