@@ -331,10 +331,10 @@ def pretrain(
             raise BertforgeError(f"{e}; {resume_hint(existing[-1])}") from None
     elif config is not None:
         cfg = BertConfig.from_json(config)
+        if cfg.vocab_size != tokenizer.vocab_size:  # replaced below, as a preset's is
+            logging.getLogger("bertforge").warning("%s: vocab_size %d replaced by the shards' vocabulary's %d", config, cfg.vocab_size, tokenizer.vocab_size)
     else:
         cfg = BertConfig.preset(preset)
-    if config is not None and not existing and cfg.vocab_size != tokenizer.vocab_size:
-        logging.getLogger("bertforge").warning("%s: vocab_size %d replaced by the shards' vocabulary's %d", config, cfg.vocab_size, tokenizer.vocab_size)
     cfg = cfg.replace(vocab_size=tokenizer.vocab_size, pad_token_id=tokenizer.pad_id)
     if dropout is not None:
         cfg = cfg.replace(hidden_dropout_prob=dropout, attention_probs_dropout_prob=dropout)
