@@ -17,7 +17,8 @@ import torch
 
 import bertforge
 from bertforge import BertConfig, BertforgeError, BertModel, Tokenizer
-from bertforge.api import evaluate_file, finetune, load_task, pipeline, predict_file
+from bertforge.api import evaluate_file, finetune, load_task, predict_file
+from bertforge.pipeline import pipeline
 from bertforge.assets import fetch
 from bertforge.tasks import TASKS, TaskSpec
 from bertforge.tasks.sequence import TextExample
@@ -448,7 +449,7 @@ def test_metric_names_are_what_each_task_scores(tmp_path):
     """The names --metric may choose are among what ``score`` reports (every float it reports but
     thresholds), for every task and its variants."""
     from bertforge.tasks.extsum import Document
-    from bertforge.tasks.qa import Answer, QAExample
+    from bertforge.tasks.qa import GoldAnswer, QAExample
     from bertforge.tasks.tag import TagExample
 
     tok = Tokenizer.from_pretrained(fetch("minilm-l6"))
@@ -457,7 +458,7 @@ def test_metric_names_are_what_each_task_scores(tmp_path):
         return TASKS[name](TaskSpec(name, max_length=TASKS[name].default_max_length, **spec), tok, id2label)
 
     texts = [TextExample("a", None, "x", 2), TextExample("b", None, "y", 3)]
-    answers = [QAExample("1", "q", "the cat", [Answer("cat", 4)]), QAExample("2", "q", "a dog", [])]
+    answers = [QAExample("1", "q", "the cat", [GoldAnswer("cat", 4)]), QAExample("2", "q", "a dog", [])]
     cases = [
         (task("classify", {0: "x", 1: "y"}), texts, [{"label": "x"}, {"label": "x"}]),
         (task("classify", {0: "x", 1: "y"}, multi_label=True), [TextExample("a", None, ["x", "y"], 2)], [{"labels": ["x"]}]),

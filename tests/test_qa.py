@@ -24,7 +24,7 @@ from bertforge.cli import app
 from bertforge.errors import BertforgeError
 from bertforge.heads import HeadOutput
 from bertforge.tasks import TaskSpec
-from bertforge.tasks.qa import Answer, QAExample, QATask, Window, best_spans, choose_answer, locate
+from bertforge.tasks.qa import GoldAnswer, QAExample, QATask, Window, best_spans, choose_answer, locate
 
 BERNADETTE = "To whom did the Virgin Mary allegedly appear in 1858 in Lourdes France?"
 
@@ -178,7 +178,7 @@ def test_choose_answer_is_the_best_valid_span_over_all_windows(seed):
 def test_training_targets_map_back_to_the_answer_in_every_window(tokenizer):
     context = " ".join(f"Sentence number {i} says nothing much." for i in range(40)) + " The treasure is buried under the old oak tree."
     answer = "under the old oak tree"
-    ex = QAExample("q", "Where is the treasure buried?", context, [Answer(answer, context.index(answer))])
+    ex = QAExample("q", "Where is the treasure buried?", context, [GoldAnswer(answer, context.index(answer))])
     t = qa_task(tokenizer, max_length=64, max_query_length=16, doc_stride=16)
     encs, owner = t.encode([ex])
     feats = t.features([ex], train=True)
@@ -209,7 +209,7 @@ def test_unanswerable_questions_point_at_cls_and_make_a_v2_task(tokenizer, tmp_p
     examples = t.read(path)
     assert [len(e.answers) for e in examples] == [1, 0, 0]
     t.fit_labels(examples, path)
-    assert t.settings["version_2"] is True and t.spec.extra["version_2"] is True
+    assert t.settings.version_2 is True and t.spec.extra["version_2"] is True
     feats = t.features(examples, train=True)
     assert [f.target for f in feats][1:] == [(0, 0), (0, 0)]
     assert feats[0].target != (0, 0)
@@ -247,7 +247,7 @@ def test_an_answer_in_a_late_window_of_a_long_context_is_found(tokenizer):
     assert got["answer"] == "Zanzibar"
     assert (got["start"], got["end"]) == (context.index("Zanzibar"), context.index("Zanzibar") + len("Zanzibar"))
     # v2.0 with a confident null answer in some window -> ""
-    t.settings["version_2"] = True
+    t.settings.version_2 = True
     [none] = t.predict(PeakModel(model.first, model.last, null=25.0), [QAExample("q", "Who?", context, None)])
     assert none["answer"] == "" and (none["start"], none["end"]) == (0, 0)
 
@@ -256,7 +256,7 @@ def test_chinese_context_uses_character_offsets(chinese_vocab):
     tok = bertforge.Tokenizer.from_pretrained(chinese_vocab)
     context = "小明昨天去了北京参观故宫，然后在王府井吃了烤鸭。今天他回到了上海。"
     answer = "王府井"
-    ex = QAExample("zh", "小明在哪里吃了烤鸭？", context, [Answer(answer, context.index(answer))])
+    ex = QAExample("zh", "小明在哪里吃了烤鸭？", context, [GoldAnswer(answer, context.index(answer))])
     t = qa_task(tok, max_length=32, max_query_length=12, doc_stride=8)
     encs, _ = t.encode([ex])
     assert len(encs) >= 2
@@ -428,7 +428,7 @@ def test_pipeline_answers_from_a_late_window(squad_model, squad):
     five answers, not reading, so filler text around them confuses it.)"""
     paragraph = json.loads(squad.read_text())["data"][0]["paragraphs"][0]["context"]
     task, _ = load_task(squad_model)
-    assert task.name == "qa" and task.settings["doc_stride"] == 32
+    assert task.name == "qa" and task.settings.doc_stride == 32
     encs, _ = task.encode([QAExample("q", BERNADETTE, paragraph, None)])
     start = paragraph.index("Saint Bernadette Soubirous")
     assert len(encs) == 2 and encs[0].offsets[task.context_range(encs[0])[1]][1] < start

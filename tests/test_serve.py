@@ -24,7 +24,8 @@ import pytest
 import torch
 
 from bertforge import BertConfig, BertforgeError, BertModel, Tokenizer
-from bertforge.api import Pipeline, finetune
+from bertforge.api import finetune
+from bertforge.pipeline import Pipeline
 from bertforge.assets import fetch
 from bertforge.infer import Embedder
 from bertforge.serve import access_line

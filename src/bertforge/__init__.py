@@ -29,7 +29,7 @@ _EXPORTS = {
     "evaluate_file": "api",
     "predict_file": "api",
     "load_task": "api",
-    "pipeline": "api",
+    "pipeline": "pipeline",
 }
 
 __all__ = [
@@ -66,7 +66,8 @@ def __dir__() -> list[str]:
 
 
 if TYPE_CHECKING:
-    from .api import evaluate_file, finetune, load_task, pipeline, predict_file
+    from .api import evaluate_file, finetune, load_task, predict_file
+    from .pipeline import pipeline
     from .checkpoint import load_pretrained, save_pretrained
     from .config import BertConfig
     from .heads import BertWithHead

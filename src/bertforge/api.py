@@ -17,14 +17,14 @@ from typing import Any
 
 import torch
 
-from .assets import resolve_model_dir
 from .config import BertConfig
 from .errors import BertforgeError
-from .infer import load_for_inference, model_tokenizer
+from .heads import BertWithHead
 from .model import set_dropout
+from .modeldir import ModelDir
 from .outputs import atomic_open, atomic_text, check_out_dir, check_output
-from .tasks import ARCHITECTURE_TASKS, TASKS, FinetuneTask, TaskSpec
-from .train import TrainArgs, resumable, train
+from .tasks import TASKS, FinetuneTask, TaskSpec, fine_tuned, finetune_task, saved_spec
+from .train import TrainArgs, resumable, resume_hint, train
 
 log = logging.getLogger("bertforge")
 
@@ -47,16 +47,15 @@ def finetune(
     if task not in TASKS:
         raise BertforgeError(f"unknown task {task!r} (choose from {', '.join(TASKS)})")
     out = Path(out)
-    spec = spec or TaskSpec(task, max_length=TASKS[task].default_max_length)
-    directory = resolve_model_dir(model)
+    md = ModelDir.open(model)
+    directory = md.path
     _check_finetune_out(out, directory)
-    config = BertConfig.from_json(directory / "config.json")
-    tokenizer = model_tokenizer(directory, config)
-    positions = config.max_position_embeddings
+    spec = spec or TaskSpec(task, max_length=TASKS[task].default_max_length)
+    positions = md.config.max_position_embeddings
     if spec.max_length > positions:
         log.warning("%s has %d positions: sequences of at most %d tokens, not %d", directory, positions, positions, spec.max_length)
         spec.max_length = positions
-    t = TASKS[task](spec, tokenizer)
+    t = finetune_task(task, spec, md)
     train_file = Path(train_file)
     train_examples = t.read(train_file, labelled=True)
     if valid_file is not None:
@@ -118,7 +117,7 @@ def _check_finetune_out(out: Path, model_dir: Path) -> None:
 
 
 def load_task(
-    name_or_path: str | Path,
+    name_or_path: str | Path | ModelDir,
     device: str | None = None,
     precision: str = "fp32",
     runtime: str = "torch",
@@ -127,34 +126,9 @@ def load_task(
 ) -> tuple[FinetuneTask, Any]:
     """A fine-tuned model directory -> (its task, the model with its head), ready to predict at the
     given precision (fp32, bf16, fp16, int8, auto) on PyTorch or on its exported ONNX graph."""
-    directory = resolve_model_dir(name_or_path)
-    config = BertConfig.from_json(directory / "config.json")
-    saved = saved_spec(directory, config)
-    if saved is None:
-        arch = (config.architectures or ["BertModel"])[0]
-        raise BertforgeError(f"{directory}: has no task head ({arch}); fine-tune it first with `bertforge finetune`")
-    extra = {**saved.extra, **{k: v for k, v in (overrides.pop("extra", None) or {}).items() if v is not None}}
-    spec = TaskSpec.from_dict({**saved.to_dict(), **{k: v for k, v in overrides.items() if v is not None}, "extra": extra})
-    t = TASKS[spec.task](spec, model_tokenizer(directory, config), config.id2label)
-    return t, load_for_inference(directory, t.head, device, precision, runtime, compile)
-
-
-def saved_spec(directory: Path, config: BertConfig) -> TaskSpec | None:
-    """The task settings in a model directory's config.json ("bertforge", or its transformers
-    architecture's defaults); None for a bare encoder. Damaged settings are an error naming the file."""
-    settings = config.extra.get("bertforge")
-    if settings is None:
-        task = ARCHITECTURE_TASKS.get((config.architectures or ["BertModel"])[0])
-        if task is None:
-            return None
-        settings = {"task": task, "max_length": TASKS[task].default_max_length}
-    try:
-        spec = TaskSpec.from_dict(settings, "bertforge")
-    except BertforgeError as e:
-        raise BertforgeError(f"{directory / 'config.json'}: {e}") from None
-    if spec.task not in TASKS:
-        raise BertforgeError(f"{directory / 'config.json'}: unknown bertforge.task {spec.task!r} (choose from {', '.join(TASKS)})")
-    return spec
+    md = ModelDir.open(name_or_path)
+    t = fine_tuned(md, **overrides)
+    return t, t.load(md, device, precision, runtime, compile)
 
 
 def _chunks(items: Sequence, size: int):
@@ -188,24 +162,22 @@ def predict_file(
     output = check_output(output, input)
     t, net = load_task(model, device, precision, runtime, compile, **overrides)
     examples = t.read(Path(input))
-    records = _input_fields(Path(input), examples)
+    records = t.input_fields(Path(input), examples)
     clashes: set[str] = set()
     with atomic_open(output) as f:
         for part in _chunks(list(range(len(examples))), chunk):
             preds = t.predict(net, [examples[i] for i in part], progress=True)
             for i, p in zip(part, preds, strict=True):
-                f.write(json.dumps(with_prediction(records[i], p, clashes), ensure_ascii=False) + "\n")
+                f.write(json.dumps(with_prediction(records[i], p, clashes, t.echoed), ensure_ascii=False) + "\n")
     note_clashes(input, clashes)
     return len(examples)
 
 
-ECHOED = ("tokens",)  # prediction fields that repeat their input: a tagger's words, given as tokens or split from text
-
-
-def with_prediction(fields: dict, prediction: dict, clashes: set[str]) -> dict:
+def with_prediction(fields: dict, prediction: dict, clashes: set[str], echoed: tuple[str, ...] = ()) -> dict:
     """The input's fields plus the prediction's. An input field the prediction also writes (a gold
-    ``label``) is kept as ``input_<name>``, and its name added to ``clashes``."""
-    clash = {k for k in fields.keys() & prediction.keys() if k not in ECHOED or fields[k] != prediction[k]}
+    ``label``) is kept as ``input_<name>``, and its name added to ``clashes``; ``echoed`` fields repeat
+    the input and clash only where they differ from it."""
+    clash = {k for k in fields.keys() & prediction.keys() if k not in echoed or fields[k] != prediction[k]}
     clashes |= clash
     return {**{f"input_{k}" if k in clash else k: v for k, v in fields.items()}, **prediction}
 
@@ -218,104 +190,68 @@ def note_clashes(input: str | Path, clashes: set[str]) -> None:
                     ", ".join(f"input_{n}" for n in names))
 
 
-def _input_fields(path: Path, examples: list) -> list[dict]:
-    """What each prediction line repeats of its input: the record's fields (JSONL/CSV), or its words."""
-    from .data import tables
-
-    if hasattr(examples[0], "fields"):  # qa: SQuAD JSON has no record per question
-        return [e.fields for e in examples]
-    if hasattr(examples[0], "words") and path.suffix.lower() not in (".jsonl", ".json", ".csv"):
-        return [{} for _ in examples]
-    return [r.fields for r in tables.read_records(path)]
-
-
-TASK_ALIASES = {"summarize": "extsum", "question-answering": "qa"}
-
-
-def model_task(name_or_path: str | Path) -> str | None:
+def model_task(name_or_path: str | Path | ModelDir) -> str | None:
     """The task a model directory was fine-tuned for (None for a bare encoder)."""
-    directory = resolve_model_dir(name_or_path)
-    spec = saved_spec(directory, BertConfig.from_json(directory / "config.json"))
+    spec = saved_spec(ModelDir.open(name_or_path))
     return spec.task if spec is not None else None
 
 
-class Pipeline:
-    """Predictions from Python: ``pipe("text")``, ``pipe(["a", "b"])``, ``pipe([("premise", "hypothesis")])``,
-    ``pipe({"question": ..., "context": ...})``, ``pipe("a long document")``.
+def pretrain(data: str | Path, out: str | Path, args: TrainArgs, preset: str = "mini", config: str | Path | None = None,
+             init: str | Path | None = None, dropout: float | None = None) -> bool:
+    """Pretrain on shards from ``prepare-pretrain``: a new model of ``preset`` (or ``config``), or ``init``'s
+    weights; checkpoints and curves go to ``out``, the model to ``out/final``. True on the main process."""
+    from .data.pretrain import PretrainShards, check_vocab
+    from .tasks.pretrain import PretrainTask
+    from .tokenizer import Tokenizer
 
-    ``settings`` override the task's (qa: ``null_threshold``...; extsum: ``top_k``, ``max_words``...).
-    "summarize" with a model that was not fine-tuned for it (e.g. ``minilm-l6``) summarises without
-    training: ``method`` centroid (default), cluster or lead.
-    """
-
-    def __init__(
-        self, task: str | None, model: str | Path, device: str | None = None, precision: str = "fp32",
-        runtime: str = "torch", compile: bool = False, **settings: Any,
-    ):
-        task = TASK_ALIASES.get(task, task)
-        self.embedder = None
-        if task == "extsum" and model_task(model) != "extsum":
-            from .infer import Embedder
-            from .tasks.extsum import METHODS, summary_limits
-
-            self.untrained = {"method": "centroid", "top_k": 3, "max_words": None, "trigram_blocking": True, **settings}
-            if self.untrained["method"] not in METHODS:
-                raise BertforgeError(f"unknown method {self.untrained['method']!r} (choose from {', '.join(METHODS)})")
-            summary_limits(self.untrained["top_k"], self.untrained["max_words"])
-            self.embedder = Embedder.from_pretrained(model, device=device, precision=precision, runtime=runtime, compile=compile)
-            return
-        self.task, self.model = load_task(model, device=device, precision=precision, runtime=runtime, compile=compile, extra=settings)
-        if task is not None and task != self.task.name:
-            raise BertforgeError(f"{model}: is a {self.task.name} model, not {task}")
-
-    def __call__(self, inputs: Any) -> Any:
-        single = not isinstance(inputs, list)
-        preds = self.predict(self.examples([inputs] if single else inputs))
-        return preds[0] if single else preds
-
-    def examples(self, items: list) -> list:
-        """Each input as the task's example. A bad input raises here, before any model runs: the
-        server checks each request's inputs, then predicts many requests' examples in one call."""
-        if self.embedder is not None:
-            from .tasks.extsum import document_input
-
-            return [document_input(x) for x in items]
-        return [self._example(x, i) for i, x in enumerate(items)]
-
-    def predict(self, examples: list) -> list[dict]:
-        """Predictions for ``examples`` (from ``examples()``), in order, through the one inference path."""
-        if self.embedder is not None:
-            from .tasks.extsum import summarize_untrained
-
-            return summarize_untrained(self.embedder, examples, **self.untrained)
-        return self.task.predict(self.model, examples)
-
-    def _example(self, x: Any, i: int):
-        """Input ``i`` as the task's example; as the files' readers, no text of it may be empty."""
-        from .tasks.sequence import TextExample
-        from .tasks.tag import TagExample, words_of
-
-        if isinstance(x, str) and not x.strip():
-            raise BertforgeError(f"input {i}: an empty text")
-        name = self.task.name
-        if hasattr(self.task, "example"):
-            return self.task.example(x)
-        if name in ("classify", "pair", "regress"):  # as the model was trained: pairs or single texts
-            pair = isinstance(x, (tuple, list)) and len(x) == 2 and all(isinstance(t, str) for t in x)
-            if not (pair if self.task.is_pair else isinstance(x, str)):
-                raise BertforgeError(f"this model reads {'(text, text_pair) pairs' if self.task.is_pair else 'single texts'}; "
-                                     f"got {type(x).__name__}{f' of {len(x)}' if isinstance(x, (tuple, list)) else ''}")
-            if pair and not all(t.strip() for t in x):
-                raise BertforgeError(f"input {i}: an empty text")
-            return TextExample(x[0], x[1], None, 0) if pair else TextExample(x, None, None, 0)
-        if name == "tag":
-            if isinstance(x, list):
-                return TagExample(words_of(x, f"input {i}"), None, 0)
-            return self.task._from_text({self.task.spec.text_column: str(x)}, 0, Path("<input>"))
-        raise BertforgeError(f"no pipeline for task {name!r}")
+    data, out = Path(data), check_out_dir(out)
+    manifest = PretrainShards(data, "train").manifest
+    check_vocab(data, manifest)
+    tokenizer = Tokenizer.from_pretrained(manifest["vocab_path"], lowercase=manifest.get("lowercase"))
+    task = PretrainTask(data, tokenizer)
+    existing = resumable(out, args.resume)
+    torch.manual_seed(args.seed)  # the initial weights are part of what --seed reproduces
+    if init is not None and not existing:
+        model = _init_model(init, task.head, tokenizer.vocab_size, dropout)
+    else:
+        model = BertWithHead(_pretrain_config(existing, config, preset, tokenizer, dropout), task.head)
+    if manifest["max_seq_len"] > (positions := model.config.max_position_embeddings):
+        raise BertforgeError(f"shards hold {manifest['max_seq_len']} tokens, the model only {positions} positions")
+    args.out = out
+    args.eval_every = args.eval_every or args.max_steps
+    if not train(model, task, args).is_main:
+        return False
+    task.export(model, out / "final")
+    return True
 
 
-def pipeline(task: str | None, model: str | Path, device: str | None = None, **settings: Any) -> Pipeline:
-    """``bertforge.pipeline("classify", "runs/sentiment")("a great film")``,
-    ``pipeline("qa", "runs/squad")({"question": ..., "context": ...})``, ``pipeline("summarize", "minilm-l6")(text)``."""
-    return Pipeline(task, model, device, **settings)
+def _pretrain_config(existing: list[Path], config: str | Path | None, preset: str, tokenizer, dropout: float | None) -> BertConfig:
+    """The shape of the model to pretrain: the checkpoint's when resuming, else ``config``'s or ``preset``'s,
+    with the shards' vocabulary."""
+    if existing:
+        try:
+            cfg = BertConfig.from_json(existing[-1] / "config.json").replace(architectures=None)
+        except BertforgeError as e:
+            raise BertforgeError(f"{e}; {resume_hint(existing[-1])}") from None
+    elif config is not None:
+        cfg = BertConfig.from_json(config)
+        if cfg.vocab_size != tokenizer.vocab_size:  # replaced below, as a preset's is
+            log.warning("%s: vocab_size %d replaced by the shards' vocabulary's %d", config, cfg.vocab_size, tokenizer.vocab_size)
+    else:
+        cfg = BertConfig.preset(preset)
+    cfg = cfg.replace(vocab_size=tokenizer.vocab_size, pad_token_id=tokenizer.pad_id)
+    if dropout is not None:
+        cfg = cfg.replace(hidden_dropout_prob=dropout, attention_probs_dropout_prob=dropout)
+    return cfg
+
+
+def _init_model(init: str | Path, head: str, vocab_size: int, dropout: float | None):
+    """``init``'s weights under the pretraining head (continued pretraining); its vocabulary must be the shards'."""
+    from .checkpoint import load_pretrained
+
+    model = load_pretrained(init, head=head)
+    if model.config.vocab_size != vocab_size:
+        raise BertforgeError(f"--init {init}: its vocabulary has {model.config.vocab_size} entries, the shards' {vocab_size}")
+    if dropout is not None:
+        set_dropout(model, dropout)
+    return model

@@ -7,7 +7,6 @@ that is left. ``embed`` and ``Embedder`` build sentence embeddings on top of it.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,9 +16,9 @@ import torch
 from tokenizers import Encoding
 from torch import Tensor
 
-from .config import BertConfig
 from .errors import BertforgeError
 from .model import BertModel, EncoderOutput
+from .modeldir import ModelDir, PoolingSettings
 from .outputs import progress_bar
 from .runtime import model_device, prepare
 from .tokenizer import Tokenizer
@@ -119,35 +118,6 @@ def embed(
 
 
 @dataclass
-class PoolingSettings:
-    pooling: str = "mean"
-    normalize: bool = True
-    max_length: int = 512
-
-
-def pooling_settings(directory: Path) -> PoolingSettings:
-    """What a sentence-transformers directory says about pooling (1_Pooling/config.json), normalisation
-    (a Normalize module in modules.json) and length (sentence_bert_config.json). Without them: mean
-    pooling, normalised, up to 512 tokens."""
-    s = PoolingSettings()
-    pooling_cfg = directory / "1_Pooling" / "config.json"
-    if pooling_cfg.is_file():
-        cfg = json.loads(pooling_cfg.read_text(encoding="utf-8"))
-        if cfg.get("pooling_mode_cls_token"):
-            s.pooling = "cls"
-        elif cfg.get("pooling_mode_mean_tokens"):
-            s.pooling = "mean"
-    modules = directory / "modules.json"
-    if modules.is_file():
-        types = [m.get("type", "") for m in json.loads(modules.read_text(encoding="utf-8"))]
-        s.normalize = any(t.endswith("Normalize") for t in types)
-    sbert = directory / "sentence_bert_config.json"
-    if sbert.is_file():
-        s.max_length = int(json.loads(sbert.read_text(encoding="utf-8")).get("max_seq_length", s.max_length))
-    return s
-
-
-@dataclass
 class Embedder:
     """A sentence encoder ready to use: model, tokenizer and the checkpoint's pooling settings."""
 
@@ -158,18 +128,15 @@ class Embedder:
     @classmethod
     def from_pretrained(
         cls,
-        name_or_path: str | Path,
+        name_or_path: str | Path | ModelDir,
         device: str | None = None,
         precision: str = "fp32",
         runtime: str = "torch",
         compile: bool = False,
     ) -> Embedder:
-        from .assets import resolve_model_dir
-
-        directory = resolve_model_dir(name_or_path)
-        tokenizer = model_tokenizer(directory, BertConfig.from_json(directory / "config.json"))
-        model = load_for_inference(directory, None, device, precision, runtime, compile)
-        return cls(model, tokenizer, pooling_settings(directory))
+        md = ModelDir.open(name_or_path)
+        tokenizer = md.tokenizer
+        return cls(load_for_inference(md, None, device, precision, runtime, compile), tokenizer, md.pooling)
 
     def __call__(
         self,
@@ -200,24 +167,8 @@ class Embedder:
         return (v[: len(a)] * v[len(a) :]).sum(axis=1)
 
 
-def model_tokenizer(directory: Path, config: BertConfig) -> Tokenizer:
-    """A model directory's tokenizer, refused when it has ids past the model's word embeddings (a
-    token beyond them would fail only when a text holds it)."""
-    tokenizer = Tokenizer.from_pretrained(directory)
-    size = max(tokenizer.get_vocab().values()) + 1
-    if size > config.vocab_size:
-        raise BertforgeError(f"{directory}: the tokenizer has {size} entries, more than config.json's vocab_size "
-                             f"{config.vocab_size}: use the vocabulary the model was trained with")
-    return tokenizer
-
-
-def onnx_path(directory: Path, precision: str) -> Path:
-    """Where `bertforge export onnx` puts a model directory's graph."""
-    return directory / ("model.int8.onnx" if precision == "int8" else "model.onnx")
-
-
 def load_for_inference(
-    directory: Path,
+    md: ModelDir | str | Path,
     head: str | None,
     device: str | None = None,
     precision: str = "fp32",
@@ -225,6 +176,7 @@ def load_for_inference(
     compile: bool = False,
 ):
     """The model of a directory, ready for ``run_batches``: PyTorch at a precision, or its ONNX graph."""
+    md = ModelDir.open(md)
     from .checkpoint import load_pretrained
     from .runtime import EXPORTABLE_HEADS, RUNTIMES, OnnxModel, pick_device
 
@@ -240,9 +192,9 @@ def load_for_inference(
         if head not in EXPORTABLE_HEADS:
             raise BertforgeError(f"the {head} head has no ONNX export; run it with --runtime torch")
         int8 = precision == "int8"
-        path = onnx_path(directory, precision)
+        path = md.onnx_path(precision)
         if not path.is_file():
             flag = " --int8" if int8 else ""
-            raise BertforgeError(f"{path}: no ONNX graph; run `bertforge export onnx --model {directory}{flag}` first")
-        return OnnxModel(path, BertConfig.from_json(directory / "config.json"), head, source=directory, int8=int8)
-    return prepare(load_pretrained(directory, head=head), precision, device, compile)
+            raise BertforgeError(f"{path}: no ONNX graph; run `bertforge export onnx --model {md.path}{flag}` first")
+        return OnnxModel(path, md.config, head, source=md.path, int8=int8)
+    return prepare(load_pretrained(md.path, head=head), precision, device, compile)

@@ -1,27 +1,106 @@
-"""One module per task: how its data becomes batches, its losses, its metrics, its predictions."""
+"""The task registry: every task is declared once, in its module, and listed here. The CLI, the server
+and the pipeline read this registry and never name a task.
+
+Fine-tuned tasks (``TASKS``) read a model directory's saved settings; an encoder's own uses
+(``ENCODER_TASKS``: embed, similarity, training-free summaries) need no fine-tuning.
+"""
 
 from __future__ import annotations
 
-from .base import FinetuneTask, TaskSpec
+from typing import Any
+
+from ..errors import BertforgeError
+from ..modeldir import ModelDir
+from ..spec import TaskSpec
+from .base import FinetuneTask, settings_of
+from .encoder import EmbedTask, EncoderTask, SimilarityTask, SummarizeTask
 from .extsum import ExtSumTask
 from .qa import QATask
 from .sequence import PairTask, RegressTask, SequenceTask
 from .tag import TagTask
 
-TASKS: dict[str, type[FinetuneTask]] = {
-    "classify": SequenceTask,
-    "pair": PairTask,
-    "regress": RegressTask,
-    "tag": TagTask,
-    "qa": QATask,
-    "extsum": ExtSumTask,
-}
+TASKS: dict[str, type[FinetuneTask]] = {t.name: t for t in (SequenceTask, PairTask, RegressTask, TagTask, QATask, ExtSumTask)}
+ENCODER_TASKS: dict[str, type[EncoderTask]] = {t.name: t for t in (EmbedTask, SimilarityTask, SummarizeTask)}
+ALIASES = {"summarize": "extsum", "question-answering": "qa"}
 
-# Hugging Face task models without bertforge settings are read with a task's defaults.
+# transformers task models without bertforge settings are read with a task's defaults
 ARCHITECTURE_TASKS = {
     "BertForSequenceClassification": "classify",
     "BertForTokenClassification": "tag",
     "BertForQuestionAnswering": "qa",
 }
 
-__all__ = ["ARCHITECTURE_TASKS", "TASKS", "FinetuneTask", "TaskSpec"]
+
+def endpoints() -> list[str]:
+    """Every endpoint a server may offer, in the order of its docs."""
+    names = [t.endpoint for t in (EmbedTask, SimilarityTask, *TASKS.values())]
+    return list(dict.fromkeys(names))
+
+
+def saved_spec(md: ModelDir) -> TaskSpec | None:
+    """A model directory's task settings ("bertforge", or its transformers architecture's defaults);
+    None for a bare encoder."""
+    spec = md.saved
+    if spec is None:
+        task = ARCHITECTURE_TASKS.get(md.architecture)
+        if task is None:
+            return None
+        spec = TaskSpec(task, max_length=TASKS[task].default_max_length)
+    if spec.task not in TASKS:
+        raise BertforgeError(f"{md.path / 'config.json'}: unknown bertforge.task {spec.task!r} (choose from {', '.join(TASKS)})")
+    return spec
+
+
+def finetune_task(name: str, spec: TaskSpec | None, md: ModelDir) -> FinetuneTask:
+    """A task to fine-tune ``md`` for (settings checked now, before any file is read)."""
+    if name not in TASKS:
+        raise BertforgeError(f"unknown task {name!r} (choose from {', '.join(TASKS)})")
+    return TASKS[name](spec or TaskSpec(name, max_length=TASKS[name].default_max_length), md.tokenizer)
+
+
+def fine_tuned(md: ModelDir, **overrides: Any) -> FinetuneTask:
+    """The task a fine-tuned directory was trained for, with ``overrides`` of its saved settings
+    (None: as saved; ``extra``: the task's own settings)."""
+    saved = saved_spec(md)
+    if saved is None:
+        raise BertforgeError(f"{md.path}: has no task head ({md.architecture}); fine-tune it first with `bertforge finetune`")
+    given = {k: v for k, v in (overrides.pop("extra", None) or {}).items() if v is not None}
+    extra = {**saved.extra, **given}
+    spec = TaskSpec.from_dict({**saved.to_dict(), **{k: v for k, v in overrides.items() if v is not None}, "extra": extra})
+    return TASKS[spec.task](spec, md.tokenizer, md.config.id2label)
+
+
+def for_model(md: ModelDir, name: str | None = None, **settings: Any) -> FinetuneTask | EncoderTask:
+    """The task a pipeline runs: the directory's own (``name`` None or the same), or the encoder's use
+    behind the same endpoint (``summarize`` on a model not fine-tuned to summarise)."""
+    name = ALIASES.get(name, name)
+    own = saved_spec(md)
+    cls = TASKS.get(name) or ENCODER_TASKS.get(name)
+    endpoint = cls.endpoint if cls is not None else None
+    uses = {t.endpoint: t.name for t in ENCODER_TASKS.values()}
+    if endpoint in uses and (own is None or TASKS[own.task].endpoint != endpoint):
+        md.tokenizer  # noqa: B018 (refused now, not at the first input, when it does not fit the model)
+        return encoder_task(uses[endpoint], settings)
+    task = fine_tuned(md, extra=settings)
+    if name is not None and name != task.name:
+        raise BertforgeError(f"{md.path}: is a {task.name} model, not {name}")
+    return task
+
+
+def encoder_task(name: str, settings: dict[str, Any] | None = None) -> EncoderTask:
+    cls = ENCODER_TASKS[name]
+    if cls.Settings is None:
+        return cls()
+    return cls(settings_of(cls.Settings, settings or {}, name, keep_none=True))
+
+
+def served(md: ModelDir) -> list[FinetuneTask | EncoderTask]:
+    """What a server offers for ``md``: the fine-tuned task, or every use of a bare encoder."""
+    if saved_spec(md) is not None:
+        return [fine_tuned(md)]
+    md.tokenizer  # noqa: B018
+    return [cls() if cls.Settings is None else cls(cls.Settings()) for cls in ENCODER_TASKS.values()]
+
+
+__all__ = ["ARCHITECTURE_TASKS", "ENCODER_TASKS", "TASKS", "EncoderTask", "FinetuneTask", "TaskSpec",
+           "encoder_task", "endpoints", "fine_tuned", "finetune_task", "for_model", "saved_spec", "served"]

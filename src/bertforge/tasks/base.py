@@ -8,64 +8,22 @@ its loss, how to turn model outputs into predictions, and its metrics.
 from __future__ import annotations
 
 import dataclasses
-import reprlib
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
 
 import numpy as np
 import torch
+from pydantic import BaseModel
 from torch import Tensor, nn
 
-from ..config import check_fields, field_types
+from ..data import tables
 from ..errors import BertforgeError
 from ..heads import IGNORE_INDEX
+from ..infer import load_for_inference
+from ..spec import TaskSpec
 from ..tokenizer import Tokenizer
-
-LONG_TEXT = ("window", "truncate")
-
-
-@dataclass
-class TaskSpec:
-    """A task's settings; saved as ``"bertforge"`` in the model's config.json, so ``evaluate``,
-    ``predict`` and ``serve`` treat data exactly as training did."""
-
-    task: str
-    text_column: str = "text"
-    text_pair_column: str | None = None
-    label_column: str = "label"
-    max_length: int = 128
-    long_text: str = "window"  # texts over max_length: sliding windows with pooled logits, or cut
-    stride: int | None = None  # window overlap in tokens; None: max_length // 4
-    multi_label: bool = False
-    threshold: float = 0.5  # multi-label: sigmoid probability at which a label is predicted
-    label_separator: str = "|"  # multi-label labels in one CSV cell
-    extra: dict[str, Any] = field(default_factory=dict)  # task-specific settings (QA, summarisation)
-
-    def __post_init__(self) -> None:
-        if self.long_text not in LONG_TEXT:
-            raise BertforgeError(f"unknown --long-text {self.long_text!r} (choose from {', '.join(LONG_TEXT)})")
-        if self.max_length < 8:
-            raise BertforgeError(f"max length {self.max_length} is too small")
-
-    @property
-    def window_stride(self) -> int:
-        return self.stride if self.stride is not None else self.max_length // 4
-
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any], name: str = "settings") -> TaskSpec:
-        """From settings read from a file (``name``: what errors call them); unknown keys are ignored."""
-        if not isinstance(d, dict):
-            raise BertforgeError(f"{name} is {reprlib.repr(d)}, not an object")
-        if "task" not in d:
-            raise BertforgeError(f"{name}.task is missing")
-        types = field_types(cls)
-        check_fields(d, types, f"{name}.")
-        return cls(**{k: v for k, v in d.items() if k in types})
 
 
 @dataclass
@@ -97,18 +55,46 @@ def unknown_labels_error(path: Path, kind: str, unknown: dict[str, int], known: 
                           f"add examples of {'it' if one else 'them'}, or pass --valid")
 
 
+def settings_of(cls: type, given: dict[str, Any], task: str, keep_none: bool = False) -> Any:
+    """A task's settings dataclass from saved or given values (None: the default, unless ``keep_none``);
+    unknown names are an error listing the known ones."""
+    names = [f.name for f in dataclasses.fields(cls)]
+    unknown = set(given) - set(names)
+    if unknown:
+        raise BertforgeError(f"unknown {task} settings: {', '.join(sorted(unknown))} (known: {', '.join(names)})")
+    return cls(**{k: v for k, v in given.items() if keep_none or v is not None})
+
+
+def request_examples(task, inputs: list, field: str) -> list:
+    """Each item of a request's ``field`` as the task's example; a bad one is an error naming it."""
+    out = []
+    for i, x in enumerate(inputs):
+        try:
+            out.append(task.example(x, "input 0"))
+        except BertforgeError as e:
+            raise BertforgeError(f"{field}[{i}]: {e}") from None
+    return out
+
+
 class FinetuneTask:
-    """Base of every fine-tuning task; subclasses fill in the task-specific parts."""
+    """Base of every fine-tuning task; subclasses fill in the task-specific parts. The faces (CLI,
+    server, pipeline) read only what is declared here: they never name a task."""
 
     name: ClassVar[str]
-    head: ClassVar[str]  # the head in heads.HEADS
+    head: ClassVar[str]  # the head in heads.HEADS (its ONNX outputs too: onnx.EXPORTABLE_HEADS)
     select_metric: ClassVar[str]  # the validation metric that picks the best checkpoint
     default_max_length: ClassVar[int] = 128  # tokens per window when the user gives none
+    endpoint: ClassVar[str]  # served at /v1/<endpoint>
+    Settings: ClassVar[type | None] = None  # the task's own settings (a dataclass, saved as TaskSpec.extra)
+    Request: ClassVar[type[BaseModel]]  # the HTTP request and response bodies
+    Response: ClassVar[type[BaseModel]]
+    echoed: ClassVar[tuple[str, ...]] = ()  # prediction fields that repeat their input (not a clash with it)
 
     def __init__(self, spec: TaskSpec, tokenizer: Tokenizer, id2label: dict[int, str] | None = None):
         self.spec = spec
         self.tokenizer = tokenizer
         self.id2label = id2label or {}
+        self.settings: Any = None  # an instance of the task's Settings, where it has them
         self.max_tokens: int | None = None  # padded tokens per inference batch (serve's --max-batch-tokens); None: the device's
         self.train_features: list[Feature] = []
         self.valid_examples: list = []
@@ -116,6 +102,26 @@ class FinetuneTask:
     @property
     def label2id(self) -> dict[str, int]:
         return {v: k for k, v in self.id2label.items()}
+
+    # -- the faces: one input from Python or HTTP, predictions to a response ------------------------------
+    def load(self, md, device: str | None = None, precision: str = "fp32", runtime: str = "torch", compile: bool = False):
+        """The fine-tuned model of ``md`` (a ModelDir) ready to predict, at a precision or as its ONNX graph."""
+        return load_for_inference(md, self.head, device, precision, runtime, compile)
+
+    def example(self, x: Any, where: str) -> Any:
+        """One input given in Python (or one item of a request) as the task's example; a bad one raises."""
+        raise NotImplementedError
+
+    def from_request(self, body: BaseModel, limits) -> list:
+        """A request body's examples; ``limits`` (the server's) checks counts and texts as they are met."""
+        raise NotImplementedError
+
+    def respond(self, predictions: list[dict]) -> dict:
+        return {"predictions": list(predictions)}
+
+    def input_fields(self, path: Path, examples: list) -> list[dict]:
+        """What each prediction line repeats of its input: the file's records."""
+        return [r.fields for r in tables.read_records(path)]
 
     # -- the parts each task defines ------------------------------------------------------------------
     def read(self, path: Path, labelled: bool = False) -> list:
@@ -200,5 +206,7 @@ class FinetuneTask:
 
     def export(self, model: nn.Module, directory: Path) -> None:
         config = model.config
+        if self.Settings is not None:
+            self.spec.extra = dataclasses.asdict(self.settings)
         config.extra["bertforge"] = self.spec.to_dict()
         model.save_pretrained(directory, tokenizer=self.tokenizer)

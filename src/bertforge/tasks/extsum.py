@@ -35,32 +35,47 @@ Data: JSONL with ``sentences`` (a list) or ``text`` (a string, split into senten
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 import numpy as np
 import torch
+from pydantic import Discriminator, Field, Tag
 from torch import Tensor, nn
 
 from .. import metrics
 from ..data import tables
 from ..errors import BertforgeError
 from ..infer import run_batches
-from .base import FinetuneTask, pad_2d
+from .base import FinetuneTask, pad_2d, settings_of
+from .schemas import Request, SummarizeResponse
 
 log = logging.getLogger("bertforge")
 
-EXTSUM_DEFAULTS: dict[str, Any] = {
-    "top_k": 3,  # sentences in a summary (Lead-3 is the classic baseline); None: only max_words limits
-    "max_words": None,  # length budget in words (a CJK character counts as a word)
-    "trigram_blocking": True,  # skip a sentence sharing a trigram with the summary so far (Paulus et al., 2018)
-    "inter_layers": 2,  # Transformer layers over the sentence vectors, as BertSum's best model; windows of a long document need them to tell sentences apart
-    "oracle_k": 3,  # most sentences the greedy ROUGE oracle picks, when labels come from a summary
-    "max_sentence_tokens": 128,  # tokens kept of one sentence
-}
+@dataclass
+class ExtSumSettings:
+    top_k: int | None = field(default=3, metadata={  # Lead-3 is the classic baseline; None: only max_words limits
+        "help": "extsum: sentences in a summary (default 3).", "predict": "extsum: sentences per summary (default: as in training)."})
+    max_words: int | None = field(default=None, metadata={  # a CJK character counts as a word
+        "help": "extsum: summary length budget in words, instead of --top-k.", "predict": "extsum: length budget in words."})
+    trigram_blocking: bool = field(default=True, metadata={  # Paulus et al., 2018
+        "help": "extsum: skip sentences repeating a trigram (default on).", "predict": "extsum."})
+    inter_layers: int = field(default=2, metadata={  # BertSum's best model; windows need them to tell sentences apart
+        "help": "extsum: Transformer layers over the sentence vectors (default 2, as BertSum; 0: a linear scorer)."})
+    oracle_k: int = field(default=3, metadata={
+        "help": "extsum: most sentences the greedy ROUGE oracle labels, for data with a summary and no labels (default 3)."})
+    max_sentence_tokens: int = 128  # tokens kept of one sentence
+
+    @staticmethod
+    def from_flags(given: dict[str, Any]) -> dict[str, Any]:
+        """--max-words alone lifts the default --top-k (0: no limit on the number of sentences)."""
+        return {**given, "top_k": 0} if "max_words" in given and "top_k" not in given else given
+
+
 METHODS = ("centroid", "cluster", "lead")
 
 
@@ -354,6 +369,35 @@ def read_documents(path: Path, text_column: str = "text", allow_empty: bool = Fa
     return [document_from(r.fields, r.line, f"{path}: line {r.line}", text_column, allow_empty) for r in tables.read_records(path)]
 
 
+class Sentences(Request):
+    sentences: list[str] = Field(description="A document already split into sentences.")
+
+
+# a text or {"sentences": [...]}, told apart by type, so that an error names only the form that was meant
+# (the tags are left out of error messages: see serve's validation_message)
+Document_ = Annotated[
+    Annotated[str, Tag("<text>")] | Annotated[Sentences, Tag("<sentences>")],
+    Discriminator(lambda v: "<sentences>" if isinstance(v, (dict, Sentences)) else "<text>"),
+]
+
+
+class SummarizeRequest(Request):
+    model_config = Request.model_config | {"json_schema_extra": {"examples": [{"documents": ["First sentence. Second one! A third?"]}]}}
+    documents: list[Document_] = Field(min_length=1, description="Texts (split into sentences here) or {sentences}.")
+
+
+def documents_from_request(body: SummarizeRequest, limits, text_column: str) -> list[Document]:
+    """A summarize request's documents (shared by the trained and the training-free summariser)."""
+    texts = [d if isinstance(d, str) else " ".join(d.sentences) for d in body.documents]
+    limits.check_texts(texts, "documents")
+    docs = []
+    for i, d in enumerate(body.documents):
+        fields = {text_column: d} if isinstance(d, str) else {"sentences": d.sentences}
+        docs.append(document_from(fields, 0, f"documents[{i}]", text_column))
+    return docs
+
+
+
 # -- the fine-tuned model -----------------------------------------------------------------------------------
 @dataclass
 class Window:
@@ -384,19 +428,18 @@ class ExtSumTask(FinetuneTask):
     head = "extsum"
     select_metric = "f1"
     default_max_length = 512
+    endpoint = "summarize"
+    Settings = ExtSumSettings
+    Request, Response = SummarizeRequest, SummarizeResponse
 
     def __init__(self, spec, tokenizer, id2label=None):
         super().__init__(spec, tokenizer, id2label)
-        unknown = set(spec.extra) - set(EXTSUM_DEFAULTS)
-        if unknown:
-            raise BertforgeError(f"unknown extsum settings: {', '.join(sorted(unknown))} (known: {', '.join(EXTSUM_DEFAULTS)})")
-        settings = {**EXTSUM_DEFAULTS, **spec.extra}
-        settings["top_k"], settings["max_words"] = summary_limits(settings["top_k"], settings["max_words"])
+        s = self.settings = settings_of(ExtSumSettings, spec.extra, "extsum", keep_none=True)
+        s.top_k, s.max_words = summary_limits(s.top_k, s.max_words)
         for k in ("inter_layers", "oracle_k", "max_sentence_tokens"):
-            if not isinstance(settings[k], int) or settings[k] < (0 if k == "inter_layers" else 1):
+            if not isinstance(getattr(s, k), int) or getattr(s, k) < (0 if k == "inter_layers" else 1):
                 raise BertforgeError(f"extsum: {k} must be a {'non-negative' if k == 'inter_layers' else 'positive'} integer")
-        spec.extra = settings
-        self.settings = settings
+        spec.extra = dataclasses.asdict(s)
 
     # -- reading ------------------------------------------------------------------------------------
     def read(self, path: Path, labelled: bool = False) -> list[Document]:
@@ -421,7 +464,7 @@ class ExtSumTask(FinetuneTask):
         """Given labels, else the greedy oracle's against the summary."""
         if doc.labels is not None:
             return doc.labels
-        chosen = set(greedy_oracle(doc.sentences, doc.summary or "", self.settings["oracle_k"]))
+        chosen = set(greedy_oracle(doc.sentences, doc.summary or "", self.settings.oracle_k))
         return [int(i in chosen) for i in range(len(doc.sentences))]
 
     def load_model(self, directory: Path) -> nn.Module:
@@ -431,7 +474,7 @@ class ExtSumTask(FinetuneTask):
         from ..heads import BertWithHead
 
         config = BertConfig.from_json(Path(directory) / "config.json")
-        n = self.settings["inter_layers"]
+        n = self.settings.inter_layers
         had = config.extra.get("extsum_inter_layers")
         if had is not None and had != n:
             raise BertforgeError(f"{directory}: has {had} inter-sentence layers, not {n}")
@@ -444,7 +487,7 @@ class ExtSumTask(FinetuneTask):
     # -- features -----------------------------------------------------------------------------------
     def pack(self, documents: list[Document]) -> list[Packed]:
         """Each document as windows of whole sentences, [CLS] s [SEP] each, segments alternating."""
-        cap = min(self.settings["max_sentence_tokens"], self.spec.max_length - 2)
+        cap = min(self.settings.max_sentence_tokens, self.spec.max_length - 2)
         flat = [s for d in documents for s in d.sentences]
         encoded = self.tokenizer.encode_batch(flat, add_special_tokens=False) if flat else []
         cls, sep = self.tokenizer.cls_id, self.tokenizer.sep_id
@@ -537,7 +580,7 @@ class ExtSumTask(FinetuneTask):
         s = self.settings
         results = []
         for d, scores in zip(examples, self.sentence_scores(model, examples, progress), strict=True):
-            chosen = select(d.sentences, scores, s["top_k"], s["max_words"], s["trigram_blocking"]) if d.sentences else []
+            chosen = select(d.sentences, scores, s.top_k, s.max_words, s.trigram_blocking) if d.sentences else []
             results.append({
                 "summary": join([d.sentences[i] for i in chosen]),
                 "selected": chosen,
@@ -556,5 +599,12 @@ class ExtSumTask(FinetuneTask):
             names += ["precision", "recall", "f1"]
         return tuple(names)
 
-    def example(self, x: Any) -> Document:
+    # -- the faces ----------------------------------------------------------------------------------
+    def example(self, x: Any, where: str) -> Document:
         return document_input(x, self.spec.text_column)
+
+    def from_request(self, body: SummarizeRequest, limits) -> list[Document]:
+        return documents_from_request(body, limits, self.spec.text_column)
+
+    def respond(self, predictions: list[dict]) -> dict:
+        return {"summaries": list(predictions)}

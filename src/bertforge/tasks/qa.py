@@ -28,6 +28,7 @@ does not occur is left out of training. Both are counted in one warning, never d
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 from dataclasses import dataclass, field
@@ -36,6 +37,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from pydantic import BaseModel, Field
 from tokenizers import Encoding
 from torch import Tensor, nn
 
@@ -43,23 +45,27 @@ from .. import metrics
 from ..data import tables
 from ..errors import BertforgeError
 from ..infer import run_batches
-from .base import Feature, FinetuneTask
+from .base import Feature, FinetuneTask, request_examples, settings_of
+from .schemas import Request
 
 log = logging.getLogger("bertforge")
 
-# Google's run_squad.py defaults, kept by every BERT QA recipe since.
-QA_DEFAULTS: dict[str, Any] = {
-    "max_query_length": 64,  # question tokens kept; the rest of the window is context
-    "doc_stride": 128,  # context tokens shared by consecutive windows
-    "max_answer_length": 30,  # longest answer in tokens: longer spans are never proposed
-    "n_best": 20,  # spans kept per window
-    "null_threshold": 0.0,  # v2.0: answer "" when null score > best span score + this
-    "version_2": None,  # unanswerable questions allowed; None: decided by the training data
-}
+@dataclass
+class QASettings:
+    """Google's run_squad.py defaults, kept by every BERT QA recipe since."""
+
+    max_query_length: int = field(default=64, metadata={"help": "qa: question tokens kept (default 64)."})
+    doc_stride: int = field(default=128, metadata={"help": "qa: context tokens shared by consecutive windows (default 128)."})
+    max_answer_length: int = field(default=30, metadata={"help": "qa: longest answer in tokens (default 30)."})
+    n_best: int = 20  # spans kept per window
+    null_threshold: float = field(default=0.0, metadata={
+        "help": "qa (SQuAD 2.0): answer '' when null score > best span + this (default 0).",
+        "predict": "qa: default as in training."})
+    version_2: bool | None = None  # unanswerable questions allowed; None: decided by the training data
 
 
 @dataclass
-class Answer:
+class GoldAnswer:
     text: str
     start: int | None  # character offset in the context; None: the text is not in the context
 
@@ -69,7 +75,7 @@ class QAExample:
     id: str
     question: str
     context: str
-    answers: list[Answer] | None  # None: unlabelled; []: unanswerable
+    answers: list[GoldAnswer] | None  # None: unlabelled; []: unanswerable
     line: int | None = None  # 1-based line in a JSONL file (None for SQuAD JSON: see ``id``)
     fields: dict = field(default_factory=dict)  # what a prediction line repeats of the input
 
@@ -117,7 +123,7 @@ def _field(obj: Any, name: str, kind: type, what: str = "") -> Any:
     return value
 
 
-def _answers(raw: Any, is_impossible: bool, where: Any) -> list[Answer] | None:
+def _answers(raw: Any, is_impossible: bool, where: Any) -> list[GoldAnswer] | None:
     """Answers as SQuAD JSON or HF datasets write them; ``where`` is the object errors point at."""
     if raw is None:
         return [] if is_impossible else None
@@ -138,7 +144,7 @@ def _answers(raw: Any, is_impossible: bool, where: Any) -> list[Answer] | None:
     for text, start in pairs:
         if not isinstance(text, str) or isinstance(start, bool) or not isinstance(start, int):
             raise _Missing(where, f"answer {text!r} at {start!r}: 'text' must be text and 'answer_start' an integer")
-        out.append(Answer(text, start))
+        out.append(GoldAnswer(text, start))
     return [] if is_impossible else out
 
 
@@ -312,37 +318,62 @@ def choose_answer(
 
 
 # -- the task ------------------------------------------------------------------------------------------
+class Question(Request):
+    question: str
+    context: str
+
+
+class QARequest(Request):
+    model_config = Request.model_config | {"json_schema_extra": {"examples": [
+        {"question": "Who flew?", "context": "Carol flew to Oslo."},
+        {"questions": [{"question": "Where to?", "context": "Carol flew to Oslo."}]}]}}
+    questions: list[Question] | None = Field(None, min_length=1, description="Questions, each with its context.")
+    question: str | None = Field(None, description="One question (with context), instead of questions.")
+    context: str | None = None
+
+
+class Answer(BaseModel):
+    answer: str = Field(description='The answer span ("" when the model says there is none).')
+    score: float
+    start: int = Field(description="Character offsets of the answer in the context.")
+    end: int
+
+
+class QAResponse(BaseModel):
+    answers: list[Answer]
+
+
 class QATask(FinetuneTask):
     name = "qa"
     head = "span"
     select_metric = "f1"
     default_max_length = 384
+    endpoint = "qa"
+    Settings = QASettings
+    Request, Response = QARequest, QAResponse
 
     def __init__(self, spec, tokenizer, id2label=None):
         super().__init__(spec, tokenizer, id2label)
-        unknown = set(spec.extra) - set(QA_DEFAULTS)
-        if unknown:
-            raise BertforgeError(f"unknown qa settings: {', '.join(sorted(unknown))} (known: {', '.join(QA_DEFAULTS)})")
-        settings = {**QA_DEFAULTS, **{k: v for k, v in spec.extra.items() if v is not None}}
+        given = dict(spec.extra)
         if "doc_stride" not in spec.extra and spec.stride is not None:
-            settings["doc_stride"] = spec.stride
+            given["doc_stride"] = spec.stride
+        s = self.settings = settings_of(QASettings, given, "qa")
         for k in ("max_query_length", "doc_stride", "max_answer_length", "n_best"):
-            if not isinstance(settings[k], int) or settings[k] < 1:
-                raise BertforgeError(f"qa: {k} must be a positive integer, not {settings[k]!r}")
-        room = spec.max_length - settings["max_query_length"] - 3  # [CLS] question [SEP] context [SEP]
+            if not isinstance(getattr(s, k), int) or getattr(s, k) < 1:
+                raise BertforgeError(f"qa: {k} must be a positive integer, not {getattr(s, k)!r}")
+        room = spec.max_length - s.max_query_length - 3  # [CLS] question [SEP] context [SEP]
         if room < 2:
             raise BertforgeError(
                 f"qa: windows of {spec.max_length} tokens leave no room for context after questions of up to "
-                f"{settings['max_query_length']} tokens: raise --max-length or lower --max-query-length"
+                f"{s.max_query_length} tokens: raise --max-length or lower --max-query-length"
             )
-        if settings["doc_stride"] >= room:
+        if s.doc_stride >= room:
             raise BertforgeError(
-                f"qa: doc stride {settings['doc_stride']} leaves no room to advance: windows of {spec.max_length} "
-                f"tokens with questions of up to {settings['max_query_length']} hold {room} context tokens; "
+                f"qa: doc stride {s.doc_stride} leaves no room to advance: windows of {spec.max_length} "
+                f"tokens with questions of up to {s.max_query_length} hold {room} context tokens; "
                 "lower --doc-stride or --max-query-length, or raise --max-length"
             )
-        spec.extra = settings
-        self.settings = settings
+        spec.extra = dataclasses.asdict(s)
 
     # -- reading ------------------------------------------------------------------------------------
     def read(self, path: Path, labelled: bool = False) -> list[QAExample]:
@@ -361,8 +392,9 @@ class QATask(FinetuneTask):
         unlabelled = next((e for e in examples if e.answers is None), None)
         if unlabelled is not None:
             raise BertforgeError(f"{path}: {unlabelled.where}: no 'answers' to learn from")
-        if self.settings["version_2"] is None:
-            self.settings["version_2"] = any(not e.answers for e in examples)
+        if self.settings.version_2 is None:
+            self.settings.version_2 = any(not e.answers for e in examples)
+            self.spec.extra["version_2"] = self.settings.version_2
 
     def check_labels(self, examples: list[QAExample], path: Path, held_out: float | None = None) -> None:
         unlabelled = next((e for e in examples if e.answers is None), None)
@@ -372,7 +404,7 @@ class QATask(FinetuneTask):
     # -- features -----------------------------------------------------------------------------------
     def _questions(self, examples: list[QAExample]) -> list[str]:
         """Questions cut to ``max_query_length`` tokens (at the end of the last kept token)."""
-        limit = self.settings["max_query_length"]
+        limit = self.settings.max_query_length
         encs = self.tokenizer.encode_batch([e.question for e in examples], add_special_tokens=False)
         return [e.question[: enc.offsets[limit - 1][1]] if len(enc.ids) > limit else e.question
                 for e, enc in zip(examples, encs, strict=True)]
@@ -384,7 +416,7 @@ class QATask(FinetuneTask):
             [e.context for e in examples],
             max_length=self.spec.max_length,
             truncation="only_second",
-            stride=self.settings["doc_stride"],
+            stride=self.settings.doc_stride,
         )
         flat, owner = [], []
         for i, enc in enumerate(encs):
@@ -400,7 +432,7 @@ class QATask(FinetuneTask):
         return (ctx[0], ctx[-1]) if ctx else (1, 0)
 
     @classmethod
-    def target(cls, enc: Encoding, answer: Answer | None) -> tuple[int, int]:
+    def target(cls, enc: Encoding, answer: GoldAnswer | None) -> tuple[int, int]:
         """(first, last) token of the answer in this window; (0, 0) ([CLS]) when it is not wholly inside."""
         lo, hi = cls.context_range(enc)
         if answer is None or hi < lo:
@@ -457,16 +489,16 @@ class QATask(FinetuneTask):
                 windows[owner[i]].append(Window(logits[row, :n, 0], logits[row, :n, 1], enc.offsets, lo, hi))
         s = self.settings
         return [
-            choose_answer(e.context, w, s["max_answer_length"], s["n_best"], bool(s["version_2"]), float(s["null_threshold"]))
+            choose_answer(e.context, w, s.max_answer_length, s.n_best, bool(s.version_2), float(s.null_threshold))
             for e, w in zip(examples, windows, strict=True)
         ]
 
     def score(self, predictions: list[dict], examples: list[QAExample]) -> dict:
         golds = [[a.text for a in e.answers] for e in examples]
         preds = [p["answer"] for p in predictions]
-        if self.settings["version_2"] or any(not g for g in golds):
+        if self.settings.version_2 or any(not g for g in golds):
             out = metrics.squad_v2(golds, preds)
-            if self.settings["version_2"]:  # where --null-threshold would have scored best
+            if self.settings.version_2:  # where --null-threshold would have scored best
                 odds = [p.get("null_odds", float("inf")) for p in predictions]  # (no valid span: always "")
                 out.update(metrics.squad_v2_best_threshold(golds, [p.get("best_span", "") for p in predictions], odds))
             return out
@@ -474,19 +506,20 @@ class QATask(FinetuneTask):
 
     def metric_names(self, examples: list[QAExample]) -> tuple[str, ...]:
         answerable = [bool(e.answers) for e in examples]
-        if not self.settings["version_2"] and all(answerable):
+        if not self.settings.version_2 and all(answerable):
             return ("exact_match", "f1")
         names = ["exact", "f1"]
         if any(answerable):
             names += ["HasAns_exact", "HasAns_f1"]
         if not all(answerable):
             names += ["NoAns_exact", "NoAns_f1"]
-        if self.settings["version_2"]:
+        if self.settings.version_2:
             names += ["best_exact", "best_f1"]
         return tuple(names)
 
-    def example(self, x: Any) -> QAExample:
-        """A pipeline input: {"question", "context"[, "id"]} or a (question, context) pair."""
+    # -- the faces ----------------------------------------------------------------------------------
+    def example(self, x: Any, where: str) -> QAExample:
+        """{"question", "context"[, "id"]} or a (question, context) pair."""
         if isinstance(x, (tuple, list)) and len(x) == 2:
             x = {"question": x[0], "context": x[1]}
         if not isinstance(x, dict):
@@ -497,3 +530,25 @@ class QATask(FinetuneTask):
         except _Missing as e:
             raise BertforgeError(e.message) from None
         return QAExample(str(x.get("id", "")), question, context, None)
+
+    def from_request(self, body: QARequest, limits) -> list[QAExample]:
+        """``questions``, or one ``question`` and ``context``."""
+        if body.questions is not None:
+            if body.question is not None or body.context is not None:
+                raise BertforgeError("give 'questions', or one 'question' and 'context', not both")
+            questions, name = body.questions, "questions"
+        elif body.question is not None and body.context is not None:
+            questions, name = [Question(question=body.question, context=body.context)], ""
+        else:
+            raise BertforgeError("give 'questions' ([{question, context}, ...]), or 'question' and 'context'")
+        limits.check_count(len(questions), "questions")
+        limits.check_chars((f"{name}[{i}].{k}" if name else k, getattr(q, k))
+                           for i, q in enumerate(questions) for k in ("question", "context"))
+        return request_examples(self, [q.model_dump() for q in questions], name or "questions")
+
+    def respond(self, predictions: list[dict]) -> dict:
+        return {"answers": list(predictions)}
+
+    def input_fields(self, path: Path, examples: list[QAExample]) -> list[dict]:
+        """SQuAD JSON has no record per question: each example keeps its own fields."""
+        return [e.fields for e in examples]

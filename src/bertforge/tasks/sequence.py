@@ -20,6 +20,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from pydantic import BaseModel, Field
 from tokenizers import Encoding
 from torch import nn
 
@@ -27,7 +28,8 @@ from .. import metrics
 from ..data import tables
 from ..errors import BertforgeError
 from ..infer import run_batches
-from .base import Feature, FinetuneTask, unknown_labels_error
+from .base import Feature, FinetuneTask, request_examples, unknown_labels_error
+from .schemas import Request
 
 log = logging.getLogger("bertforge")
 PAIR_COLUMN = "text_pair"  # the second text's column unless --text-pair-column names another
@@ -41,9 +43,28 @@ class TextExample:
     line: int
 
 
+class ClassifyRequest(Request):
+    model_config = Request.model_config | {"json_schema_extra": {"examples": [{"texts": ["A gripping film."]}]}}
+    texts: list[str] | None = Field(None, min_length=1, description="Texts (single-text models).")
+    pairs: list[tuple[str, str]] | None = Field(None, min_length=1, description="[text, text pair] (pair models).")
+
+
+class ClassPrediction(BaseModel):
+    label: str | None = Field(None, description="classify, pair: the predicted label.")
+    labels: list[str] | None = Field(None, description="multi-label classify: the labels over the threshold.")
+    score: float | None = Field(None, description="The label's probability; regress: the predicted number.")
+    probabilities: dict[str, float] | None = Field(None, description="Every label's probability.")
+
+
+class ClassifyResponse(BaseModel):
+    predictions: list[ClassPrediction]
+
+
 class SequenceTask(FinetuneTask):
     name = "classify"
     head = "classify"
+    endpoint = "classify"
+    Request, Response = ClassifyRequest, ClassifyResponse
 
     @property
     def select_metric(self) -> str:
@@ -52,6 +73,31 @@ class SequenceTask(FinetuneTask):
     @property
     def is_pair(self) -> bool:
         return self.spec.text_pair_column is not None
+
+    # -- the faces ----------------------------------------------------------------------------------
+    def example(self, x: Any, where: str) -> TextExample:
+        """A text, or a (text, text_pair) pair for a pair model: as the model was trained."""
+        pair = isinstance(x, (tuple, list)) and len(x) == 2 and all(isinstance(t, str) for t in x)
+        if not (pair if self.is_pair else isinstance(x, str)):
+            raise BertforgeError(f"this model reads {'(text, text_pair) pairs' if self.is_pair else 'single texts'}; "
+                                 f"got {type(x).__name__}{f' of {len(x)}' if isinstance(x, (tuple, list)) else ''}")
+        if pair and not all(t.strip() for t in x):
+            raise BertforgeError(f"{where}: an empty text")
+        return TextExample(x[0], x[1], None, 0) if pair else TextExample(x, None, None, 0)
+
+    def from_request(self, body: ClassifyRequest, limits) -> list[TextExample]:
+        if (body.texts is None) == (body.pairs is None):
+            raise BertforgeError(f"give {'pairs' if self.is_pair else 'texts'}")
+        if self.is_pair and body.pairs is None:
+            raise BertforgeError("this server's model reads text pairs: send 'pairs' ([[text, text_pair], ...])")
+        if not self.is_pair and body.texts is None:
+            raise BertforgeError("this server's model reads single texts: send 'texts'")
+        if body.pairs is not None:
+            limits.check_count(len(body.pairs), "pairs")
+            limits.check_chars((f"pairs[{i}][{j}]", t) for i, p in enumerate(body.pairs) for j, t in enumerate(p))
+            return request_examples(self, [tuple(p) for p in body.pairs], "pairs")
+        limits.check_texts(body.texts, "texts")
+        return request_examples(self, body.texts, "texts")
 
     # -- reading ------------------------------------------------------------------------------------
     def read(self, path: Path, labelled: bool = False) -> list[TextExample]:

@@ -12,7 +12,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
+from pydantic import BaseModel, Field
 from tokenizers import Encoding
 from torch import nn
 
@@ -21,7 +23,8 @@ from ..data import tables
 from ..errors import BertforgeError
 from ..heads import IGNORE_INDEX
 from ..infer import run_batches
-from .base import Feature, FinetuneTask, pad_2d, unknown_labels_error
+from .base import Feature, FinetuneTask, pad_2d, request_examples, unknown_labels_error
+from .schemas import Request
 
 CONLL_SUFFIXES = (".conll", ".conllu", ".bio", ".iob", ".txt", ".tsv")
 FORMATS = (".csv", ".jsonl", ".json", f"CoNLL ({', '.join(CONLL_SUFFIXES)})")  # (.tsv is CoNLL here)
@@ -47,10 +50,58 @@ class TagExample:
     spans: list[tuple[int, int]] | None = None  # character span of each word in ``text``
 
 
+class TagRequest(Request):
+    model_config = Request.model_config | {"json_schema_extra": {"examples": [{"texts": ["Carol flew to Oslo on Monday."]}]}}
+    texts: list[str] | None = Field(None, min_length=1, description="Raw texts; entities come with character offsets.")
+    tokens: list[list[str]] | None = Field(None, min_length=1, description="Pre-split words; entities with word offsets.")
+
+
+class Entity(BaseModel):
+    label: str
+    start: int
+    end: int
+    text: str
+
+
+class TagPrediction(BaseModel):
+    tokens: list[str]
+    tags: list[str]
+    entities: list[Entity]
+
+
+class TagResponse(BaseModel):
+    predictions: list[TagPrediction]
+
+
 class TagTask(FinetuneTask):
     name = "tag"
     head = "tag"
     select_metric = "f1"
+    endpoint = "tag"
+    Request, Response = TagRequest, TagResponse
+    echoed = ("tokens",)  # a tagger's words, given as tokens or split from text
+
+    # -- the faces ----------------------------------------------------------------------------------
+    def example(self, x: Any, where: str) -> TagExample:
+        """A list of words, or a text (split into BERT's pre-tokens, entities in character offsets)."""
+        if isinstance(x, list):
+            return TagExample(words_of(x, where), None, 0)
+        return self._from_text({self.spec.text_column: str(x)}, 0, Path("<input>"))
+
+    def from_request(self, body: TagRequest, limits) -> list[TagExample]:
+        if (body.texts is None) == (body.tokens is None):
+            raise BertforgeError("give 'texts', or 'tokens' (lists of words)")
+        if body.texts is not None:
+            limits.check_texts(body.texts, "texts")
+            return request_examples(self, body.texts, "texts")
+        limits.check_texts([" ".join(ws) for ws in body.tokens], "tokens")
+        return request_examples(self, body.tokens, "tokens")
+
+    def input_fields(self, path: Path, examples: list[TagExample]) -> list[dict]:
+        """CoNLL files have no fields to repeat: a prediction line's tokens are its words."""
+        if Path(path).suffix.lower() in CONLL_SUFFIXES:
+            return [{} for _ in examples]
+        return super().input_fields(path, examples)
 
     # -- reading ------------------------------------------------------------------------------------
     def read(self, path: Path, labelled: bool = False) -> list[TagExample]:

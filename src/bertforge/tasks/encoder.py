@@ -1,0 +1,169 @@
+"""What an encoder does without fine-tuning, declared as tasks: sentence embeddings, the similarity of
+two texts, and training-free extractive summaries. Their model is an ``infer.Embedder``."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+import numpy as np
+from pydantic import BaseModel, Field
+
+from ..errors import BertforgeError
+from ..infer import Embedder
+from .extsum import (
+    METHODS,
+    Document,
+    SummarizeRequest,
+    document_input,
+    documents_from_request,
+    summarize_untrained,
+    summary_limits,
+)
+from .schemas import Request, SummarizeResponse
+
+
+class EncoderTask:
+    """A use of a bare encoder. ``max_tokens``: padded tokens per model batch (None: the device's)."""
+
+    name: ClassVar[str]
+    endpoint: ClassVar[str]
+    head: ClassVar[str | None] = None
+    Settings: ClassVar[type | None] = None
+    Request: ClassVar[type[BaseModel]]
+    Response: ClassVar[type[BaseModel]]
+
+    def __init__(self, settings: Any = None):
+        self.settings = settings
+        self.max_tokens: int | None = None
+
+    def load(self, md, device: str | None, precision: str, runtime: str, compile: bool) -> Embedder:
+        return Embedder.from_pretrained(md, device, precision, runtime, compile)
+
+    def example(self, x: Any, where: str) -> Any:
+        raise NotImplementedError
+
+    def predict(self, embedder: Embedder, examples: list) -> Any:
+        raise NotImplementedError
+
+
+# -- embed ----------------------------------------------------------------------------------------------
+class EmbedRequest(Request):
+    model_config = Request.model_config | {"json_schema_extra": {"examples": [{"texts": ["A gripping film.", "Dull."]}]}}
+    texts: list[str] = Field(min_length=1, description="Texts to embed (at most --max-texts).")
+
+
+class EmbedResponse(BaseModel):
+    embeddings: list[list[float]] = Field(description="One vector per text, in order, normalised as the checkpoint says.")
+
+
+class EmbedTask(EncoderTask):
+    """Sentence embeddings, pooled and normalised as the checkpoint says."""
+
+    name = endpoint = "embed"
+    Request, Response = EmbedRequest, EmbedResponse
+
+    def example(self, x: Any, where: str) -> str:
+        if not isinstance(x, str):
+            raise BertforgeError(f"{where}: an embedder takes texts, not {type(x).__name__}")
+        return x
+
+    def from_request(self, body: EmbedRequest, limits) -> list[str]:
+        limits.check_texts(body.texts, "texts")
+        return body.texts
+
+    def predict(self, embedder: Embedder, examples: list[str]) -> np.ndarray:
+        return embedder(examples, max_tokens=self.max_tokens)
+
+    def respond(self, vectors: np.ndarray) -> dict:
+        return {"embeddings": vectors.tolist()}
+
+
+# -- similarity -------------------------------------------------------------------------------------------
+class SimilarityRequest(Request):
+    model_config = Request.model_config | {"json_schema_extra": {"examples": [
+        {"pairs": [["A cat sits on the mat.", "A cat is on a mat."]]},
+        {"a": ["A cat sits on the mat."], "b": ["The stock market fell."]}]}}
+    pairs: list[tuple[str, str]] | None = Field(None, min_length=1, description="[text, text] pairs.")
+    a: list[str] | None = Field(None, min_length=1, description="First texts (with b, as long).")
+    b: list[str] | None = Field(None, min_length=1, description="Second texts.")
+
+
+class SimilarityResponse(BaseModel):
+    scores: list[float] = Field(description="Cosine similarity of each pair.")
+
+
+class SimilarityTask(EncoderTask):
+    """Cosine similarity of each pair: ``pairs`` or ``a`` and ``b``."""
+
+    name = endpoint = "similarity"
+    Request, Response = SimilarityRequest, SimilarityResponse
+
+    def example(self, x: Any, where: str) -> tuple[str, str]:
+        if not (isinstance(x, (tuple, list)) and len(x) == 2 and all(isinstance(t, str) for t in x)):
+            raise BertforgeError(f"{where}: similarity takes (text, text) pairs")
+        return x[0], x[1]
+
+    def from_request(self, body: SimilarityRequest, limits) -> list[tuple[str, str]]:
+        if (body.pairs is None) == (body.a is None and body.b is None):
+            raise BertforgeError("give 'pairs', or 'a' and 'b'")
+        if body.pairs is not None:
+            limits.check_count(len(body.pairs), "pairs")
+            limits.check_chars((f"pairs[{i}][{j}]", t) for i, p in enumerate(body.pairs) for j, t in enumerate(p))
+            return [tuple(p) for p in body.pairs]
+        if body.a is None or body.b is None:
+            raise BertforgeError(f"{'b' if body.b is None else 'a'} is missing: give 'a' and 'b' (as many texts each)")
+        if len(body.a) != len(body.b):
+            raise BertforgeError(f"'a' has {len(body.a)} texts but 'b' has {len(body.b)}: give as many")
+        limits.check_count(len(body.a), "pairs")
+        limits.check_chars([*((f"a[{i}]", t) for i, t in enumerate(body.a)), *((f"b[{i}]", t) for i, t in enumerate(body.b))])
+        return list(zip(body.a, body.b, strict=True))
+
+    def predict(self, embedder: Embedder, examples: list[tuple[str, str]]) -> np.ndarray:
+        return embedder.similarity([a for a, _ in examples], [b for _, b in examples], max_tokens=self.max_tokens)
+
+    def respond(self, scores: np.ndarray) -> dict:
+        return {"scores": scores.tolist()}
+
+
+# -- summarize ----------------------------------------------------------------------------------------------
+@dataclass
+class SummarizeSettings:
+    method: str = field(default="centroid", metadata={"help": "centroid | cluster | lead"})
+    top_k: int | None = field(default=3, metadata={"help": "Sentences per summary (default 3)."})
+    max_words: int | None = field(default=None, metadata={"help": "Length budget in words (a CJK character is a word), instead of or with --top-k."})
+    trigram_blocking: bool = field(default=True, metadata={"help": "centroid: skip sentences repeating a trigram."})
+
+    def __post_init__(self) -> None:
+        if self.method not in METHODS:
+            raise BertforgeError(f"unknown method {self.method!r} (choose from {', '.join(METHODS)})")
+        summary_limits(self.top_k, self.max_words)
+
+
+class SummarizeTask(EncoderTask):
+    """Extractive summaries without training: the sentences closest to the document's centroid in
+    sentence-embedding space, one per k-means cluster, or the first ones (Lead-k)."""
+
+    name, endpoint = "summarize", "summarize"
+    Settings = SummarizeSettings
+    Request, Response = SummarizeRequest, SummarizeResponse
+
+    def __init__(self, settings: SummarizeSettings | None = None):
+        super().__init__(settings or SummarizeSettings())
+
+    def example(self, x: Any, where: str) -> Document:
+        return document_input(x)
+
+    def from_request(self, body: SummarizeRequest, limits) -> list[Document]:
+        return documents_from_request(body, limits, "text")
+
+    def predict(self, embedder: Embedder, examples: list[Document]) -> list[dict]:
+        s = self.settings
+
+        def budgeted(texts, **kwargs):
+            return embedder(texts, max_tokens=self.max_tokens, **kwargs)
+
+        return summarize_untrained(budgeted, examples, s.method, s.top_k, s.max_words, s.trigram_blocking)
+
+    def respond(self, summaries: list[dict]) -> dict:
+        return {"summaries": list(summaries)}
