@@ -85,6 +85,7 @@ class FinetuneTask:
     select_metric: ClassVar[str]  # the validation metric that picks the best checkpoint
     default_max_length: ClassVar[int] = 128  # tokens per window when the user gives none
     endpoint: ClassVar[str]  # served at /v1/<endpoint>
+    about: ClassVar[str]  # what its endpoint answers (the server's docs)
     Settings: ClassVar[type | None] = None  # the task's own settings (a dataclass, saved as TaskSpec.extra)
     Request: ClassVar[type[BaseModel]]  # the HTTP request and response bodies
     Response: ClassVar[type[BaseModel]]

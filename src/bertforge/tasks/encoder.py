@@ -28,6 +28,7 @@ class EncoderTask:
 
     name: ClassVar[str]
     endpoint: ClassVar[str]
+    about: ClassVar[str]  # what its endpoint answers (the server's docs)
     head: ClassVar[str | None] = None
     Settings: ClassVar[type | None] = None
     Request: ClassVar[type[BaseModel]]
@@ -61,6 +62,7 @@ class EmbedTask(EncoderTask):
     """Sentence embeddings, pooled and normalised as the checkpoint says."""
 
     name = endpoint = "embed"
+    about = "Sentence embeddings, pooled and normalised as the checkpoint says."
     Request, Response = EmbedRequest, EmbedResponse
 
     def example(self, x: Any, where: str) -> str:
@@ -97,6 +99,7 @@ class SimilarityTask(EncoderTask):
     """Cosine similarity of each pair: ``pairs`` or ``a`` and ``b``."""
 
     name = endpoint = "similarity"
+    about = "Cosine similarity of each pair: ``pairs`` or ``a`` and ``b``."
     Request, Response = SimilarityRequest, SimilarityResponse
 
     def example(self, x: Any, where: str) -> tuple[str, str]:
@@ -144,7 +147,8 @@ class SummarizeTask(EncoderTask):
     """Extractive summaries without training: the sentences closest to the document's centroid in
     sentence-embedding space, one per k-means cluster, or the first ones (Lead-k)."""
 
-    name, endpoint = "summarize", "summarize"
+    name = endpoint = "summarize"
+    about = "Extractive summaries: the sentences chosen from each document."
     Settings = SummarizeSettings
     Request, Response = SummarizeRequest, SummarizeResponse
 

@@ -429,6 +429,7 @@ class ExtSumTask(FinetuneTask):
     select_metric = "f1"
     default_max_length = 512
     endpoint = "summarize"
+    about = "Extractive summaries: the sentences chosen from each document."
     Settings = ExtSumSettings
     Request, Response = SummarizeRequest, SummarizeResponse
 

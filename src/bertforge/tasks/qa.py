@@ -349,6 +349,7 @@ class QATask(FinetuneTask):
     select_metric = "f1"
     default_max_length = 384
     endpoint = "qa"
+    about = "Answers: spans of each context (``questions``, or one ``question`` and ``context``)."
     Settings = QASettings
     Request, Response = QARequest, QAResponse
 

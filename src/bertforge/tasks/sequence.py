@@ -64,6 +64,7 @@ class SequenceTask(FinetuneTask):
     name = "classify"
     head = "classify"
     endpoint = "classify"
+    about = "Labels and probabilities (classify, pair), or a number (regress)."
     Request, Response = ClassifyRequest, ClassifyResponse
 
     @property

@@ -78,6 +78,7 @@ class TagTask(FinetuneTask):
     head = "tag"
     select_metric = "f1"
     endpoint = "tag"
+    about = "Tags per word and the entities they make (character offsets for texts, word offsets for tokens)."
     Request, Response = TagRequest, TagResponse
     echoed = ("tokens",)  # a tagger's words, given as tokens or split from text
 
