@@ -15,15 +15,11 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from bertforge.data import pretrain, sentences
+from bertforge.data.corpus import word_continues
 from bertforge.data.masking import MaskingRule, mask_tokens
-from bertforge.data.pretrain import (
-    IGNORE_INDEX,
-    PretrainDataConfig,
-    PretrainShards,
-    prepare,
-    word_continues,
-)
+from bertforge.data.pretrain import PretrainDataConfig, prepare
 from bertforge.data.sentences import read_documents, split_sentences
+from bertforge.data.shards import IGNORE_INDEX, PretrainShards
 from bertforge.errors import BertforgeError
 from bertforge.heads import IGNORE_INDEX as HEADS_IGNORE_INDEX
 from bertforge.tokenizer import Tokenizer
@@ -151,7 +147,7 @@ def test_jsonl_gives_the_same_shards_as_text(tmp):
 def test_long_documents_are_read_in_pieces_with_the_same_result(tmp, monkeypatch):
     whole = run(tmp, "whole", dupe_factor=2)
     monkeypatch.setattr(sentences, "PIECE_SENTENCES", 2)  # every document split into pieces of 2 sentences
-    monkeypatch.setattr(pretrain, "_TASK_PIECES", 3)  # and tokenized a few pieces at a time
+    monkeypatch.setattr("bertforge.data.corpus._TASK_PIECES", 3)  # and tokenized a few pieces at a time
     assert list(read_documents(CORPUS_EN)) == list(read_documents_unpatched(CORPUS_EN))
     pieces = run(tmp, "pieces", dupe_factor=2)
     assert pieces.manifest["corpus"] == whole.manifest["corpus"]

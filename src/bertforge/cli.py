@@ -310,7 +310,7 @@ def pretrain(
 
     from .checkpoint import load_pretrained
     from .config import BertConfig
-    from .data.pretrain import PretrainShards, check_vocab
+    from .data.shards import PretrainShards, check_vocab
     from .heads import BertWithHead
     from .model import set_dropout
     from .outputs import check_out_dir

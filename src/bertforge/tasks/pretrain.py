@@ -10,7 +10,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from ..data.pretrain import PretrainShards
+from ..data.shards import PretrainShards
 from ..heads import IGNORE_INDEX
 from ..tokenizer import Tokenizer
 
