@@ -30,6 +30,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from ..batch import encoder_batch
 from ..errors import BertforgeError
 from .masking import MaskingRule, mask_tokens
 
@@ -164,28 +165,19 @@ class PretrainShards:
         if self.dynamic and rng is None:
             raise BertforgeError("these shards use dynamic masking: collate needs a random generator")
         items = [self[i] for i in indices]
-        B, T = len(items), max((len(x["input_ids"]) for x in items), default=0)
-        input_ids = np.full((B, T), self.pad_id, dtype=np.int64)
-        attention_mask = np.zeros((B, T), dtype=np.int64)
-        token_type_ids = np.zeros((B, T), dtype=np.int64)
-        labels = np.full((B, T), IGNORE_INDEX, dtype=np.int64)
-        for r, x in enumerate(items):
-            ids = x["input_ids"]
+        rows, targets = [], []
+        for x in items:
             if self.dynamic:
-                ids, positions, originals = mask_tokens(ids, self.rule, rng, x.get("word_continues"))
+                ids, positions, originals = mask_tokens(x["input_ids"], self.rule, rng, x.get("word_continues"))
             else:
-                positions, originals = x["masked_positions"], x["masked_labels"]
-            n = len(ids)
-            input_ids[r, :n] = ids
-            attention_mask[r, :n] = 1
-            token_type_ids[r, :n] = x["token_type_ids"]
+                ids, positions, originals = x["input_ids"], x["masked_positions"], x["masked_labels"]
+            rows.append(ids)
+            targets.append((positions, originals))
+        batch = encoder_batch(rows, [x["token_type_ids"] for x in items], self.pad_id)
+        labels = np.full(tuple(batch["input_ids"].shape), IGNORE_INDEX, dtype=np.int64)
+        for r, (positions, originals) in enumerate(targets):
             labels[r, positions] = originals
-        batch = {
-            "input_ids": torch.from_numpy(input_ids),
-            "attention_mask": torch.from_numpy(attention_mask),
-            "token_type_ids": torch.from_numpy(token_type_ids),
-            "labels": torch.from_numpy(labels),
-        }
+        batch["labels"] = torch.from_numpy(labels)
         if self.nsp:
             batch["next_sentence_label"] = torch.tensor([int(x["next_sentence_label"]) for x in items], dtype=torch.int64)
         return batch
