@@ -188,5 +188,7 @@ class FinetuneTask:
 
     def export(self, model: nn.Module, directory: Path) -> None:
         config = model.config
+        from ..checkpoint import save_pretrained
+
         config.extra["bertforge"] = self.spec.to_dict()
-        model.save_pretrained(directory, tokenizer=self.tokenizer)
+        save_pretrained(model, directory, tokenizer=self.tokenizer)

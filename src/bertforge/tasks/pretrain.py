@@ -73,4 +73,6 @@ class PretrainTask:
         return metrics
 
     def export(self, model: nn.Module, directory: Path) -> None:
-        model.save_pretrained(directory, tokenizer=self.tokenizer)
+        from ..checkpoint import save_pretrained
+
+        save_pretrained(model, directory, tokenizer=self.tokenizer)
