@@ -519,3 +519,11 @@ def test_cli_end_to_end(tmp):
     assert train > 0 and f"{train:,} train" in done.stdout and done.stdout.startswith(f"wrote {out}")
     bad = subprocess.run([*cmd[:3], str(tmp / "nope.txt"), *cmd[4:]], capture_output=True, text=True, timeout=120)
     assert bad.returncode == 2 and bad.stderr.strip() == f"bertforge: error: {tmp / 'nope.txt'}: no such file"
+
+
+def test_the_reader_does_not_load_the_builder():
+    """Training reads shards without the builder's code (jieba, the worker pool, the tokenizing stage)."""
+    code = "import sys, bertforge.data.shards, bertforge.tasks.pretrain; print(' '.join(sys.modules))"
+    loaded = set(subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split())
+    assert "bertforge.data.shards" in loaded
+    assert not loaded & {"bertforge.data.pretrain", "bertforge.data.corpus", "bertforge.data.workers", "jieba"}
