@@ -33,7 +33,7 @@ from pathlib import Path
 import torch
 from common import Listed, argument_parser
 
-from bertforge import BertConfig, BertforgeError, BertModel, Tokenizer
+from bertforge import BertConfig, BertforgeError, BertModel, Tokenizer, save_pretrained
 from bertforge.assets import fetch
 from bertforge.infer import embed
 from bertforge.runtime import pick_device, prepare, quantize_int8
@@ -52,7 +52,7 @@ def model_dir(name: str, tmp: Path) -> Path:
     # a randomly initialised model of a preset size, with minilm-l6's (bert-base-uncased) vocabulary
     tok = Tokenizer.from_pretrained(fetch("minilm-l6"))
     torch.manual_seed(0)
-    return BertModel(BertConfig.preset(name, vocab_size=tok.vocab_size)).save_pretrained(tmp / name, tokenizer=tok)
+    return save_pretrained(BertModel(BertConfig.preset(name, vocab_size=tok.vocab_size)), tmp / name, tokenizer=tok)
 
 
 def real_flops(config: BertConfig, lengths: list[int]) -> float:

@@ -201,4 +201,4 @@ def tiny_dir(tmp_path_factory) -> Path:
     tok = bertforge.Tokenizer.from_pretrained(fetch("minilm-l6"))
     torch.manual_seed(0)
     model = bertforge.BertModel(bertforge.BertConfig.preset("tiny", vocab_size=tok.vocab_size, max_position_embeddings=128))
-    return model.save_pretrained(tmp_path_factory.mktemp("tiny"), tokenizer=tok)
+    return bertforge.save_pretrained(model, tmp_path_factory.mktemp("tiny"), tokenizer=tok)

@@ -61,7 +61,7 @@ def test_our_save_loads_in_transformers_with_identical_outputs(our_model, make_b
     labels = {"id2label": {0: "neg", 1: "pos", 2: "mixed"}} if head in ("classify", "tag") else {"id2label": {}} if head == "span" else {}
     ours = our_model(head, seed=1, **labels)
     (ours if head is None else ours.bert).unpad = False  # compare padding positions too
-    ours.save_pretrained(tmp_path)
+    bertforge.save_pretrained(ours, tmp_path)
     auto, expected = AUTO[head]
     theirs, info = getattr(transformers, auto).from_pretrained(tmp_path, output_loading_info=True)
     theirs.eval()
@@ -81,7 +81,7 @@ def test_transformers_save_our_load_our_save_is_bit_exact(hf_model, tmp_path, he
     theirs = hf_model(AUTO[head][1], seed=3, **({"num_labels": 3} if head in ("classify", "tag") else {}))
     theirs.save_pretrained(tmp_path / "hf")
     ours = bertforge.load_pretrained(tmp_path / "hf", head=head)
-    ours.save_pretrained(tmp_path / "ours")
+    bertforge.save_pretrained(ours, tmp_path / "ours")
     before = load_file(tmp_path / "hf" / "model.safetensors")
     after = load_file(tmp_path / "ours" / "model.safetensors")
     for name, tensor in before.items():
@@ -92,7 +92,7 @@ def test_transformers_save_our_load_our_save_is_bit_exact(hf_model, tmp_path, he
 def test_save_with_tokenizer_files_loads_in_auto_tokenizer(our_model, tiny_vocab, tiny_corpus, tmp_path):
     tok = Tokenizer.from_pretrained(tiny_vocab)
     model = our_model(vocab_size=tok.vocab_size, max_position_embeddings=128)
-    model.save_pretrained(tmp_path, tokenizer=tok)
+    bertforge.save_pretrained(model, tmp_path, tokenizer=tok)
     names = {p.name for p in tmp_path.iterdir()}
     assert names == {
         "config.json", "model.safetensors", "vocab.txt", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
@@ -123,7 +123,7 @@ def test_saved_files_get_the_umask_permissions(our_model, tiny_vocab, tmp_path, 
     old = os.umask(umask)
     try:
         assert current_umask() == umask  # read without setting it (from /proc on Linux)
-        our_model("classify").save_pretrained(tmp_path, tokenizer=Tokenizer.from_pretrained(tiny_vocab))
+        bertforge.save_pretrained(our_model("classify"), tmp_path, tokenizer=Tokenizer.from_pretrained(tiny_vocab))
     finally:
         os.umask(old)
     modes = {p.name: p.stat().st_mode & 0o777 for p in tmp_path.iterdir()}

@@ -111,7 +111,7 @@ def test_the_saved_model_loads_here_and_its_encoder_in_transformers(tokenizer, t
                         extra={"extsum_inter_layers": 2})
     torch.manual_seed(0)
     model = BertWithHead(config, "extsum").eval()
-    model.save_pretrained(tmp_path)
+    bertforge.save_pretrained(model, tmp_path)
     saved = json.loads((tmp_path / "config.json").read_text())
     assert saved["architectures"] == ["BertForExtractiveSummarization"] and saved["extsum_inter_layers"] == 2
     again = bertforge.load_pretrained(tmp_path, head="extsum")

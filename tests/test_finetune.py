@@ -18,8 +18,8 @@ import torch
 import bertforge
 from bertforge import BertConfig, BertforgeError, BertModel, Tokenizer
 from bertforge.api import evaluate_file, finetune, load_task, predict_file
-from bertforge.pipeline import pipeline
 from bertforge.assets import fetch
+from bertforge.pipeline import pipeline
 from bertforge.tasks import TASKS, TaskSpec
 from bertforge.tasks.sequence import TextExample
 from bertforge.train import TrainArgs
@@ -189,7 +189,7 @@ def test_tagging_chinese_characters_and_transformers(tiny_dir, tmp_path):
     (tmp_path / "train.conll").write_text("\n\n".join(lines) + "\n", encoding="utf-8")
     zh = Tokenizer.from_pretrained(fetch("chinese-vocab"))
     torch.manual_seed(0)
-    zdir = BertModel(BertConfig.preset("tiny", vocab_size=zh.vocab_size)).save_pretrained(tmp_path / "zh", tokenizer=zh)
+    zdir = bertforge.save_pretrained(BertModel(BertConfig.preset("tiny", vocab_size=zh.vocab_size)), tmp_path / "zh", tokenizer=zh)
     m = finetune("tag", zdir, tmp_path / "train.conll", tmp_path / "ner", args=_args(tmp_path / "ner" / "run", 40))
     assert {"f1", "precision", "recall", "token_accuracy"} <= set(m)
     from transformers import AutoModelForTokenClassification

@@ -15,15 +15,11 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from bertforge.data import pretrain, sentences
+from bertforge.data.corpus import word_continues
 from bertforge.data.masking import MaskingRule, mask_tokens
-from bertforge.data.pretrain import (
-    IGNORE_INDEX,
-    PretrainDataConfig,
-    PretrainShards,
-    prepare,
-    word_continues,
-)
+from bertforge.data.pretrain import PretrainDataConfig, prepare
 from bertforge.data.sentences import read_documents, split_sentences
+from bertforge.data.shards import IGNORE_INDEX, PretrainShards
 from bertforge.errors import BertforgeError
 from bertforge.heads import IGNORE_INDEX as HEADS_IGNORE_INDEX
 from bertforge.tokenizer import Tokenizer
@@ -151,7 +147,7 @@ def test_jsonl_gives_the_same_shards_as_text(tmp):
 def test_long_documents_are_read_in_pieces_with_the_same_result(tmp, monkeypatch):
     whole = run(tmp, "whole", dupe_factor=2)
     monkeypatch.setattr(sentences, "PIECE_SENTENCES", 2)  # every document split into pieces of 2 sentences
-    monkeypatch.setattr(pretrain, "_TASK_PIECES", 3)  # and tokenized a few pieces at a time
+    monkeypatch.setattr("bertforge.data.corpus._TASK_PIECES", 3)  # and tokenized a few pieces at a time
     assert list(read_documents(CORPUS_EN)) == list(read_documents_unpatched(CORPUS_EN))
     pieces = run(tmp, "pieces", dupe_factor=2)
     assert pieces.manifest["corpus"] == whole.manifest["corpus"]
@@ -523,3 +519,11 @@ def test_cli_end_to_end(tmp):
     assert train > 0 and f"{train:,} train" in done.stdout and done.stdout.startswith(f"wrote {out}")
     bad = subprocess.run([*cmd[:3], str(tmp / "nope.txt"), *cmd[4:]], capture_output=True, text=True, timeout=120)
     assert bad.returncode == 2 and bad.stderr.strip() == f"bertforge: error: {tmp / 'nope.txt'}: no such file"
+
+
+def test_the_reader_does_not_load_the_builder():
+    """Training reads shards without the builder's code (jieba, the worker pool, the tokenizing stage)."""
+    code = "import sys, bertforge.data.shards, bertforge.tasks.pretrain; print(' '.join(sys.modules))"
+    loaded = set(subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split())
+    assert "bertforge.data.shards" in loaded
+    assert not loaded & {"bertforge.data.pretrain", "bertforge.data.corpus", "bertforge.data.workers", "jieba"}

@@ -206,12 +206,12 @@ def test_bf16_linear_layers_are_fused_where_the_cpu_has_bf16(minilm):
 def test_a_model_with_packed_weights_is_not_saved(minilm, tmp_path):
     """int8 (and fused bf16) layers hold packed weights: saving such a model is a one-line error, and
     nothing is written, instead of a KeyError from the checkpoint table."""
-    from bertforge import load_pretrained
+    from bertforge import load_pretrained, save_pretrained
     from bertforge.runtime import prepare
 
     model = prepare(load_pretrained(minilm), "int8", "cpu")
     with pytest.raises(BertforgeError, match="prepared for int8 inference"):
-        model.save_pretrained(tmp_path / "out")
+        save_pretrained(model, tmp_path / "out")
     assert not (tmp_path / "out" / "model.safetensors").exists()
 
 

@@ -23,11 +23,11 @@ import numpy as np
 import pytest
 import torch
 
-from bertforge import BertConfig, BertforgeError, BertModel, Tokenizer
+from bertforge import BertConfig, BertforgeError, BertModel, Tokenizer, save_pretrained
 from bertforge.api import finetune
-from bertforge.pipeline import Pipeline
 from bertforge.assets import fetch
 from bertforge.infer import Embedder
+from bertforge.pipeline import Pipeline
 from bertforge.serve import access_line
 from bertforge.tasks import TaskSpec
 from bertforge.train import TrainArgs
@@ -96,7 +96,7 @@ def models(tmp_path_factory) -> dict[str, Path]:
     d = tmp_path_factory.mktemp("serve-models")
     tok = Tokenizer.from_pretrained(fetch("minilm-l6"))
     torch.manual_seed(0)
-    tiny = BertModel(BertConfig.preset("tiny", vocab_size=tok.vocab_size, max_position_embeddings=128)).save_pretrained(d / "tiny", tokenizer=tok)
+    tiny = save_pretrained(BertModel(BertConfig.preset("tiny", vocab_size=tok.vocab_size, max_position_embeddings=128)), d / "tiny", tokenizer=tok)
     rnd = random.Random(0)
     rows = []
     for _ in range(320):

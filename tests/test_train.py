@@ -167,9 +167,9 @@ def test_continued_pretraining_starts_from_the_given_weights(shards, no_dropout,
     assert train_losses(second)[0] < fresh - 0.5
     assert train_losses(second)[0] == pytest.approx(train_losses(first)[-1], abs=0.5)
     other = tmp_path / "other-vocab"
-    from bertforge import BertModel
+    from bertforge import BertModel, save_pretrained
 
-    BertModel(BertConfig.preset("tiny", vocab_size=77)).save_pretrained(other)
+    save_pretrained(BertModel(BertConfig.preset("tiny", vocab_size=77)), other)
     proc = subprocess.run([str(BIN / "bertforge"), "pretrain", "--data", str(shards), "--out", str(tmp_path / "x"),
                            "--init", str(other), "--max-steps", "1"], capture_output=True, text=True)
     assert proc.returncode != 0 and "vocabulary has 77 entries" in proc.stderr and "Traceback" not in proc.stderr
@@ -257,11 +257,11 @@ def test_finetune_under_torchrun(tmp_path):
     import csv
     import random
 
-    from bertforge import BertModel, Tokenizer
+    from bertforge import BertModel, Tokenizer, save_pretrained
 
     tok = Tokenizer.from_pretrained(ASSETS / "vocab_en.txt")
     torch.manual_seed(0)
-    model_dir = BertModel(BertConfig.preset("tiny", vocab_size=tok.vocab_size, max_position_embeddings=64)).save_pretrained(
+    model_dir = save_pretrained(BertModel(BertConfig.preset("tiny", vocab_size=tok.vocab_size, max_position_embeddings=64)),
         tmp_path / "tiny", tokenizer=tok)
     rnd = random.Random(0)
     words = (ASSETS / "corpus_en.txt").read_text().split()[:200]

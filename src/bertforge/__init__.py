@@ -67,10 +67,10 @@ def __dir__() -> list[str]:
 
 if TYPE_CHECKING:
     from .api import evaluate_file, finetune, load_task, predict_file
-    from .pipeline import pipeline
     from .checkpoint import load_pretrained, save_pretrained
     from .config import BertConfig
     from .heads import BertWithHead
     from .infer import Embedder, embed
     from .model import BertModel, EncoderOutput
+    from .pipeline import pipeline
     from .tokenizer import Tokenizer, train_vocab

@@ -200,7 +200,7 @@ def pretrain(data: str | Path, out: str | Path, args: TrainArgs, preset: str = "
              init: str | Path | None = None, dropout: float | None = None) -> bool:
     """Pretrain on shards from ``prepare-pretrain``: a new model of ``preset`` (or ``config``), or ``init``'s
     weights; checkpoints and curves go to ``out``, the model to ``out/final``. True on the main process."""
-    from .data.pretrain import PretrainShards, check_vocab
+    from .data.shards import PretrainShards, check_vocab
     from .tasks.pretrain import PretrainTask
     from .tokenizer import Tokenizer
 

@@ -17,7 +17,6 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 from functools import partial
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -354,9 +353,3 @@ class BertWithHead(nn.Module):
         enc = self.bert(input_ids, attention_mask, token_type_ids, pool=self.head.uses_pooler,
                         first_token_only=self.head.reads_pooler_only)
         return self.head(enc, **targets)
-
-    def save_pretrained(self, directory: str | Path, tokenizer=None) -> Path:
-        """Write a Hugging Face directory loadable by the matching ``transformers`` class."""
-        from .checkpoint import save_pretrained
-
-        return save_pretrained(self, directory, tokenizer=tokenizer)

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from functools import partial
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -201,12 +200,6 @@ class BertModel(nn.Module):
         else:
             hidden = pad(x, packing) if packing is not None else x  # (B, T, H)
         return EncoderOutput(last_hidden_state=hidden, pooler_output=self.pooler(hidden[:, 0]) if pool else None)
-
-    def save_pretrained(self, directory: str | Path, tokenizer=None) -> Path:
-        """Write a Hugging Face directory (config.json, model.safetensors, tokenizer files) for ``BertModel``."""
-        from .checkpoint import save_pretrained
-
-        return save_pretrained(self, directory, tokenizer=tokenizer)
 
 
 def set_dropout(model: nn.Module, p: float) -> None:

@@ -20,12 +20,12 @@ from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager, nullcontext
 from pathlib import Path
 
-import numpy as np
 import torch
 from tokenizers import Encoding, decoders, normalizers, pre_tokenizers, processors, trainers
 from tokenizers import Tokenizer as _Backend
 from tokenizers.models import WordPiece
 
+from .batch import encoder_batch
 from .errors import BertforgeError
 
 SPECIAL_TOKENS = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")
@@ -273,22 +273,7 @@ class Tokenizer:
 
     def to_tensors(self, encodings: Sequence[Encoding], pad_to_multiple_of: int | None = None) -> dict[str, torch.Tensor]:
         """Right-pad encodings into (B, T) input_ids, attention_mask and token_type_ids."""
-        T = max((len(e.ids) for e in encodings), default=0)
-        if pad_to_multiple_of:
-            T = -(-T // pad_to_multiple_of) * pad_to_multiple_of
-        ids = np.full((len(encodings), T), self.pad_id, dtype=np.int64)
-        types = np.zeros((len(encodings), T), dtype=np.int64)
-        mask = np.zeros((len(encodings), T), dtype=np.int64)
-        for i, e in enumerate(encodings):
-            n = len(e.ids)
-            ids[i, :n] = e.ids
-            types[i, :n] = e.type_ids
-            mask[i, :n] = 1
-        return {
-            "input_ids": torch.from_numpy(ids),
-            "attention_mask": torch.from_numpy(mask),
-            "token_type_ids": torch.from_numpy(types),
-        }
+        return encoder_batch([e.ids for e in encodings], [e.type_ids for e in encodings], self.pad_id, pad_to_multiple_of)
 
     # -- saving ---------------------------------------------------------------------------------------
     def save_vocab(self, path: str | Path) -> Path:

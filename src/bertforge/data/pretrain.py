@@ -9,62 +9,35 @@ into contiguous [CLS] tokens [SEP] blocks instead. Masks are drawn here (static)
 ``PretrainShards.collate`` at load time (dynamic); ``masking.mask_tokens`` implements both.
 
 It runs in two streaming stages over worker processes, so corpora larger than memory pass through:
-(1) read and tokenize documents into a token store on disk, (2) build instances from chunks of
-``chunk_documents`` documents, each chunk with its own random generator seeded by (seed, split,
-pass, chunk): the output depends on the seed, never on the number of workers.
-
-On disk (``out/``), for split ``train`` and ``eval`` and shard ``k``, files ``{split}-{k:05d}.{field}.npy``:
-
-- ``input_ids`` (token dtype, flat; masks applied when static) and ``offsets`` (int64, n + 1):
-  instance ``i`` is ``input_ids[offsets[i]:offsets[i + 1]]``, [CLS] A [SEP] B [SEP] or [CLS] A [SEP];
-- ``b_start`` (int32): the position of B's first token (the length when there is no B); token type
-  ids are 1 from there on;
-- ``document`` (int64): the source document's index in corpus order;
-- ``nsp_label`` (int8, NSP only): 0 when B follows A in the document, 1 when B is random;
-- static masks: ``mask_positions`` (int32, flat), ``mask_labels`` (token dtype, the original ids) and
-  ``mask_offsets`` (int64, n + 1);
-- dynamic whole-word masks: ``word_continues`` (uint8, aligned with ``input_ids``): 1 where a token
-  continues the previous token's word.
-
-``manifest.json`` holds the settings, the vocabulary (path, sha256, size, special ids, lowercase)
-and counts per split and per shard.
+(1) read and tokenize documents into a token store on disk (``data.corpus``), (2) build instances from
+chunks of ``chunk_documents`` documents, each chunk with its own random generator seeded by (seed,
+split, pass, chunk): the output depends on the seed, never on the number of workers. The shards'
+layout on disk and their reader are in ``data.shards``.
 """
 
 from __future__ import annotations
 
-import array
-import hashlib
 import json
-import logging
-import multiprocessing
 import os
-import re
 import shutil
-from collections import deque
-from collections.abc import Callable, Iterable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
-from tqdm.auto import tqdm
 
 from ..assets import resolve_path
 from ..errors import BertforgeError
 from ..outputs import progress_bar
 from ..tokenizer import Tokenizer
+from .corpus import Corpus, jieba_segment, tokenize_corpus
 from .masking import MaskingRule, mask_tokens
-from .sentences import expand_corpus, read_pieces
+from .sentences import expand_corpus
+from .shards import FORMAT, SPLITS, VERSION, file_sha256, offsets_of, vocab_file
+from .workers import fork_pool, ordered
 
-FORMAT = "bertforge-pretrain-shards"
-VERSION = 1
-SPLITS = ("train", "eval")
-IGNORE_INDEX = -100  # label of unmasked positions: transformers' convention (and heads.IGNORE_INDEX)
 SEGMENTERS = ("jieba", "none")
-_TASK_PIECES = 512  # pieces per tokenization task (any value gives the same output)
-_TASK_CHARS = 1 << 19  # ... or fewer when they are long
 
 
 @dataclass(frozen=True)
@@ -101,120 +74,6 @@ class PretrainDataConfig:
         for bad, message in problems:
             if bad:
                 raise BertforgeError(message)
-
-
-# -- the tokenized corpus: a token store on disk ------------------------------------------------------
-_CJK_RANGES = (
-    (0x3400, 0x4DBF), (0x4E00, 0x9FFF), (0xF900, 0xFAFF), (0x20000, 0x2A6DF), (0x2A700, 0x2B73F),
-    (0x2B740, 0x2B81F), (0x2B820, 0x2CEAF), (0x2F800, 0x2FA1F),
-)  # the ranges BERT's tokenizer treats as Chinese characters
-_HAS_CJK = re.compile("[" + "".join(f"{chr(a)}-{chr(b)}" for a, b in _CJK_RANGES) + "]")
-
-
-def _is_cjk_token(token: str) -> bool:
-    return len(token) == 1 and _HAS_CJK.match(token) is not None
-
-
-def word_continues(text: str, tokens: Sequence[str], offsets: Sequence[tuple[int, int]], segment: Callable | None) -> list[bool]:
-    """Per token of ``text``: does it continue the previous token's word?
-
-    ``##`` pieces continue their word. Chinese characters are tokens of their own; with a segmenter
-    (``segment(text) -> [(word, start, end)]``, e.g. ``jieba.tokenize``) a character continues the
-    previous character when both lie in one segmenter word, as in Chinese-BERT-wwm.
-    """
-    flags = [t.startswith("##") for t in tokens]
-    if segment is not None and _HAS_CJK.search(text):
-        word_of = [0] * len(text)
-        for w, (_, start, end) in enumerate(segment(text)):
-            word_of[start:end] = [w] * (end - start)
-        cjk = [_is_cjk_token(t) for t in tokens]
-        for i in range(1, len(tokens)):
-            if cjk[i] and cjk[i - 1]:
-                flags[i] = word_of[offsets[i][0]] == word_of[offsets[i - 1][0]]
-    return flags
-
-
-def _jieba_segment() -> Callable:
-    import jieba
-
-    jieba.setLogLevel(logging.WARNING)
-    jieba.initialize()
-    return jieba.tokenize
-
-
-@dataclass
-class _Tokenized:
-    tokens: np.ndarray  # flat token ids of the kept (non-empty) sentences
-    word_continues: np.ndarray | None  # uint8, aligned with tokens (whole-word masking only)
-    sentence_lengths: np.ndarray  # int64, per kept sentence
-    piece_sentences: list[int]  # kept sentences per piece
-    piece_ends: list[bool]  # does the piece end its document?
-
-
-class _TokenStore:
-    """Appends tokenized pieces to raw files (documents without sentences are dropped), then writes
-    the offsets that the memory-mapped _Corpus reads."""
-
-    def __init__(self, directory: Path, token_dtype: np.dtype):
-        self.directory = directory
-        self.files = {name: (directory / f"{name}.bin").open("wb") for name in ("tokens", "word_continues", "sentence_lengths")}
-        self.dtype = token_dtype
-        self.document_sentences = array.array("q")  # 8 bytes a document: small next to its tokens
-        self.open_document = 0  # sentences of the document still being read
-
-    def add(self, part: _Tokenized) -> None:
-        self.files["tokens"].write(part.tokens.astype(self.dtype).tobytes())
-        if part.word_continues is not None:
-            self.files["word_continues"].write(part.word_continues.astype(np.uint8).tobytes())
-        self.files["sentence_lengths"].write(part.sentence_lengths.astype(np.int64).tobytes())
-        for count, ends in zip(part.piece_sentences, part.piece_ends, strict=True):
-            self.open_document += count
-            if ends and self.open_document:
-                self.document_sentences.append(self.open_document)
-            if ends:
-                self.open_document = 0
-
-    def finish(self) -> None:
-        """Close the raw files and write cumulative offsets: sentence -> tokens, document -> sentences."""
-        for f in self.files.values():
-            f.close()
-        np.frombuffer(self.document_sentences, dtype=np.int64).tofile(self.directory / "document_sentences.bin")
-        for lengths, offsets in (("sentence_lengths", "sentence_offsets"), ("document_sentences", "document_offsets")):
-            counts = np.fromfile(self.directory / f"{lengths}.bin", dtype=np.int64)
-            cumulative = np.lib.format.open_memmap(self.directory / f"{offsets}.npy", "w+", np.int64, (len(counts) + 1,))
-            cumulative[0] = 0
-            np.cumsum(counts, out=cumulative[1:])
-            cumulative.flush()
-            del cumulative
-
-
-@dataclass
-class _Corpus:
-    """The token store, memory-mapped: sentence s is tokens[sentence_offsets[s]:sentence_offsets[s + 1]],
-    document d is sentences document_offsets[d] to document_offsets[d + 1]."""
-
-    tokens: np.ndarray
-    word_continues: np.ndarray | None
-    sentence_offsets: np.ndarray
-    document_offsets: np.ndarray
-
-    @classmethod
-    def open(cls, directory: Path, token_dtype: np.dtype, with_words: bool) -> _Corpus:
-        # Plain ndarray views of the maps: slicing np.memmap objects costs more than the work per instance.
-        def raw(name: str, dtype) -> np.ndarray:
-            path = directory / f"{name}.bin"
-            return np.asarray(np.memmap(path, dtype=dtype, mode="r")) if path.stat().st_size else np.zeros(0, dtype)
-
-        return cls(
-            tokens=raw("tokens", token_dtype),
-            word_continues=raw("word_continues", np.uint8) if with_words else None,
-            sentence_offsets=np.asarray(np.load(directory / "sentence_offsets.npy", mmap_mode="r")),
-            document_offsets=np.asarray(np.load(directory / "document_offsets.npy", mmap_mode="r")),
-        )
-
-    @property
-    def num_documents(self) -> int:
-        return len(self.document_offsets) - 1
 
 
 # -- instances ------------------------------------------------------------------------------------------
@@ -261,7 +120,7 @@ class _Work:
     """What every worker process needs for stage 2 (inherited through fork, or used in-process)."""
 
     config: PretrainDataConfig
-    corpus: _Corpus
+    corpus: Corpus
     rule: MaskingRule
     cls_id: int
     sep_id: int
@@ -270,26 +129,7 @@ class _Work:
     every: np.ndarray  # all documents
 
 
-_STATE: dict[str, Any] = {}  # per process: "tokenize" (tokenizer, segmenter, whole_word) and "work" (_Work)
-
-
-def _tokenize(pieces: list[tuple[list[str], bool]]) -> _Tokenized:
-    """Stage 1 task: tokenize pieces of documents sentence by sentence; drop empty sentences."""
-    tokenizer, segment, whole_word = _STATE["tokenize"]
-    sentences = [s for piece, _ in pieces for s in piece]
-    encodings = tokenizer.encode_batch(sentences, add_special_tokens=False) if sentences else []
-    lengths = np.array([len(e.ids) for e in encodings], dtype=np.int64)
-    tokens = np.fromiter((i for e in encodings for i in e.ids), dtype=np.int64, count=int(lengths.sum()))
-    continues = None
-    if whole_word:
-        continues = np.fromiter(
-            (c for s, e in zip(sentences, encodings, strict=True) for c in word_continues(s, e.tokens, e.offsets, segment)),
-            dtype=np.uint8,
-            count=len(tokens),
-        )
-    per_piece = np.split(lengths, np.cumsum([len(p) for p, _ in pieces])[:-1])
-    kept = [int((x > 0).sum()) for x in per_piece]
-    return _Tokenized(tokens, continues, lengths[lengths > 0], kept, [ends for _, ends in pieces])
+_STATE: dict[str, Any] = {}  # per process: "work" (_Work), inherited by forked workers
 
 
 def _truncate_pair(a: list[int], b: list[int], max_tokens: int, rng: np.random.Generator) -> None:
@@ -444,13 +284,13 @@ class _ShardWriter:
         name = f"{self.split}-{len(self.shards):05d}"
         arrays = {
             "input_ids": x.input_ids,
-            "offsets": _offsets(x.lengths),
+            "offsets": offsets_of(x.lengths),
             "b_start": x.b_start,
             "document": x.document,
             "nsp_label": x.nsp_label,
             "mask_positions": x.mask_positions,
             "mask_labels": x.mask_labels,
-            "mask_offsets": None if x.mask_counts is None else _offsets(x.mask_counts),
+            "mask_offsets": None if x.mask_counts is None else offsets_of(x.mask_counts),
             "word_continues": x.word_continues,
         }
         for field_name, values in arrays.items():
@@ -464,86 +304,7 @@ class _ShardWriter:
         })
 
 
-def _offsets(counts: np.ndarray) -> np.ndarray:
-    out = np.zeros(len(counts) + 1, dtype=np.int64)
-    np.cumsum(counts, out=out[1:])
-    return out
-
-
-# -- running tasks over processes ----------------------------------------------------------------------
-@contextmanager
-def _pool(workers: int):
-    """A fork pool (workers inherit _STATE and the memory maps), or None to run in this process.
-
-    Tokenizers' own thread pool is switched off in the workers: the processes are the parallelism.
-    """
-    if workers <= 1:
-        yield None
-        return
-    saved = os.environ.get("TOKENIZERS_PARALLELISM")
-    os.environ["TOKENIZERS_PARALLELISM"] = "false"  # inherited by the forked workers
-    try:
-        pool = multiprocessing.get_context("fork").Pool(workers)
-    finally:
-        if saved is None:
-            del os.environ["TOKENIZERS_PARALLELISM"]
-        else:
-            os.environ["TOKENIZERS_PARALLELISM"] = saved
-    try:
-        yield pool
-    finally:
-        pool.terminate()
-        pool.join()
-
-
-def _ordered(pool, fn: Callable, tasks: Iterable, window: int) -> Iterator:
-    """fn over tasks, results in task order, at most ``window`` tasks in flight (so memory stays bounded)."""
-    if pool is None:
-        yield from map(fn, tasks)
-        return
-    pending: deque = deque()
-    for task in tasks:
-        pending.append(pool.apply_async(fn, (task,)))
-        if len(pending) >= window:
-            yield pending.popleft().get()
-    while pending:
-        yield pending.popleft().get()
-
-
-def _tokenize_tasks(files: Sequence[Path], bar: tqdm) -> Iterator[list[tuple[list[str], bool]]]:
-    task: list[tuple[list[str], bool]] = []
-    chars = 0
-    read_before = 0
-    for path in files:
-        for sentences, ends, done in read_pieces(path):
-            task.append((sentences, ends))
-            chars += sum(len(s) for s in sentences)
-            bar.update(read_before + done - bar.n)
-            if len(task) >= _TASK_PIECES or chars >= _TASK_CHARS:
-                yield task
-                task, chars = [], 0
-        read_before += path.stat().st_size
-        bar.update(read_before - bar.n)
-    if task:
-        yield task
-
-
 # -- the pipeline ---------------------------------------------------------------------------------------
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
-def _vocab_file(path: Path) -> Path:
-    """The file Tokenizer.from_pretrained reads for ``path``."""
-    if path.is_dir():
-        return path / "tokenizer.json" if (path / "tokenizer.json").is_file() else path / "vocab.txt"
-    return path
-
-
 def _split_documents(n: int, cfg: PretrainDataConfig) -> dict[str, np.ndarray]:
     """Held-out documents drawn at random (seeded), the rest for training; both in corpus order."""
     n_eval = 0
@@ -580,7 +341,7 @@ def prepare(
     workers = max(1, workers if workers is not None else (os.cpu_count() or 1))
     token_dtype = np.dtype(np.uint16 if tokenizer.vocab_size <= np.iinfo(np.uint16).max + 1 else np.int32)
     whole_word = config.whole_word_mask
-    segment = _jieba_segment() if whole_word and config.zh_segmenter == "jieba" else None
+    segment = jieba_segment() if whole_word and config.zh_segmenter == "jieba" else None
 
     out.parent.mkdir(parents=True, exist_ok=True)
     staging = out.parent / f".{out.name}.tmp-{os.getpid()}"
@@ -588,8 +349,7 @@ def prepare(
     store_dir = staging / "tokenized"
     store_dir.mkdir(parents=True)
     try:
-        _STATE["tokenize"] = (tokenizer, segment, whole_word)
-        corpus_data = _tokenize_corpus(files, store_dir, token_dtype, whole_word, workers, progress)
+        corpus_data = tokenize_corpus(files, store_dir, tokenizer, segment, token_dtype, whole_word, workers, progress)
         n_docs = corpus_data.num_documents
         if n_docs == 0:
             raise BertforgeError(f"{', '.join(map(str, files))}: no text (empty corpus)")
@@ -618,17 +378,6 @@ def prepare(
     return manifest
 
 
-def _tokenize_corpus(files: Sequence[Path], store_dir: Path, token_dtype: np.dtype, whole_word: bool, workers: int, progress: bool) -> _Corpus:
-    """Stage 1: read and tokenize every file into the token store; return it memory-mapped."""
-    store = _TokenStore(store_dir, token_dtype)
-    total_bytes = sum(p.stat().st_size for p in files)
-    with _pool(workers) as pool, progress_bar(progress, total=total_bytes, unit="B", unit_scale=True, desc="tokenizing") as bar:
-        for part in _ordered(pool, _tokenize, _tokenize_tasks(files, bar), 2 * workers):
-            store.add(part)
-    store.finish()
-    return _Corpus.open(store_dir, token_dtype, with_words=whole_word)
-
-
 # Held-out documents are made into instances once: more passes would only repeat them with other masks.
 PASSES = {"train": None, "eval": 1}  # None: dupe_factor
 
@@ -645,8 +394,8 @@ def _write_instances(work: _Work, directory: Path, workers: int, progress: bool)
     ]
     writers = {s: _ShardWriter(directory, s, cfg.shard_size) for s in SPLITS}
     total = sum(len(work.splits[s]) * passes[s] for s in SPLITS)
-    with _pool(workers) as pool, progress_bar(progress, total=total, unit="doc", desc="instances") as bar:
-        for task, instances in zip(tasks, _ordered(pool, _make_instances, tasks, 2 * workers), strict=True):
+    with fork_pool(workers) as pool, progress_bar(progress, total=total, unit="doc", desc="instances") as bar:
+        for task, instances in zip(tasks, ordered(pool, _make_instances, tasks, 2 * workers), strict=True):
             writers[task[0]].add(instances)
             bar.update(task[4] - task[3])
     return {s: writers[s].close() for s in SPLITS}
@@ -676,14 +425,14 @@ def _manifest(config, tokenizer, vocab_path, token_dtype, stats, splits, shards)
             "masked_tokens": None if config.dynamic_mask else sum(masked),
             "shards": shards[split],
         }
-    vocab_file = _vocab_file(vocab_path.resolve())
+    read_file = vocab_file(vocab_path.resolve())
     return {
         "format": FORMAT,
         "version": VERSION,
         **settings,
         "vocab_path": str(vocab_path.resolve()),
-        "vocab_file": str(vocab_file),
-        "vocab_sha256": _sha256(vocab_file),
+        "vocab_file": str(read_file),
+        "vocab_sha256": file_sha256(read_file),
         "vocab_size": tokenizer.vocab_size,
         "lowercase": tokenizer.lowercase,
         "special_ids": {
@@ -695,133 +444,3 @@ def _manifest(config, tokenizer, vocab_path, token_dtype, stats, splits, shards)
         "splits": per_split,
     }
 
-
-# -- reading shards -------------------------------------------------------------------------------------
-def read_manifest(directory: str | Path) -> dict[str, Any]:
-    path = Path(directory) / "manifest.json"
-    try:
-        manifest = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise BertforgeError(f"{path}: no such file (write shards with `bertforge prepare-pretrain`)") from None
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise BertforgeError(f"{path}: not valid JSON ({e})") from None
-    if manifest.get("format") != FORMAT or manifest.get("version") != VERSION:
-        raise BertforgeError(f"{path}: not a {FORMAT} manifest of version {VERSION}")
-    return manifest
-
-
-def check_vocab(directory: str | Path, manifest: dict[str, Any]) -> None:
-    """The vocabulary the shards in ``directory`` were made with is still there, unchanged (its sha256 in
-    the manifest): token ids from another vocabulary would train the model on the wrong words."""
-    path = _vocab_file(Path(manifest["vocab_path"]))
-    shards = Path(directory) / "manifest.json"
-    try:
-        digest = _sha256(path)
-    except OSError as e:
-        reason = "no such file" if isinstance(e, FileNotFoundError) else f"cannot be read ({type(e).__name__})"
-        raise BertforgeError(f"{path}: {reason}; it is the vocabulary the shards in {directory} were made with "
-                             f"({shards}): restore it, or re-run prepare-pretrain with another") from None
-    if digest != manifest["vocab_sha256"]:
-        raise BertforgeError(f"{path}: changed since prepare-pretrain made the shards in {directory} (its sha256 is not "
-                             f"the one in {shards}): re-run prepare-pretrain with this vocabulary, or restore the one "
-                             "the shards were made with")
-
-
-class PretrainShards:
-    """The instances of one split, memory-mapped; ``collate`` makes padded training batches.
-
-    ``shards[i]`` is a dict of numpy arrays: ``input_ids``, ``token_type_ids``, ``document`` (a
-    scalar), ``next_sentence_label`` (a scalar; NSP only), ``masked_positions`` and ``masked_labels``
-    (static masks), ``word_continues`` (dynamic whole-word masks).
-    """
-
-    def __init__(self, directory: str | Path, split: str = "train"):
-        if split not in SPLITS:
-            raise BertforgeError(f"unknown split {split!r} (choose from {', '.join(SPLITS)})")
-        self.directory = Path(directory)
-        self.split = split
-        self.manifest = read_manifest(self.directory)
-        self.nsp = bool(self.manifest["nsp"])
-        self.dynamic = bool(self.manifest["dynamic_mask"])
-        self.pad_id = int(self.manifest["special_ids"]["pad"])
-        self.rule = MaskingRule(
-            mask_id=int(self.manifest["special_ids"]["mask"]),
-            vocab_size=int(self.manifest["vocab_size"]),
-            special_ids=tuple(sorted(self.manifest["special_ids"].values())),
-            prob=float(self.manifest["masked_lm_prob"]),
-            max_predictions=int(self.manifest["max_predictions_per_seq"]),
-            whole_word=bool(self.manifest["whole_word_mask"]),
-        )
-        self._shards = [s["name"] for s in self.manifest["splits"][split]["shards"]]
-        self._starts = _offsets(np.array([s["instances"] for s in self.manifest["splits"][split]["shards"]], dtype=np.int64))
-        self._open: dict[int, dict[str, np.ndarray]] = {}
-
-    def __len__(self) -> int:
-        return int(self._starts[-1])
-
-    def __getstate__(self) -> dict[str, Any]:  # data-loader workers reopen the memory maps themselves
-        return {**self.__dict__, "_open": {}}
-
-    def _arrays(self, shard: int) -> dict[str, np.ndarray]:
-        arrays = self._open.get(shard)
-        if arrays is None:
-            arrays = {}
-            for path in sorted(self.directory.glob(f"{self._shards[shard]}.*.npy")):
-                arrays[path.name.split(".")[1]] = np.load(path, mmap_mode="r")
-            self._open[shard] = arrays
-        return arrays
-
-    def __getitem__(self, index: int) -> dict[str, np.ndarray]:
-        n = len(self)
-        if not -n <= index < n:
-            raise IndexError(f"instance {index} out of range for {n} instances")
-        index %= n
-        shard = int(np.searchsorted(self._starts, index, side="right")) - 1
-        j = index - int(self._starts[shard])
-        a = self._arrays(shard)
-        lo, hi = int(a["offsets"][j]), int(a["offsets"][j + 1])
-        ids = np.asarray(a["input_ids"][lo:hi], dtype=np.int64)
-        types = np.zeros(len(ids), dtype=np.int64)
-        types[int(a["b_start"][j]) :] = 1
-        item = {"input_ids": ids, "token_type_ids": types, "document": np.int64(a["document"][j])}
-        if self.nsp:
-            item["next_sentence_label"] = np.int64(a["nsp_label"][j])
-        if "mask_offsets" in a:
-            m_lo, m_hi = int(a["mask_offsets"][j]), int(a["mask_offsets"][j + 1])
-            item["masked_positions"] = np.asarray(a["mask_positions"][m_lo:m_hi], dtype=np.int64)
-            item["masked_labels"] = np.asarray(a["mask_labels"][m_lo:m_hi], dtype=np.int64)
-        if "word_continues" in a:
-            item["word_continues"] = np.asarray(a["word_continues"][lo:hi], dtype=bool)
-        return item
-
-    def collate(self, indices: Sequence[int], rng: np.random.Generator | None = None) -> dict[str, torch.Tensor]:
-        """A right-padded batch: input_ids, attention_mask, token_type_ids, labels (B, T) and, with NSP,
-        next_sentence_label (B,). Dynamic masks are drawn from ``rng`` (required then)."""
-        if self.dynamic and rng is None:
-            raise BertforgeError("these shards use dynamic masking: collate needs a random generator")
-        items = [self[i] for i in indices]
-        B, T = len(items), max((len(x["input_ids"]) for x in items), default=0)
-        input_ids = np.full((B, T), self.pad_id, dtype=np.int64)
-        attention_mask = np.zeros((B, T), dtype=np.int64)
-        token_type_ids = np.zeros((B, T), dtype=np.int64)
-        labels = np.full((B, T), IGNORE_INDEX, dtype=np.int64)
-        for r, x in enumerate(items):
-            ids = x["input_ids"]
-            if self.dynamic:
-                ids, positions, originals = mask_tokens(ids, self.rule, rng, x.get("word_continues"))
-            else:
-                positions, originals = x["masked_positions"], x["masked_labels"]
-            n = len(ids)
-            input_ids[r, :n] = ids
-            attention_mask[r, :n] = 1
-            token_type_ids[r, :n] = x["token_type_ids"]
-            labels[r, positions] = originals
-        batch = {
-            "input_ids": torch.from_numpy(input_ids),
-            "attention_mask": torch.from_numpy(attention_mask),
-            "token_type_ids": torch.from_numpy(token_type_ids),
-            "labels": torch.from_numpy(labels),
-        }
-        if self.nsp:
-            batch["next_sentence_label"] = torch.tensor([int(x["next_sentence_label"]) for x in items], dtype=torch.int64)
-        return batch

@@ -8,7 +8,6 @@ its loss, how to turn model outputs into predictions, and its metrics.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
@@ -18,6 +17,7 @@ import torch
 from pydantic import BaseModel
 from torch import Tensor, nn
 
+from ..batch import encoder_batch
 from ..data import tables
 from ..errors import BertforgeError
 from ..heads import IGNORE_INDEX
@@ -32,14 +32,6 @@ class Feature:
     type_ids: list[int]
     target: Any  # int, float, list (multi-label or per-token), or a dict of targets
     example: int  # index of the example it came from (several windows share one)
-
-
-def pad_2d(rows: Sequence[Sequence[int]], value: int) -> Tensor:
-    T = max(len(r) for r in rows)
-    out = np.full((len(rows), T), value, dtype=np.int64)
-    for i, r in enumerate(rows):
-        out[i, : len(r)] = r
-    return torch.from_numpy(out)
 
 
 def unknown_labels_error(path: Path, kind: str, unknown: dict[str, int], known: set[str],
@@ -175,11 +167,7 @@ class FinetuneTask:
 
     def collate(self, indices: list[int], rng: np.random.Generator | None = None) -> dict[str, Tensor]:
         feats = [self.train_features[i] for i in indices]
-        batch = {
-            "input_ids": pad_2d([f.ids for f in feats], self.tokenizer.pad_id),
-            "token_type_ids": pad_2d([f.type_ids for f in feats], 0),
-            "attention_mask": pad_2d([[1] * len(f.ids) for f in feats], 0),
-        }
+        batch = encoder_batch([f.ids for f in feats], [f.type_ids for f in feats], self.tokenizer.pad_id)
         batch.update(self.targets(feats))
         return batch
 
@@ -206,8 +194,10 @@ class FinetuneTask:
         return {k: float(v) for k, v in metrics.items() if isinstance(v, (int, float))}
 
     def export(self, model: nn.Module, directory: Path) -> None:
-        config = model.config
+        """``model`` in Hugging Face format, with the task's settings in its config.json."""
+        from ..checkpoint import save_pretrained
+
         if self.Settings is not None:
             self.spec.extra = dataclasses.asdict(self.settings)
-        config.extra["bertforge"] = self.spec.to_dict()
-        model.save_pretrained(directory, tokenizer=self.tokenizer)
+        model.config.extra["bertforge"] = self.spec.to_dict()
+        save_pretrained(model, directory, tokenizer=self.tokenizer)

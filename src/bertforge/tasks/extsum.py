@@ -48,10 +48,11 @@ from pydantic import Discriminator, Field, Tag
 from torch import Tensor, nn
 
 from .. import metrics
+from ..batch import encoder_batch
 from ..data import tables
 from ..errors import BertforgeError
 from ..infer import run_batches
-from .base import FinetuneTask, pad_2d, settings_of
+from .base import FinetuneTask, settings_of
 from .schemas import Request, SummarizeResponse
 
 log = logging.getLogger("bertforge")
@@ -541,9 +542,7 @@ class ExtSumTask(FinetuneTask):
             mask[b, : len(positions)] = True
             labels[b, : len(positions)] = torch.tensor(d.labels, dtype=torch.float32)
         return {
-            "input_ids": pad_2d([w.ids for w in windows], self.tokenizer.pad_id),
-            "token_type_ids": pad_2d([w.type_ids for w in windows], 0),
-            "attention_mask": pad_2d([[1] * len(w.ids) for w in windows], 0),
+            **encoder_batch([w.ids for w in windows], [w.type_ids for w in windows], self.tokenizer.pad_id),
             "sentence_index": index,
             "sentence_mask": mask,
             "labels": labels,

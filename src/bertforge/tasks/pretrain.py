@@ -10,7 +10,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from ..data.pretrain import PretrainShards
+from ..data.shards import PretrainShards
 from ..heads import IGNORE_INDEX
 from ..tokenizer import Tokenizer
 
@@ -73,4 +73,6 @@ class PretrainTask:
         return metrics
 
     def export(self, model: nn.Module, directory: Path) -> None:
-        model.save_pretrained(directory, tokenizer=self.tokenizer)
+        from ..checkpoint import save_pretrained
+
+        save_pretrained(model, directory, tokenizer=self.tokenizer)

@@ -42,6 +42,7 @@ from tokenizers import Encoding
 from torch import Tensor, nn
 
 from .. import metrics
+from ..batch import flatten_windows
 from ..data import tables
 from ..errors import BertforgeError
 from ..infer import run_batches
@@ -419,12 +420,7 @@ class QATask(FinetuneTask):
             truncation="only_second",
             stride=self.settings.doc_stride,
         )
-        flat, owner = [], []
-        for i, enc in enumerate(encs):
-            for w in [enc, *enc.overflowing]:
-                flat.append(w)
-                owner.append(i)
-        return flat, owner
+        return flatten_windows(encs)
 
     @staticmethod
     def context_range(enc: Encoding) -> tuple[int, int]:

@@ -25,6 +25,7 @@ from tokenizers import Encoding
 from torch import nn
 
 from .. import metrics
+from ..batch import flatten_windows
 from ..data import tables
 from ..errors import BertforgeError
 from ..infer import run_batches
@@ -167,13 +168,7 @@ class SequenceTask(FinetuneTask):
             truncation="only_first" if (window and self.is_pair) else "longest_first",
             stride=self.spec.window_stride if window else 0,
         )
-        flat: list[Encoding] = []
-        owner: list[int] = []
-        for i, e in enumerate(encs):
-            for w in [e, *(e.overflowing if window else [])]:
-                flat.append(w)
-                owner.append(i)
-        return flat, owner
+        return flatten_windows(encs, window)
 
     def target(self, example: TextExample) -> Any:
         if self.spec.multi_label:

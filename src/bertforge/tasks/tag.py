@@ -19,11 +19,12 @@ from tokenizers import Encoding
 from torch import nn
 
 from .. import metrics
+from ..batch import flatten_windows, pad_rows
 from ..data import tables
 from ..errors import BertforgeError
 from ..heads import IGNORE_INDEX
 from ..infer import run_batches
-from .base import Feature, FinetuneTask, pad_2d, request_examples, unknown_labels_error
+from .base import Feature, FinetuneTask, request_examples, unknown_labels_error
 from .schemas import Request
 
 CONLL_SUFFIXES = (".conll", ".conllu", ".bio", ".iob", ".txt", ".tsv")
@@ -184,12 +185,7 @@ class TagTask(FinetuneTask):
             stride=self.spec.window_stride if window else 0,
             is_pretokenized=True,
         )
-        flat, owner = [], []
-        for i, e in enumerate(encs):
-            for w in [e, *(e.overflowing if window else [])]:
-                flat.append(w)
-                owner.append(i)
-        return flat, owner
+        return flatten_windows(encs, window)
 
     @staticmethod
     def first_pieces(enc: Encoding) -> dict[int, int]:
@@ -211,7 +207,7 @@ class TagTask(FinetuneTask):
         return feats
 
     def targets(self, feats: list[Feature]) -> dict:
-        return {"labels": pad_2d([f.target for f in feats], IGNORE_INDEX)}
+        return {"labels": pad_rows([f.target for f in feats], IGNORE_INDEX)}
 
     # -- prediction ---------------------------------------------------------------------------------
     def predict(self, model: nn.Module, examples: list[TagExample], progress: bool = False) -> list[dict]:
