@@ -26,8 +26,9 @@ from infer import load_texts  # noqa: E402  (benchmarks/infer.py: the same texts
 
 from bertforge import Tokenizer, load_pretrained  # noqa: E402
 from bertforge.assets import fetch  # noqa: E402
+from bertforge.device import native_bf16  # noqa: E402
 from bertforge.infer import embed  # noqa: E402
-from bertforge.runtime import encoders, native_bf16, prepare  # noqa: E402
+from bertforge.precision import encoders, prepare  # noqa: E402
 
 
 def variants(directory: Path, precision: str) -> dict:

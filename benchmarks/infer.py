@@ -35,8 +35,9 @@ from common import Listed, argument_parser
 
 from bertforge import BertConfig, BertforgeError, BertModel, Tokenizer
 from bertforge.assets import fetch
+from bertforge.device import pick_device
 from bertforge.infer import embed
-from bertforge.runtime import pick_device, prepare, quantize_int8
+from bertforge.precision import prepare, quantize_int8
 
 
 def load_texts(n: int) -> dict[str, list[str]]:

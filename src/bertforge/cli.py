@@ -564,7 +564,7 @@ def summarize(
     if top_k is None:
         top_k = None if max_words is not None else 3
     if method == "lead" and device is not None:
-        from .runtime import pick_device
+        from .device import pick_device
 
         pick_device(device)  # checked even where Lead-k reads no model
     embedder = Embedder.from_pretrained(model, device) if method != "lead" else None
@@ -642,8 +642,8 @@ def export_onnx(
     from .assets import resolve_model_dir
     from .checkpoint import load_pretrained
     from .infer import onnx_path
+    from .onnx import export_onnx as export
     from .outputs import check_out_dir
-    from .runtime import export_onnx as export
 
     directory = resolve_model_dir(model)
     task = model_task(directory)  # bertforge's settings, or a Hugging Face task architecture
