@@ -1,6 +1,6 @@
 """What each inference choice is worth: bertforge against itself with one setting changed.
 
-For each precision, the model as ``runtime.prepare`` gives it (the default) is timed against
+For each precision, the model as ``precision.prepare`` gives it (the default) is timed against
 variants of itself on the same texts: the bf16 linear layers plain instead of fused (``FusedLinear``)
 and the encoder's unpadding threshold (``unpad_above``) at 0 (skip any padding) or 0.2 (run batches
 with little padding dense). Each round draws a random chunk of texts and times every variant on it in
