@@ -71,7 +71,7 @@ def has_vnni() -> bool:
 
 def int8_engine() -> str:
     """The quantized kernels to pack int8 weights for: oneDNN where the CPU has AMX int8 tiles (its
-    dynamic linear runs them: 2.4x fbgemm's VNNI kernels on minilm's shapes, same error), else fbgemm."""
+    dynamic linear runs them, faster than fbgemm's VNNI kernels at the same error), else fbgemm."""
     engines = torch.backends.quantized.supported_engines
     return "onednn" if "amx_int8" in cpu_flags() and "onednn" in engines else "fbgemm"
 
@@ -155,7 +155,7 @@ class FusedLinear(nn.Module):
 def fuse_bf16(model: nn.Module) -> nn.Module:
     """Swap the encoder's linear layers of a bf16 model on a CPU with native bf16 for ``FusedLinear``,
     with the feed-forward's activation folded into its first layer (in place; for inference: the
-    packed weights are not trained): 1.16-1.20x the plain layers on minilm (``benchmarks/ablation.py``)."""
+    packed weights are not trained); ``benchmarks/ablation.py`` times it against the plain layers."""
     for bert in encoders(model):
         for layer in bert.layers:
             attn, ffn = layer.attn, layer.ffn
@@ -176,9 +176,7 @@ def quantize_int8(model: nn.Module, smooth: bool = True) -> nn.Module:
     PyTorch's dynamic Linear quantizes activations to 7 bits (``reduce_range``) so that the
     AVX2 kernels' int16 intermediate sums cannot saturate. On VNNI CPUs the products accumulate in
     int32 and the full 8 bits are safe: that halves the rounding error, so there we use them. The
-    layers after a LayerNorm are smoothed (``smoothing_factors``). MiniLM sentence embeddings of
-    1,024 rotten-tomatoes reviews, cosine to fp32 worst / mean: 7 bits 0.915 / 0.973, 8 bits
-    0.975 / 0.992, smoothed 0.981 / 0.995 (the first 200, as the tests take them: 0.982 -> 0.992).
+    layers after a LayerNorm are smoothed (``smoothing_factors``).
     """
     from torch.ao.quantization import per_channel_dynamic_qconfig
 
