@@ -119,7 +119,6 @@ class ServedModel:
         return self.pipe.predict(items)
 
 
-
 def _error(status: int, message: str) -> HTTPException:
     return HTTPException(status_code=status, detail=message)
 
