@@ -1,6 +1,6 @@
 """What each inference choice is worth: bertforge against itself with one setting changed.
 
-For each precision, the model as ``runtime.prepare`` gives it (the default) is timed against
+For each precision, the model as ``precision.prepare`` gives it (the default) is timed against
 variants of itself on the same texts: the bf16 linear layers plain instead of fused (``FusedLinear``)
 and the encoder's unpadding threshold (``unpad_above``) at 0 (skip any padding) or 0.2 (run batches
 with little padding dense). Each round draws a random chunk of texts and times every variant on it in
@@ -26,8 +26,9 @@ from infer import load_texts  # noqa: E402  (benchmarks/infer.py: the same texts
 
 from bertforge import Tokenizer, load_pretrained  # noqa: E402
 from bertforge.assets import fetch  # noqa: E402
+from bertforge.device import native_bf16  # noqa: E402
 from bertforge.infer import embed  # noqa: E402
-from bertforge.runtime import encoders, native_bf16, prepare  # noqa: E402
+from bertforge.precision import encoders, prepare  # noqa: E402
 
 
 def variants(directory: Path, precision: str) -> dict:

@@ -28,7 +28,7 @@ import bertforge
 from bertforge.assets import fetch
 from bertforge.checkpoint import ARCHITECTURES
 from bertforge.infer import Embedder, embed
-from bertforge.runtime import prepare
+from bertforge.precision import prepare
 
 transformers.utils.logging.set_verbosity_error()
 transformers.utils.logging.disable_progress_bar()

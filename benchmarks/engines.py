@@ -36,8 +36,10 @@ from infer import load_texts  # noqa: E402  (benchmarks/infer.py: the same texts
 from bertforge import Tokenizer, load_pretrained  # noqa: E402
 from bertforge.assets import fetch  # noqa: E402
 from bertforge.config import BertConfig  # noqa: E402
+from bertforge.device import native_bf16  # noqa: E402
 from bertforge.infer import embed  # noqa: E402
-from bertforge.runtime import OnnxModel, export_onnx, native_bf16, prepare  # noqa: E402
+from bertforge.onnx import OnnxModel, export_onnx  # noqa: E402
+from bertforge.precision import prepare  # noqa: E402
 
 
 def mean_pool(hidden: np.ndarray, lengths: list[int]) -> np.ndarray:

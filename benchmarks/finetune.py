@@ -27,7 +27,7 @@ from common import argument_parser
 
 from bertforge import BertforgeError, evaluate_file, finetune
 from bertforge.assets import fetch
-from bertforge.runtime import pick_device
+from bertforge.device import pick_device
 from bertforge.tasks import TaskSpec
 from bertforge.train import TrainArgs
 

@@ -5,7 +5,7 @@ same weights, same precision. transformers: ``tokenizer(batch, padding=True, tru
 ``model(**batch)`` with sdpa attention, batches of 32 in the order given. bertforge: the one
 inference path (batch tokenization, length-sorted batches under a token budget, the caller's order
 restored). Both end at the encoder's hidden states (bertforge also mean-pools: the sentence
-embedding a user asks for). int8 on both is ``runtime.quantize_int8``: PyTorch's dynamic quantization
+embedding a user asks for). int8 on both is ``precision.quantize_int8``: PyTorch's dynamic quantization
 of the linear layers with the same kernels (oneDNN's AMX ones where the CPU has them); ours is also
 smoothed, which costs one multiply per layer.
 
@@ -35,8 +35,9 @@ from common import Listed, argument_parser
 
 from bertforge import BertConfig, BertforgeError, BertModel, Tokenizer, save_pretrained
 from bertforge.assets import fetch
+from bertforge.device import pick_device
 from bertforge.infer import embed
-from bertforge.runtime import pick_device, prepare, quantize_int8
+from bertforge.precision import prepare, quantize_int8
 
 
 def load_texts(n: int) -> dict[str, list[str]]:

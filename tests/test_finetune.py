@@ -326,7 +326,7 @@ def test_a_vocabulary_larger_than_the_model_is_refused_at_load(tiny_dir, tmp_pat
 def test_a_damaged_config_json_is_refused_at_load(tiny_dir, tmp_path, edit, message):
     """Each raised AttributeError, TypeError or KeyError at the first prediction (serve started, then
     answered 500s), or gave contradictory output (a duplicate label): one line naming the file, at load."""
-    from bertforge.serve import ServedModel
+    from bertforge.serve.app import ServedModel
 
     model = _classifier(tiny_dir, tmp_path / "m")
     config = json.loads((model / "config.json").read_text())

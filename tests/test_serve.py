@@ -432,7 +432,8 @@ def test_classify_server_errors(servers):
 def test_the_batch_window_waits_for_company_only_where_requests_come_together(monkeypatch):
     import asyncio
 
-    from bertforge.serve import Batcher, Metrics
+    from bertforge.serve.batcher import Batcher
+    from bertforge.serve.metrics import Metrics
 
     waits, sleep = [], asyncio.sleep
 

@@ -295,9 +295,9 @@ def export_state(model: BertModel | BertWithHead) -> dict[str, Tensor]:
     ours = model.state_dict()
     out: dict[str, Tensor] = {}
     for name, hf_names in key_table(model.config, head):
-        if name not in ours:  # int8 or fused bf16 layers (runtime.prepare) keep their weights in packed form
+        if name not in ours:  # int8 or fused bf16 layers (precision.prepare) keep their weights in packed form
             raise BertforgeError(f"this model was prepared for {getattr(model, 'precision', 'inference')} inference and "
-                                 "holds packed weights; save the model as loaded, before runtime.prepare")
+                                 "holds packed weights; save the model as loaded, before precision.prepare")
         tensor = ours[name].detach().cpu()
         for h, part in zip(hf_names, tensor.chunk(len(hf_names), dim=0), strict=True):
             out[h] = part.contiguous().clone()

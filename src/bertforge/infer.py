@@ -16,11 +16,12 @@ import torch
 from tokenizers import Encoding
 from torch import Tensor
 
+from .device import model_device
 from .errors import BertforgeError
 from .model import BertModel, EncoderOutput
 from .modeldir import ModelDir, PoolingSettings
 from .outputs import progress_bar
-from .runtime import model_device, prepare
+from .precision import prepare
 from .tokenizer import Tokenizer
 
 CPU_MAX_TOKENS = 2048  # padded tokens per batch on a CPU: activations stay in its caches (measured: 2048 beats 8192)
@@ -178,11 +179,13 @@ def load_for_inference(
     """The model of a directory, ready for ``run_batches``: PyTorch at a precision, or its ONNX graph."""
     md = ModelDir.open(md)
     from .checkpoint import load_pretrained
-    from .runtime import EXPORTABLE_HEADS, RUNTIMES, OnnxModel, pick_device
+    from .device import RUNTIMES, pick_device
 
     if runtime not in RUNTIMES:
         raise BertforgeError(f"unknown runtime {runtime!r} (choose from {', '.join(RUNTIMES)})")
     if runtime == "onnx":
+        from .onnx import EXPORTABLE_HEADS, OnnxModel
+
         if device is not None and pick_device(device).type != "cpu":
             raise BertforgeError(f"the onnx runtime runs on the CPU (onnxruntime's CPU provider); on {device} use --runtime torch")
         if compile:

@@ -91,7 +91,7 @@ class FeedForward(nn.Module):
         super().__init__()
         self.up = nn.Linear(config.hidden_size, config.intermediate_size)
         self.hidden_act = config.hidden_act
-        self.act = ACTIVATIONS[config.hidden_act]  # (``runtime.fuse_bf16`` may fold it into ``up``)
+        self.act = ACTIVATIONS[config.hidden_act]  # (``precision.fuse_bf16`` may fold it into ``up``)
         self.down = nn.Linear(config.intermediate_size, config.hidden_size)
 
     def forward(self, x: Tensor) -> Tensor:
@@ -134,7 +134,7 @@ class BertModel(nn.Module):
 
     ``attention`` names a backend in ``attention.ATTENTION`` ("sdpa" or "math"). With ``unpad``, a
     batch whose padding exceeds ``unpad_above`` of its tokens (default 20%: random training batches)
-    runs on its real tokens only, else dense. ``runtime.prepare`` sets it per precision for inference:
+    runs on its real tokens only, else dense. ``precision.prepare`` sets it per precision for inference:
     in fp32 and int8 the matmuls dominate and even the ~6% padding of length-sorted batches is worth
     skipping (0: 1.03-1.08x fp32, 1.03-1.09x int8 in ``benchmarks/ablation.py``); in bf16
     the gathers cost more than the cheap matmuls they save, and 20% stays. Outputs at real positions

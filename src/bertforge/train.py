@@ -30,11 +30,11 @@ import torch.distributed as dist
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
+from .device import model_device, pick_device
 from .errors import BertforgeError
 from .metrics import LOWER_IS_BETTER
 from .optim import make_optimizer, make_schedule
 from .outputs import progress_bar
-from .runtime import model_device, pick_device
 
 PRECISIONS = ("fp32", "bf16")
 

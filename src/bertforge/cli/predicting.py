@@ -128,7 +128,7 @@ def summarize(
     if top_k is None:
         top_k = None if max_words is not None else 3
     if method == "lead" and device is not None:
-        from ..runtime import pick_device
+        from ..device import pick_device
 
         pick_device(device)  # checked even where Lead-k reads no model
     embedder = Embedder.from_pretrained(model, device) if method != "lead" else None
@@ -204,8 +204,8 @@ def export_onnx(
     from ..checkpoint import load_pretrained
     from ..modeldir import ModelDir
     from ..outputs import check_out_dir
-    from ..runtime import EXPORTABLE_HEADS
-    from ..runtime import export_onnx as export
+    from ..onnx import EXPORTABLE_HEADS
+    from ..onnx import export_onnx as export
     from ..tasks import TASKS, saved_spec
 
     md = ModelDir.open(model)

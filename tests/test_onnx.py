@@ -1,5 +1,5 @@
-"""Precisions and runtimes: bf16 and int8 PyTorch, ONNX fp32 and int8, all through the one inference
-path, checked against fp32 PyTorch on real text with the real minilm-l6 checkpoint."""
+"""ONNX export and the ONNX runtime: fp32 and int8 graphs through the one inference path, checked
+against PyTorch; a graph that does not fit its model directory is refused when loaded."""
 
 from __future__ import annotations
 
@@ -13,12 +13,11 @@ import numpy as np
 import pytest
 import torch
 
-from bertforge import BertforgeError, Embedder, evaluate_file, load_pretrained
-from bertforge.api import finetune, load_task
+from bertforge import BertforgeError, Embedder, load_pretrained
+from bertforge.api import load_task
 from bertforge.assets import fetch
-from bertforge.runtime import RUNTIMES, export_onnx, native_bf16, quantize_int8, resolve_precision
-from bertforge.tasks import TaskSpec
-from bertforge.train import TrainArgs
+from bertforge.device import RUNTIMES
+from bertforge.onnx import export_onnx
 
 BERTFORGE = Path(sys.executable).parent / "bertforge"
 
@@ -28,7 +27,6 @@ def texts() -> list[str]:
     with (fetch("rotten-tomatoes") / "test.csv").open(encoding="utf-8") as f:
         return [r["text"] for r in csv.DictReader(f)][:200]
 
-
 @pytest.fixture(scope="module")
 def minilm(tmp_path_factory) -> Path:
     """A copy of minilm-l6 we may write ONNX graphs into."""
@@ -36,14 +34,9 @@ def minilm(tmp_path_factory) -> Path:
     shutil.copytree(fetch("minilm-l6"), d)
     return d
 
-
 @pytest.fixture(scope="module")
 def fp32_embeddings(minilm, texts) -> np.ndarray:
     return Embedder.from_pretrained(minilm)(texts)
-
-
-def _cosines(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    return (a * b).sum(1) / (np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1))
 
 
 def test_onnx_fp32_matches_pytorch(minilm, texts, fp32_embeddings):
@@ -65,203 +58,6 @@ def test_onnx_fp32_matches_pytorch(minilm, texts, fp32_embeddings):
     assert (got - ref).abs().max() < 1e-4
     with pytest.raises(BertforgeError, match=r"^the onnx runtime runs fp32 or int8 graphs; for bf16 use --runtime torch$"):
         load_for_inference(minilm, None, precision="bf16", runtime="onnx")
-
-
-def test_int8_and_bf16_embeddings_keep_direction(minilm, texts, fp32_embeddings):
-    torch_int8 = Embedder.from_pretrained(minilm, precision="int8")(texts)
-    assert _cosines(torch_int8, fp32_embeddings).min() >= 0.98
-    subprocess.run([str(BERTFORGE), "export", "onnx", "--model", str(minilm), "--int8"], check=True, capture_output=True)
-    onnx_int8 = Embedder.from_pretrained(minilm, precision="int8", runtime="onnx")
-    assert onnx_int8.model.precision == "int8"
-    onnx_int8 = onnx_int8(texts)
-    assert _cosines(onnx_int8, fp32_embeddings).min() >= 0.98
-    if native_bf16(torch.device("cpu")):  # the AVX512-BF16 / AMX CPUs this project is measured on
-        bf16 = Embedder.from_pretrained(minilm, precision="bf16")(texts)
-        assert _cosines(bf16, fp32_embeddings).min() >= 0.99
-    assert resolve_precision("auto", torch.device("cpu")) == ("bf16" if native_bf16(torch.device("cpu")) else "fp32")
-
-
-def test_precision_errors(minilm):
-    with pytest.raises(BertforgeError, match="fp16 needs a GPU"):
-        Embedder.from_pretrained(minilm, precision="fp16")
-    with pytest.raises(BertforgeError, match="unknown precision"):
-        Embedder.from_pretrained(minilm, precision="fp8")
-    with pytest.raises(BertforgeError, match="unknown runtime"):
-        Embedder.from_pretrained(minilm, runtime="tensorrt")
-    empty = minilm.parent / "no-onnx"
-    shutil.copytree(minilm, empty, ignore=shutil.ignore_patterns("*.onnx"))
-    with pytest.raises(BertforgeError, match="bertforge export onnx"):
-        Embedder.from_pretrained(empty, runtime="onnx")
-
-
-def test_devices_are_checked_and_batches_sized_for_them(minilm, texts, tmp_path):
-    from conftest import assert_one_line_error, run_all
-
-    from bertforge.cli import BATCH_BUDGET
-    from bertforge.infer import CPU_MAX_TOKENS, GPU_MAX_TOKENS, default_max_tokens, run_batches
-    from bertforge.runtime import pick_device
-
-    assert pick_device("cpu") == torch.device("cpu")
-    with pytest.raises(BertforgeError, match="unknown device 'gpu'"):
-        pick_device("gpu")
-    with pytest.raises(BertforgeError, match="runs on cpu or cuda"):
-        pick_device("meta")
-    with pytest.raises(BertforgeError, match="unknown device ''"):
-        pick_device("")  # not the default, as an empty --api-key is not "no key"
-    if torch.cuda.is_available():
-        assert pick_device(None) == pick_device("cuda") == torch.device("cuda", 0)
-        with pytest.raises(BertforgeError, match="GPU"):
-            pick_device(f"cuda:{torch.cuda.device_count()}")
-    else:
-        assert pick_device(None) == torch.device("cpu")
-        with pytest.raises(BertforgeError, match="PyTorch sees no GPU"):
-            pick_device("cuda")
-    (texts_file := tmp_path / "t.txt").write_text("a text\n")
-    [proc] = run_all(["embed", "-m", minilm, "-i", texts_file, "-o", tmp_path / "e.npy", "--device", "gpu"], ok=False)
-    assert_one_line_error(proc, "unknown device 'gpu' (cpu, cuda, cuda:N)")
-
-    # the batch budget where none is given: the device's, and a quarter as many texts
-    assert default_max_tokens(torch.device("cpu")) == CPU_MAX_TOKENS == 2048
-    assert default_max_tokens(torch.device("cuda")) == GPU_MAX_TOKENS > CPU_MAX_TOKENS
-    assert f"{CPU_MAX_TOKENS} on a CPU, {GPU_MAX_TOKENS} on a GPU" in BATCH_BUDGET  # what --help says
-    embedder = Embedder.from_pretrained(minilm, device="cpu")
-    encodings = embedder.tokenizer.encode_batch(["ok"] * 600 + texts[:100], max_length=128)  # 3 tokens, then reviews
-
-    def sizes(**kwargs) -> list[tuple[int, int]]:
-        lengths = [len(e.ids) for e in encodings]
-        runs = run_batches(embedder.model, embedder.tokenizer, encodings, lambda out, batch: out.last_hidden_state, **kwargs)
-        return [(len(idx), max(lengths[i] for i in idx) * len(idx)) for idx, _ in runs]
-
-    default = sizes()
-    assert all(n <= 512 and padded <= 2048 for n, padded in default) and (512, 1536) in default
-    assert sum(n for n, _ in default) == 700
-    assert all(n <= 128 and padded <= 512 for n, padded in sizes(max_tokens=512))
-    for bad in (0, -3):
-        with pytest.raises(BertforgeError, match=f"batch budget .* at least 1 token, not {bad}"):
-            sizes(max_tokens=bad)
-
-
-@pytest.fixture(scope="module")
-def sentiment(tmp_path_factory) -> tuple[Path, Path]:
-    """minilm-l6 fine-tuned briefly on rotten-tomatoes (enough for ~75% held-out accuracy)."""
-    data = fetch("rotten-tomatoes")
-    out = tmp_path_factory.mktemp("rt") / "model"
-    with (data / "train.csv").open(encoding="utf-8") as f:
-        rows = list(csv.DictReader(f))[:1600]
-    train = out.parent / "train.csv"
-    with train.open("w", newline="", encoding="utf-8") as f:
-        w = csv.DictWriter(f, ["text", "label"])
-        w.writeheader()
-        w.writerows(rows)
-    test = out.parent / "test.csv"
-    with (data / "test.csv").open(encoding="utf-8") as f, test.open("w", newline="", encoding="utf-8") as g:
-        w = csv.DictWriter(g, ["text", "label"])
-        w.writeheader()
-        w.writerows(list(csv.DictReader(f))[:600])
-    args = TrainArgs(out=out / "run", max_steps=50, batch_size=32, lr=1e-4, eval_every=50, progress=False)
-    finetune("classify", "minilm-l6", train, out, spec=TaskSpec("classify", max_length=128), args=args)
-    return out, test
-
-
-def test_bf16_on_a_cpu_without_it_warns(monkeypatch, caplog):
-    import bertforge.runtime as runtime
-
-    monkeypatch.setattr(runtime, "native_bf16", lambda device: False)
-    with caplog.at_level("WARNING", logger="bertforge"):
-        assert resolve_precision("bf16", torch.device("cpu")) == "bf16"
-        assert resolve_precision("auto", torch.device("cpu")) == "fp32"
-    assert [r.message for r in caplog.records if "no native bf16" in r.message] != []
-    assert len(caplog.records) == 1  # auto chose fp32: nothing to warn about
-
-
-def test_bf16_linear_layers_are_fused_where_the_cpu_has_bf16(minilm):
-    """On a CPU with native bf16, `prepare` packs the encoder's linear layers for oneDNN and folds the
-    feed-forward's GELU into its first; each fused layer computes what the plain bf16 layer and its
-    activation compute (the embeddings' direction is checked above). Elsewhere the layers stay plain."""
-    import torch.nn.functional as F
-
-    from bertforge import load_pretrained
-    from bertforge.runtime import FusedLinear, prepare
-
-    model = prepare(load_pretrained(minilm), "bf16", "cpu")
-    layer = model.layers[0]
-    linears = [layer.attn.qkv, layer.attn.out, layer.ffn.up, layer.ffn.down]
-    assert model.unpad_above == 0.2 and prepare(load_pretrained(minilm), "fp32", "cpu").unpad_above == 0.0
-    if not native_bf16(torch.device("cpu")):
-        assert all(type(linear) is torch.nn.Linear for linear in linears)
-        return
-    assert all(isinstance(linear, FusedLinear) for linear in linears)
-    assert isinstance(layer.ffn.act, torch.nn.Identity)
-    torch.manual_seed(0)
-    x = torch.randn(3, 7, 384).bfloat16()
-    plain = torch.nn.Linear(384, 1536).bfloat16()
-    for act, fn in (("gelu", F.gelu), ("gelu_new", lambda y: F.gelu(y, approximate="tanh")), ("relu", F.relu), (None, None)):
-        want = (fn(plain(x)) if fn else plain(x)).float()
-        got = FusedLinear(plain, act)(x)
-        assert got.shape == (3, 7, 1536) and got.dtype == torch.bfloat16
-        assert (got.float() - want).abs().max() <= 0.02 * want.abs().max(), act  # bf16 rounding apart
-    assert (FusedLinear(plain, "gelu")(x).float() - F.gelu(plain(x), approximate="tanh").float()).abs().max() > 0
-
-
-def test_a_model_with_packed_weights_is_not_saved(minilm, tmp_path):
-    """int8 (and fused bf16) layers hold packed weights: saving such a model is a one-line error, and
-    nothing is written, instead of a KeyError from the checkpoint table."""
-    from bertforge import load_pretrained, save_pretrained
-    from bertforge.runtime import prepare
-
-    model = prepare(load_pretrained(minilm), "int8", "cpu")
-    with pytest.raises(BertforgeError, match="prepared for int8 inference"):
-        save_pretrained(model, tmp_path / "out")
-    assert not (tmp_path / "out" / "model.safetensors").exists()
-
-
-def test_compile_flag_gives_the_same_embeddings(minilm, texts, fp32_embeddings, tmp_path):
-    """`--compile` (torch.compile, dynamic shapes) over length-sorted batches of many shapes: the eager numbers."""
-    rows = [i for i, t in enumerate(texts) if len(t.splitlines()) == 1][:60]  # one text a line
-    src = tmp_path / "texts.txt"
-    src.write_text("\n".join(texts[i] for i in rows) + "\n", encoding="utf-8")
-    proc = subprocess.run([str(BERTFORGE), "embed", "--model", str(minilm), "-i", str(src), "-o", str(tmp_path / "e.npy"),
-                           "--compile", "--max-tokens", "256"], capture_output=True, text=True)
-    assert proc.returncode == 0, proc.stderr[-2000:]
-    np.testing.assert_allclose(np.load(tmp_path / "e.npy"), fp32_embeddings[rows], atol=1e-4)
-    proc = subprocess.run([str(BERTFORGE), "embed", "--model", str(minilm), "-i", str(src), "-o", str(tmp_path / "o.npy"),
-                           "--compile", "--runtime", "onnx"], capture_output=True, text=True)
-    assert proc.returncode == 2 and "--compile is for the torch runtime" in proc.stderr
-    assert "Traceback" not in proc.stderr
-
-
-def test_int8_smoothing_brings_embeddings_closer_to_fp32(minilm, texts, fp32_embeddings):
-    """The smoothed layers compute the same function in fp32 and lose less to int8 than unsmoothed ones."""
-    from bertforge import Tokenizer, load_pretrained
-    from bertforge.infer import embed
-    from bertforge.runtime import smoothing_factors
-
-    model = load_pretrained(minilm).eval()
-    batch = {"input_ids": torch.tensor([[101, 7592, 2088, 999, 102]])}
-    before = model(**batch).last_hidden_state
-    factors = smoothing_factors(model)
-    assert len(factors) == 2 * model.config.num_hidden_layers  # qkv and the feed-forward's first, each layer
-    with torch.no_grad():
-        for linear, s in factors.items():
-            linear.weight.mul_(s)
-            linear.register_forward_pre_hook(lambda _m, args, s=s: (args[0] / s,))
-    torch.testing.assert_close(model(**batch).last_hidden_state, before, atol=1e-4, rtol=1e-4)
-
-    tok = Tokenizer.from_pretrained(minilm)
-    plain = _cosines(embed(quantize_int8(load_pretrained(minilm), smooth=False), tok, texts), fp32_embeddings)
-    smoothed = _cosines(embed(quantize_int8(load_pretrained(minilm)), tok, texts), fp32_embeddings)
-    assert smoothed.mean() > plain.mean() and smoothed.min() > plain.min()
-
-
-def test_int8_costs_at_most_one_point_of_accuracy(sentiment):
-    model, test = sentiment
-    fp32 = evaluate_file(model, test)["accuracy"]
-    int8 = evaluate_file(model, test, precision="int8")["accuracy"]
-    assert fp32 > 0.7
-    assert int8 >= fp32 - 0.01
-    export_onnx(load_task(model)[1], model / "model.int8.onnx", int8=True)
-    onnx_int8 = evaluate_file(model, test, precision="int8", runtime="onnx")["accuracy"]
-    assert onnx_int8 >= fp32 - 0.01
 
 
 def test_onnx_classifier_logits_match(sentiment, tmp_path):
@@ -377,7 +173,7 @@ def test_onnx_graph_older_than_its_weights_is_refused(tiny, tmp_path, caplog):
     import onnx
     from safetensors.torch import load_file, save_file
 
-    from bertforge.runtime import WEIGHTS_SHA256, weights_sha256
+    from bertforge.onnx import WEIGHTS_SHA256, weights_sha256
 
     model = _copy(tiny["classify"], tmp_path / "model")
     for name in ("model.onnx", "model.int8.onnx"):
@@ -465,7 +261,7 @@ def test_export_onnx_names_the_models_it_exports(tiny, tmp_path):
     """The tasks whose heads export (from the code) are the ones `--help` and the error name."""
     import json
 
-    from bertforge.runtime import EXPORTABLE_HEADS
+    from bertforge.onnx import EXPORTABLE_HEADS
     from bertforge.tasks import TASKS
 
     assert [t for t, task in TASKS.items() if task.head in EXPORTABLE_HEADS] == ["classify", "pair", "regress", "tag", "qa"]

@@ -1,0 +1,209 @@
+"""Precision transforms for inference: a loaded model put in eval mode on its device at fp32, bf16
+(fused oneDNN layers on CPUs with native bf16), fp16 or int8 (smoothed dynamic quantization).
+
+  fp32  the reference
+  bf16  weights and activations in bfloat16: CPUs with AVX512-BF16 / AMX, and GPUs
+  fp16  GPUs only
+  int8  dynamic quantization of every linear layer (weights int8 per output channel, activations
+        quantized per batch on the fly), CPU only; embeddings, LayerNorms and attention stay fp32
+  auto  bf16 where the hardware computes it natively, else fp32
+"""
+
+from __future__ import annotations
+
+import copy
+import functools
+import logging
+import warnings
+from pathlib import Path
+
+import torch
+from torch import nn
+from torch.ao.nn.quantized.dynamic import Linear as DynamicLinear
+
+from .device import model_device, native_bf16, pick_device, resolve_precision
+from .model import BertModel
+
+
+def encoders(model: nn.Module) -> list[BertModel]:
+    """The BERT encoders inside a model (one under any head; a bare encoder is its own)."""
+    return [m for m in model.modules() if isinstance(m, BertModel)]
+
+
+def prepare(model: nn.Module, precision: str = "fp32", device: str | torch.device | None = None, compile: bool = False) -> nn.Module:
+    """Put a loaded model in eval mode, on its device, at the given precision (and compiled)."""
+    device = pick_device(device)
+    precision = resolve_precision(precision, device)
+    model.eval().to(device)
+    if precision == "bf16":
+        model.to(torch.bfloat16)
+    elif precision == "fp16":
+        model.to(torch.float16)
+    elif precision == "int8":
+        model = quantize_int8(model)
+    if precision in ("fp32", "int8"):  # matmul-bound: skip even the little padding of sorted batches
+        for bert in encoders(model):
+            bert.unpad_above = 0.0
+    if precision == "bf16" and device.type == "cpu" and native_bf16(device) and not compile:
+        fuse_bf16(model)  # (Inductor makes its own fusions, and cannot lower these packed calls)
+    model.precision = precision
+    if compile:
+        # the encoder's choice between its padded and unpadded paths reads the mask (a data-dependent
+        # branch): dynamo breaks the graph there, as intended, and would warn about it at length
+        torch._logging.set_logs(dynamo=logging.ERROR)
+        model.forward = torch.compile(model.forward, dynamic=True)
+    return model
+
+
+@functools.cache
+def cpu_flags() -> frozenset[str]:
+    """The flags /proc/cpuinfo lists (read once; empty where there is none)."""
+    try:
+        return frozenset(Path("/proc/cpuinfo").read_text().split())
+    except OSError:
+        return frozenset()
+
+
+def has_vnni() -> bool:
+    """Does this CPU have VNNI (int8 dot products accumulated in int32, AVX512-VNNI or AVX-VNNI)?"""
+    return bool({"avx512_vnni", "avx_vnni"} & cpu_flags())
+
+
+def int8_engine() -> str:
+    """The quantized kernels to pack int8 weights for: oneDNN where the CPU has AMX int8 tiles (its
+    dynamic linear runs them, faster than fbgemm's VNNI kernels at the same error), else fbgemm."""
+    engines = torch.backends.quantized.supported_engines
+    return "onednn" if "amx_int8" in cpu_flags() and "onednn" in engines else "fbgemm"
+
+
+def smoothing_factors(model: nn.Module, alpha: float = 0.5) -> dict[nn.Linear, torch.Tensor]:
+    """Per-input-channel factors for the linear layers that read a LayerNorm's output (qkv and the
+    feed-forward's first), as in SmoothQuant (Xiao et al., 2022). A few channels of BERT's hidden
+    states are outliers in every token, and a whole batch of activations shares one int8 scale, so
+    they cost the other channels their precision. Dividing channel j by s_j = a_j^alpha /
+    max|W_:,j|^(1 - alpha) and multiplying the weights' column j by it leaves the product unchanged
+    and evens out both ranges. The activation ranges a_j are measured on random token sequences from
+    the model's own vocabulary: the outlier channels are the model's, not the text's, so no data is needed.
+    """
+    factors = {}
+    generator = torch.Generator().manual_seed(0)
+    for bert in encoders(model):
+        linears = [linear for layer in bert.layers for linear in (layer.attn.qkv, layer.ffn.up)]
+        ranges: dict[nn.Linear, torch.Tensor] = {}
+
+        def record(linear, inputs, _output, ranges=ranges):
+            a = inputs[0].detach().abs().reshape(-1, inputs[0].shape[-1]).amax(0).float()
+            ranges[linear] = torch.maximum(ranges[linear], a) if linear in ranges else a
+
+        hooks = [linear.register_forward_hook(record) for linear in linears]
+        vocab, length = bert.config.vocab_size, min(64, bert.config.max_position_embeddings)
+        ids = torch.randint(min(1000, vocab // 2), vocab, (16, length), generator=generator)
+        try:
+            with torch.inference_mode():
+                bert(ids.to(model_device(bert)), pool=False)
+        finally:
+            for hook in hooks:
+                hook.remove()
+        for linear in linears:
+            w = linear.weight.detach().abs().amax(0).float().clamp(min=1e-5)
+            factors[linear] = (ranges[linear].clamp(min=1e-5).pow(alpha) / w.pow(1 - alpha)).clamp(min=1e-2, max=1e2)
+    return factors
+
+
+class Int8Linear(DynamicLinear):
+    """PyTorch's dynamic int8 Linear with two settings it does not expose: 8-bit activations where
+    VNNI makes them safe (``reduce_range``), and per-input-channel smoothing (``inv_smooth``)."""
+
+    reduce_range = True
+    inv_smooth: torch.Tensor | None = None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.inv_smooth is not None:
+            x = x * self.inv_smooth
+        return torch.ops.quantized.linear_dynamic(x, self._packed_params._packed_params, self.reduce_range)
+
+
+class FusedLinear(nn.Module):
+    """A bf16 linear layer, and the activation after it, as one oneDNN call on weights packed once
+    for the CPU's (AMX) kernels: no bias broadcast, no separate pass over the activations. The ops
+    are the ones Inductor emits for the same fusion (``mkldnn._linear_pointwise``)."""
+
+    POST_OPS = {  # activation name -> (oneDNN post-op, its algorithm)
+        "gelu": ("gelu", "none"),  # exact erf
+        "gelu_new": ("gelu", "tanh"),
+        "gelu_pytorch_tanh": ("gelu", "tanh"),
+        "gelu_fast": ("gelu", "tanh"),
+        "relu": ("relu", ""),
+    }
+
+    def __init__(self, linear: nn.Linear, activation: str | None = None, batch_tokens: int = 2048):
+        super().__init__()
+        self.in_features, self.out_features = linear.in_features, linear.out_features
+        self.post, self.algorithm = self.POST_OPS[activation] if activation else ("none", "")
+        # packed for batches of ``batch_tokens`` rows (a hint: the inference path's token budget) in an
+        # opaque layout, kept outside the state dict; the bias stays a plain parameter
+        self.packed = torch.ops.mkldnn._reorder_linear_weight(linear.weight.detach(), batch_tokens)
+        self.bias = linear.bias
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = torch.ops.mkldnn._linear_pointwise(
+            x.reshape(-1, self.in_features), self.packed, self.bias, self.post, [], self.algorithm
+        )
+        return y.view(*x.shape[:-1], self.out_features)
+
+
+def fuse_bf16(model: nn.Module) -> nn.Module:
+    """Swap the encoder's linear layers of a bf16 model on a CPU with native bf16 for ``FusedLinear``,
+    with the feed-forward's activation folded into its first layer (in place; for inference: the
+    packed weights are not trained); ``benchmarks/ablation.py`` times it against the plain layers."""
+    for bert in encoders(model):
+        for layer in bert.layers:
+            attn, ffn = layer.attn, layer.ffn
+            attn.qkv, attn.out = FusedLinear(attn.qkv), FusedLinear(attn.out)
+            if ffn.hidden_act in FusedLinear.POST_OPS:
+                ffn.up, ffn.act = FusedLinear(ffn.up, ffn.hidden_act), nn.Identity()
+            else:
+                ffn.up = FusedLinear(ffn.up)
+            ffn.down = FusedLinear(ffn.down)
+    return model
+
+
+def quantize_int8(model: nn.Module, smooth: bool = True) -> nn.Module:
+    """Dynamic int8 quantization of the linear layers: weights int8 per output channel, activations
+    quantized per batch on the fly (oneDNN/AMX or fbgemm/VNNI kernels, see ``int8_engine``), a
+    quantized copy of the model returned.
+
+    PyTorch's dynamic Linear quantizes activations to 7 bits (``reduce_range``) so that the
+    AVX2 kernels' int16 intermediate sums cannot saturate. On VNNI CPUs the products accumulate in
+    int32 and the full 8 bits are safe: that halves the rounding error, so there we use them. The
+    layers after a LayerNorm are smoothed (``smoothing_factors``).
+    """
+    from torch.ao.quantization import per_channel_dynamic_qconfig
+
+    model = copy.deepcopy(model)
+    factors = smoothing_factors(model) if smooth else {}
+    with torch.no_grad():
+        for linear, s in factors.items():
+            linear.weight.mul_(s.to(linear.weight.dtype))
+    reduce_range = not has_vnni()
+    engine = torch.backends.quantized.engine
+    torch.backends.quantized.engine = int8_engine()  # weights are packed for it; the packed weights pick the kernels
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # torch.ao's quantized tensors carry deprecation notices
+            quantized = {}
+            for name, linear in list(model.named_modules()):
+                if isinstance(linear, nn.Linear):
+                    linear.qconfig = per_channel_dynamic_qconfig
+                    q = Int8Linear.from_float(linear)
+                    q.reduce_range = reduce_range
+                    if linear in factors:
+                        q.inv_smooth = (1 / factors[linear]).float()
+                    quantized[name] = q
+            for name, q in quantized.items():
+                parent, _, attr = name.rpartition(".")
+                setattr(model.get_submodule(parent) if parent else model, attr, q)
+    finally:
+        torch.backends.quantized.engine = engine
+    return model
+
