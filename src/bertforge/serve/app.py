@@ -60,7 +60,7 @@ class ServedModel:
         return "an encoder" if self.task is None else f"{'an' if self.task[0] in 'aeiou' else 'a'} {self.task} model"
 
     def run(self, key: tuple, items: list) -> Sequence:
-        return self.tasks[key[0]].predict(self.model, items)
+        return self.tasks[key[1]].predict(self.model, items)  # key: (batch kind, endpoint)
 
 
 def _error(status: int, message: str) -> HTTPException:
@@ -93,7 +93,7 @@ class Endpoints:
                 examples = task.from_request(body, self)
             except BertforgeError as e:
                 raise _error(422, str(e)) from None
-            return JSONResponse(task.respond(await self.predict((task.endpoint,), examples)))
+            return JSONResponse(task.respond(await self.predict((task.batch_kind, task.endpoint), examples)))
 
         handle.__annotations__ = {"body": task.Request, "return": JSONResponse}
         handle.__name__, handle.__doc__ = task.endpoint, task.about

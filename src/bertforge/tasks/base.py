@@ -78,6 +78,7 @@ class FinetuneTask:
     default_max_length: ClassVar[int] = 128  # tokens per window when the user gives none
     endpoint: ClassVar[str]  # served at /v1/<endpoint>
     about: ClassVar[str]  # what its endpoint answers (the server's docs)
+    batch_kind: ClassVar[str] = "predict"  # the server's model calls, as /metrics labels them
     Settings: ClassVar[type | None] = None  # the task's own settings (a dataclass, saved as TaskSpec.extra)
     Request: ClassVar[type[BaseModel]]  # the HTTP request and response bodies
     Response: ClassVar[type[BaseModel]]

@@ -29,6 +29,7 @@ class EncoderTask:
     name: ClassVar[str]
     endpoint: ClassVar[str]
     about: ClassVar[str]  # what its endpoint answers (the server's docs)
+    batch_kind: ClassVar[str]  # the server's model calls, as /metrics labels them
     head: ClassVar[str | None] = None
     Settings: ClassVar[type | None] = None
     Request: ClassVar[type[BaseModel]]
@@ -61,7 +62,7 @@ class EmbedResponse(BaseModel):
 class EmbedTask(EncoderTask):
     """Sentence embeddings, pooled and normalised as the checkpoint says."""
 
-    name = endpoint = "embed"
+    name = endpoint = batch_kind = "embed"
     about = "Sentence embeddings, pooled and normalised as the checkpoint says."
     Request, Response = EmbedRequest, EmbedResponse
 
@@ -99,6 +100,7 @@ class SimilarityTask(EncoderTask):
     """Cosine similarity of each pair: ``pairs`` or ``a`` and ``b``."""
 
     name = endpoint = "similarity"
+    batch_kind = "embed"  # its model calls embed texts
     about = "Cosine similarity of each pair: ``pairs`` or ``a`` and ``b``."
     Request, Response = SimilarityRequest, SimilarityResponse
 
@@ -147,7 +149,7 @@ class SummarizeTask(EncoderTask):
     """Extractive summaries without training: the sentences closest to the document's centroid in
     sentence-embedding space, one per k-means cluster, or the first ones (Lead-k)."""
 
-    name = endpoint = "summarize"
+    name = endpoint = batch_kind = "summarize"
     about = "Extractive summaries: the sentences chosen from each document."
     Settings = SummarizeSettings
     Request, Response = SummarizeRequest, SummarizeResponse
