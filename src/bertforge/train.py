@@ -359,16 +359,7 @@ def train(model: nn.Module, task: Task, args: TrainArgs, on_eval: Callable[[dict
     warmup = int(args.warmup * total_steps) if args.warmup < 1 else int(args.warmup)
     optimizer = make_optimizer(model, args.optimizer, args.lr, args.weight_decay, device)
     scheduler = make_schedule(optimizer, args.schedule, warmup, total_steps)
-    state = TrainState()
-    if args.resume and existing:
-        state = load_checkpoint(existing[-1], model, optimizer, scheduler)
-        if d.main:
-            tqdm.write(f"bertforge: resumed from {existing[-1]} (step {state.step})")
-            if changes := changed_settings(out / "train_args.json", args):
-                tqdm.write(f"bertforge: warning: resuming with settings other than the run's ({changes}); the optimizer "
-                           "and the learning-rate schedule continue from the checkpoint")
-    elif args.resume and d.main:  # a rerun after a preemption before the first checkpoint: start over, but say so
-        tqdm.write(f"bertforge: no checkpoint in {out} to resume from: starting from step 0")
+    state = _resumed(existing, model, optimizer, scheduler, args, d)
     log = MetricsLog(out / "metrics.jsonl", d.main, state.step if args.resume and existing else None)
     if d.main:
         (out / "train_args.json").write_text(json.dumps({**asdict(args), "out": str(out)}, indent=1) + "\n")
@@ -399,22 +390,7 @@ def train(model: nn.Module, task: Task, args: TrainArgs, on_eval: Callable[[dict
         batches = [{key: v.to(device, non_blocking=True) for key, v in b.items()} for b in batches]
         terms = sorted(counts[0])
         totals = dict(zip(terms, _all_reduce([float(sum(c[t] for c in counts)) for t in terms], d), strict=True))
-        step_loss = 0.0
-        for k, batch in enumerate(batches):
-            _seed_step(args.seed, state.step, k, d.rank)
-            last = k == len(batches) - 1
-            sync = runner.no_sync() if (d.world > 1 and not last) else contextlib.nullcontext()
-            with sync, torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_bf16):
-                means = task.losses(runner, batch)
-                # each term's mean over this micro-batch, weighted to its share of the step's targets;
-                # DDP averages gradients over ranks, hence the factor world
-                loss = sum(
-                    means[t] * (counts[k][t] / totals[t]) for t in terms if counts[k][t] > 0 and totals[t] > 0
-                )
-            if not torch.is_tensor(loss):
-                continue
-            (loss * d.world).backward()
-            step_loss += float(loss.detach())
+        step_loss = _backward(runner, task, batches, counts, totals, args.seed, state.step, d, device.type, use_bf16)
         grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), args.max_grad_norm or float("inf"))
         optimizer.step()
         scheduler.step()
@@ -437,18 +413,9 @@ def train(model: nn.Module, task: Task, args: TrainArgs, on_eval: Callable[[dict
             bar.update(1)
             bar.set_postfix(loss=f"{step_loss:.4f}", lr=f"{lr:.2e}", tok_s=f"{tokens / dt:,.0f}", refresh=False)
         if state.step % args.log_every == 0 or state.step == total_steps:
-            log.write(
-                {
-                    "step": state.step,
-                    "split": "train",
-                    "loss": window["loss"] / window["steps"],
-                    "lr": lr,
-                    "grad_norm": float(grad_norm),
-                    "tokens_per_s": window["tokens"] / max(window["time"], 1e-9),
-                    "tokens": state.tokens,
-                    "elapsed_s": round(state.elapsed, 2),
-                }
-            )
+            log.write({"step": state.step, "split": "train", "loss": window["loss"] / window["steps"], "lr": lr,
+                       "grad_norm": float(grad_norm), "tokens_per_s": window["tokens"] / max(window["time"], 1e-9),
+                       "tokens": state.tokens, "elapsed_s": round(state.elapsed, 2)})
             window = {"loss": 0.0, "steps": 0, "tokens": 0, "time": 0.0}
         if state.step % eval_every == 0 or state.step == total_steps:
             stop = _evaluate(model, task, args, state, d, log, on_eval)
@@ -465,6 +432,42 @@ def train(model: nn.Module, task: Task, args: TrainArgs, on_eval: Callable[[dict
         plot_run(out)
     _barrier(d)
     return state
+
+
+def _resumed(existing: list[Path], model: nn.Module, optimizer, scheduler, args: TrainArgs, d: Dist) -> TrainState:
+    """The state to start from: the newest checkpoint's when resuming (saying so), else a new one."""
+    state = TrainState()
+    if args.resume and existing:
+        state = load_checkpoint(existing[-1], model, optimizer, scheduler)
+        if d.main:
+            tqdm.write(f"bertforge: resumed from {existing[-1]} (step {state.step})")
+            if changes := changed_settings(args.out / "train_args.json", args):
+                tqdm.write(f"bertforge: warning: resuming with settings other than the run's ({changes}); the optimizer "
+                           "and the learning-rate schedule continue from the checkpoint")
+    elif args.resume and d.main:  # a rerun after a preemption before the first checkpoint: start over, but say so
+        tqdm.write(f"bertforge: no checkpoint in {args.out} to resume from: starting from step 0")
+    return state
+
+
+def _backward(runner: nn.Module, task: Task, batches: list[dict], counts: list[dict], totals: dict[str, float],
+              seed: int, step: int, d: Dist, device_type: str, use_bf16: bool) -> float:
+    """Gradients of one step's micro-batches; returns the step's loss. Each loss term is weighted to its
+    share of the step's targets, so N micro-batches take the step one batch would."""
+    step_loss = 0.0
+    terms = sorted(totals)
+    for k, batch in enumerate(batches):
+        _seed_step(seed, step, k, d.rank)
+        last = k == len(batches) - 1
+        sync = runner.no_sync() if (d.world > 1 and not last) else contextlib.nullcontext()
+        with sync, torch.autocast(device_type, dtype=torch.bfloat16, enabled=use_bf16):
+            means = task.losses(runner, batch)
+            # DDP averages gradients over ranks, hence the factor world below
+            loss = sum(means[t] * (counts[k][t] / totals[t]) for t in terms if counts[k][t] > 0 and totals[t] > 0)
+        if not torch.is_tensor(loss):
+            continue
+        (loss * d.world).backward()
+        step_loss += float(loss.detach())
+    return step_loss
 
 
 def _evaluate(model, task: Task, args: TrainArgs, state: TrainState, d: Dist, log: MetricsLog, on_eval) -> bool:

@@ -1,36 +1,14 @@
 """Extractive summarisation: pick the sentences of a document that summarise it.
 
-Fine-tuned (BertSum, Liu 2019). Every sentence is wrapped in its own [CLS] ... [SEP]; segment ids
-alternate 0/1 from sentence to sentence (interval segments), so the encoder can tell neighbours
-apart; the encoder's vector at each sentence's [CLS] is that sentence's, scored by the ``extsum``
-head (a linear layer, optionally after ``inter_layers`` Transformer layers over the sentence
-vectors) and trained with binary cross-entropy against 0/1 labels per sentence. Labels are given,
-or derived from a reference summary by the greedy ROUGE oracle (add the sentence that most raises
-ROUGE-1 F + ROUGE-2 F, while it rises, up to ``oracle_k`` sentences).
+Fine-tuned (BertSum, Liu 2019): each sentence is [CLS] ... [SEP] with alternating segment ids; the
+vector at its [CLS], after optional inter-sentence Transformer layers, is scored by the ``extsum`` head
+and trained with binary cross-entropy against 0/1 labels, given or derived from a summary by the greedy
+ROUGE oracle. Long documents are read in windows of whole sentences (not with copied position
+embeddings); the inter-sentence layers see all of a document's sentences. Selection: the ``top_k``
+best (or as many as fit ``max_words``), with trigram blocking, in document order.
 
-Documents longer than the model's positions are read in **windows**, not with position embeddings
-extended by copying. A window is a run of whole consecutive sentences that fits ``max_length``
-tokens (a sentence longer than ``max_sentence_tokens`` keeps its first ones), so every sentence is
-read once, whole, among its neighbours, at positions the encoder was pretrained on. Copying the
-position embeddings 0-511 to 512-1023 (BertSum's choice for 800-token news) makes token 512 look
-like token 0 until fine-tuning tells them apart, and attention cost grows with the square of the
-document; the scientific papers this is meant for run to thousands of tokens, and a few hundred
-training documents cannot teach an encoder new positions. What windows
-lose, attention across window boundaries and the place of a window in the document (every window
-starts at position 0), the inter-sentence layers give back: they run over all the sentence vectors
-of a document, whatever window each came from, with document-level sentence positions. On aclsum
-papers (several windows each) they are worth it: see benchmarks/aclsum.py.
-
-Selection: the ``top_k`` best-scored sentences, or as many as fit ``max_words`` (the best one always
-goes in), skipping a sentence that shares a word trigram with one already chosen (trigram blocking),
-then put back in document order.
-
-Training-free (for users without labels): sentence embeddings (minilm-l6's mean pooling) and either
-the sentences closest to the document's centroid, or one sentence per k-means cluster (the one
-closest to its cluster's centre, as bert-extractive-summarizer does); and the Lead-k baseline.
-
-Data: JSONL with ``sentences`` (a list) or ``text`` (a string, split into sentences here: English
-. ! ? and Chinese 。！？ ends), and ``labels`` (0/1 per sentence) and/or ``summary`` (a string).
+Training-free: the sentences closest to the centroid of sentence embeddings, one per k-means cluster,
+or Lead-k. Data: JSONL with ``sentences`` or ``text``, and ``labels`` and/or ``summary``.
 """
 
 from __future__ import annotations
