@@ -19,7 +19,7 @@ import bertforge
 from bertforge import BertConfig, BertforgeError, BertModel, Tokenizer
 from bertforge.api import evaluate_file, finetune, load_task, predict_file
 from bertforge.assets import fetch
-from bertforge.pipeline import pipeline
+from bertforge.pipelines import pipeline
 from bertforge.tasks import TASKS, TaskSpec
 from bertforge.tasks.sequence import TextExample
 from bertforge.train import TrainArgs

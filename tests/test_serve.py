@@ -27,7 +27,7 @@ from bertforge import BertConfig, BertforgeError, BertModel, Tokenizer, save_pre
 from bertforge.api import finetune
 from bertforge.assets import fetch
 from bertforge.infer import Embedder
-from bertforge.pipeline import Pipeline
+from bertforge.pipelines import Pipeline
 from bertforge.serve import access_line
 from bertforge.tasks import TaskSpec
 from bertforge.train import TrainArgs

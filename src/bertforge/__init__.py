@@ -29,7 +29,7 @@ _EXPORTS = {
     "evaluate_file": "api",
     "predict_file": "api",
     "load_task": "api",
-    "pipeline": "pipeline",
+    "pipeline": "pipelines",
 }
 
 __all__ = [
@@ -72,5 +72,5 @@ if TYPE_CHECKING:
     from .heads import BertWithHead
     from .infer import Embedder, embed
     from .model import BertModel, EncoderOutput
-    from .pipeline import pipeline
+    from .pipelines import pipeline
     from .tokenizer import Tokenizer, train_vocab
