@@ -177,7 +177,6 @@ def load_for_inference(
     compile: bool = False,
 ):
     """The model of a directory, ready for ``run_batches``: PyTorch at a precision, or its ONNX graph."""
-    md = ModelDir.open(md)
     from .checkpoint import load_pretrained
     from .device import RUNTIMES, pick_device
 
@@ -195,9 +194,10 @@ def load_for_inference(
         if head not in EXPORTABLE_HEADS:
             raise BertforgeError(f"the {head} head has no ONNX export; run it with --runtime torch")
         int8 = precision == "int8"
+        md = ModelDir.open(md)
         path = md.onnx_path(precision)
         if not path.is_file():
             flag = " --int8" if int8 else ""
             raise BertforgeError(f"{path}: no ONNX graph; run `bertforge export onnx --model {md.path}{flag}` first")
         return OnnxModel(path, md.config, head, source=md.path, int8=int8)
-    return prepare(load_pretrained(md.path, head=head), precision, device, compile)
+    return prepare(load_pretrained(ModelDir.open(md).path, head=head), precision, device, compile)
