@@ -185,6 +185,7 @@ def serve(
 
 
 export_app = typer.Typer(help="Export a model to another format.", no_args_is_help=True)
+app.add_typer(export_app, name="export")
 
 
 @export_app.command("onnx")
