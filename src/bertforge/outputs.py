@@ -3,6 +3,7 @@ all, and the progress bars on stderr."""
 
 from __future__ import annotations
 
+import hashlib
 import os
 import tempfile
 from collections.abc import Iterator
@@ -104,3 +105,13 @@ def progress_enabled(enabled: bool = True) -> bool:
 def progress_bar(enabled: bool = True, **kwargs) -> tqdm:
     """A tqdm bar on stderr, off unless ``progress_enabled(enabled)``."""
     return tqdm(disable=not progress_enabled(enabled), **kwargs)
+
+
+def sha256(*paths: Path) -> str:
+    """The sha256 of the files' bytes, one after another, read in blocks."""
+    digest = hashlib.sha256()
+    for path in paths:
+        with Path(path).open("rb") as f:
+            while block := f.read(1 << 20):
+                digest.update(block)
+    return digest.hexdigest()

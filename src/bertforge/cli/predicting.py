@@ -204,9 +204,9 @@ def export_onnx(
     """
     from ..checkpoint import load_pretrained
     from ..modeldir import ModelDir
-    from ..outputs import check_out_dir
     from ..onnx import EXPORTABLE_HEADS
     from ..onnx import export_onnx as export
+    from ..outputs import check_out_dir
     from ..tasks import TASKS, saved_spec
 
     md = ModelDir.open(model)

@@ -29,12 +29,12 @@ import numpy as np
 
 from ..assets import resolve_path
 from ..errors import BertforgeError
-from ..outputs import progress_bar
+from ..outputs import progress_bar, sha256
 from ..tokenizer import Tokenizer
 from .corpus import Corpus, jieba_segment, tokenize_corpus
 from .masking import MaskingRule, mask_tokens
 from .sentences import expand_corpus
-from .shards import FORMAT, SPLITS, VERSION, file_sha256, offsets_of, vocab_file
+from .shards import FORMAT, SPLITS, VERSION, offsets_of, vocab_file
 from .workers import fork_pool, ordered
 
 SEGMENTERS = ("jieba", "none")
@@ -432,7 +432,7 @@ def _manifest(config, tokenizer, vocab_path, token_dtype, stats, splits, shards)
         **settings,
         "vocab_path": str(vocab_path.resolve()),
         "vocab_file": str(read_file),
-        "vocab_sha256": file_sha256(read_file),
+        "vocab_sha256": sha256(read_file),
         "vocab_size": tokenizer.vocab_size,
         "lowercase": tokenizer.lowercase,
         "special_ids": {

@@ -21,7 +21,6 @@ and counts per split and per shard.
 
 from __future__ import annotations
 
-import hashlib
 import json
 from collections.abc import Sequence
 from pathlib import Path
@@ -32,6 +31,7 @@ import torch
 
 from ..batch import encoder_batch
 from ..errors import BertforgeError
+from ..outputs import sha256
 from .masking import MaskingRule, mask_tokens
 
 FORMAT = "bertforge-pretrain-shards"
@@ -45,14 +45,6 @@ def offsets_of(counts: np.ndarray) -> np.ndarray:
     out = np.zeros(len(counts) + 1, dtype=np.int64)
     np.cumsum(counts, out=out[1:])
     return out
-
-
-def file_sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def vocab_file(path: Path) -> Path:
@@ -81,7 +73,7 @@ def check_vocab(directory: str | Path, manifest: dict[str, Any]) -> None:
     path = vocab_file(Path(manifest["vocab_path"]))
     shards = Path(directory) / "manifest.json"
     try:
-        digest = file_sha256(path)
+        digest = sha256(path)
     except OSError as e:
         reason = "no such file" if isinstance(e, FileNotFoundError) else f"cannot be read ({type(e).__name__})"
         raise BertforgeError(f"{path}: {reason}; it is the vocabulary the shards in {directory} were made with "
