@@ -9,11 +9,13 @@ from __future__ import annotations
 import csv
 import json
 import os
+import shutil
 import subprocess
 import sys
 from collections.abc import Callable
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 import transformers
@@ -229,3 +231,25 @@ def sentiment(tmp_path_factory) -> tuple[Path, Path]:
     args = TrainArgs(out=out / "run", max_steps=50, batch_size=32, lr=1e-4, eval_every=50, progress=False)
     finetune("classify", "minilm-l6", train, out, spec=TaskSpec("classify", max_length=128), args=args)
     return out, test
+
+
+# -- for the device, precision and ONNX tests: each module gets its own copy to write graphs into --------
+@pytest.fixture(scope="module")
+def texts() -> list[str]:
+    with (fetch("rotten-tomatoes") / "test.csv").open(encoding="utf-8") as f:
+        return [r["text"] for r in csv.DictReader(f)][:200]
+
+
+@pytest.fixture(scope="module")
+def minilm(tmp_path_factory) -> Path:
+    """A copy of minilm-l6 we may write ONNX graphs into."""
+    d = tmp_path_factory.mktemp("minilm") / "minilm"
+    shutil.copytree(fetch("minilm-l6"), d)
+    return d
+
+
+@pytest.fixture(scope="module")
+def fp32_embeddings(minilm, texts) -> np.ndarray:
+    from bertforge import Embedder
+
+    return Embedder.from_pretrained(minilm)(texts)

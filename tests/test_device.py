@@ -3,29 +3,13 @@ without it warns, and the inference path sizes its batches for the device."""
 
 from __future__ import annotations
 
-import csv
 import shutil
-from pathlib import Path
 
 import pytest
 import torch
 
 from bertforge import BertforgeError, Embedder
-from bertforge.assets import fetch
 from bertforge.device import resolve_precision
-
-
-@pytest.fixture(scope="module")
-def texts() -> list[str]:
-    with (fetch("rotten-tomatoes") / "test.csv").open(encoding="utf-8") as f:
-        return [r["text"] for r in csv.DictReader(f)][:200]
-
-@pytest.fixture(scope="module")
-def minilm(tmp_path_factory) -> Path:
-    """A copy of minilm-l6 we may write ONNX graphs into."""
-    d = tmp_path_factory.mktemp("minilm") / "minilm"
-    shutil.copytree(fetch("minilm-l6"), d)
-    return d
 
 
 def test_precision_errors(minilm):

@@ -22,21 +22,6 @@ from bertforge.onnx import export_onnx
 BERTFORGE = Path(sys.executable).parent / "bertforge"
 
 
-@pytest.fixture(scope="module")
-def texts() -> list[str]:
-    with (fetch("rotten-tomatoes") / "test.csv").open(encoding="utf-8") as f:
-        return [r["text"] for r in csv.DictReader(f)][:200]
-
-@pytest.fixture(scope="module")
-def minilm(tmp_path_factory) -> Path:
-    """A copy of minilm-l6 we may write ONNX graphs into."""
-    d = tmp_path_factory.mktemp("minilm") / "minilm"
-    shutil.copytree(fetch("minilm-l6"), d)
-    return d
-
-@pytest.fixture(scope="module")
-def fp32_embeddings(minilm, texts) -> np.ndarray:
-    return Embedder.from_pretrained(minilm)(texts)
 
 
 def test_onnx_fp32_matches_pytorch(minilm, texts, fp32_embeddings):

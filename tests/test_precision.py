@@ -3,8 +3,6 @@ checked against fp32 PyTorch on real text with the real minilm-l6 checkpoint."""
 
 from __future__ import annotations
 
-import csv
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -15,7 +13,6 @@ import torch
 
 from bertforge import BertforgeError, Embedder, evaluate_file
 from bertforge.api import load_task
-from bertforge.assets import fetch
 from bertforge.device import native_bf16, resolve_precision
 from bertforge.onnx import export_onnx
 from bertforge.precision import quantize_int8
@@ -23,21 +20,6 @@ from bertforge.precision import quantize_int8
 BERTFORGE = Path(sys.executable).parent / "bertforge"
 
 
-@pytest.fixture(scope="module")
-def texts() -> list[str]:
-    with (fetch("rotten-tomatoes") / "test.csv").open(encoding="utf-8") as f:
-        return [r["text"] for r in csv.DictReader(f)][:200]
-
-@pytest.fixture(scope="module")
-def minilm(tmp_path_factory) -> Path:
-    """A copy of minilm-l6 we may write ONNX graphs into."""
-    d = tmp_path_factory.mktemp("minilm") / "minilm"
-    shutil.copytree(fetch("minilm-l6"), d)
-    return d
-
-@pytest.fixture(scope="module")
-def fp32_embeddings(minilm, texts) -> np.ndarray:
-    return Embedder.from_pretrained(minilm)(texts)
 
 def _cosines(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return (a * b).sum(1) / (np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1))

@@ -23,6 +23,7 @@ from starlette.requests import Request
 from swagger_ui_bundle import swagger_ui_path
 
 from ..errors import BertforgeError
+from ..infer import Embedder
 from ..modeldir import ModelDir
 from ..tasks import FinetuneTask, served
 from .batcher import Batcher
@@ -51,7 +52,7 @@ class ServedModel:
         for t in tasks:
             t.max_tokens = max_batch_tokens
         self.task = tasks[0].name if isinstance(tasks[0], FinetuneTask) else None  # None: an encoder
-        net = getattr(self.model, "model", self.model)  # an Embedder's, or the task's model itself
+        net = self.model.model if isinstance(self.model, Embedder) else self.model
         self.precision = getattr(net, "precision", precision)  # resolved: "auto" is reported as what it chose
         self.endpoints = tuple(self.tasks)
 

@@ -79,7 +79,6 @@ def for_model(md: ModelDir, name: str | None = None, **settings: Any) -> Finetun
     endpoint = cls.endpoint if cls is not None else None
     uses = {t.endpoint: t.name for t in ENCODER_TASKS.values()}
     if endpoint in uses and (own is None or TASKS[own.task].endpoint != endpoint):
-        md.tokenizer  # noqa: B018 (refused now, not at the first input, when it does not fit the model)
         return encoder_task(uses[endpoint], settings)
     task = fine_tuned(md, extra=settings)
     if name is not None and name != task.name:
@@ -98,8 +97,7 @@ def served(md: ModelDir) -> list[FinetuneTask | EncoderTask]:
     """What a server offers for ``md``: the fine-tuned task, or every use of a bare encoder."""
     if saved_spec(md) is not None:
         return [fine_tuned(md)]
-    md.tokenizer  # noqa: B018
-    return [cls() if cls.Settings is None else cls(cls.Settings()) for cls in ENCODER_TASKS.values()]
+    return [encoder_task(name) for name in ENCODER_TASKS]
 
 
 __all__ = ["ARCHITECTURE_TASKS", "ENCODER_TASKS", "TASKS", "EncoderTask", "FinetuneTask", "TaskSpec",
