@@ -29,8 +29,8 @@ def test_devices_are_checked_and_batches_sized_for_them(minilm, texts, tmp_path)
     from conftest import assert_one_line_error, run_all
 
     from bertforge.cli import BATCH_BUDGET
-    from bertforge.device import pick_device
-    from bertforge.infer import CPU_MAX_TOKENS, GPU_MAX_TOKENS, default_max_tokens, run_batches
+    from bertforge.device import CPU_MAX_TOKENS, GPU_MAX_TOKENS, default_max_tokens, pick_device
+    from bertforge.infer import run_batches
 
     assert pick_device("cpu") == torch.device("cpu")
     with pytest.raises(BertforgeError, match="unknown device 'gpu'"):
@@ -55,6 +55,9 @@ def test_devices_are_checked_and_batches_sized_for_them(minilm, texts, tmp_path)
     assert default_max_tokens(torch.device("cpu")) == CPU_MAX_TOKENS == 2048
     assert default_max_tokens(torch.device("cuda")) == GPU_MAX_TOKENS > CPU_MAX_TOKENS
     assert f"{CPU_MAX_TOKENS} on a CPU, {GPU_MAX_TOKENS} on a GPU" in BATCH_BUDGET  # what --help says
+    from bertforge.cli.training import FINETUNE_ARGS, PRETRAIN_ARGS
+
+    assert all(f"{CPU_MAX_TOKENS} on a CPU, {GPU_MAX_TOKENS} on a GPU" in t["max_tokens"][1] for t in (FINETUNE_ARGS, PRETRAIN_ARGS))
     embedder = Embedder.from_pretrained(minilm, device="cpu")
     encodings = embedder.tokenizer.encode_batch(["ok"] * 600 + texts[:100], max_length=128)  # 3 tokens, then reviews
 

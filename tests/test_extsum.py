@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import json
 import logging
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -278,21 +280,41 @@ def test_summary_only_documents_get_oracle_labels_and_empty_ones_are_left_out(to
 
 
 # -- a tiny fine-tune on aclsum --------------------------------------------------------------------------
+def aclsum_records(parts: tuple[str, ...], limit: int | None = None) -> list[dict]:
+    """aclsum's training papers (these parts of each), labelled with the 'approach' highlights."""
+    rows = [json.loads(line) for line in (fetch("aclsum", quiet=True) / "train.jsonl").read_text().splitlines()][:limit]
+    return [{
+        "id": r["id"],
+        "sentences": [s for p in parts for s in r["sentences"][p]],
+        "labels": [y for p in parts for y in r["highlights"]["approach"][p]],
+        "summary": r["summary"]["approach"],
+    } for r in rows]
+
+
 @pytest.fixture(scope="module")
 def aclsum_files(tmp_path_factory) -> tuple[Path, Path]:
-    """Six aclsum papers, abstract and conclusion only, labelled with the 'approach' highlights."""
-    rows = [json.loads(line) for line in (fetch("aclsum", quiet=True) / "train.jsonl").read_text().splitlines()][:6]
-    records = []
-    for r in rows:
-        parts = ("abstract", "conclusion")
-        records.append({
-            "id": r["id"],
-            "sentences": [s for p in parts for s in r["sentences"][p]],
-            "labels": [y for p in parts for y in r["highlights"]["approach"][p]],
-            "summary": r["summary"]["approach"],
-        })
+    """Six aclsum papers, abstract and conclusion only."""
+    records = aclsum_records(("abstract", "conclusion"), 6)
     root = tmp_path_factory.mktemp("aclsum")
     return write_jsonl(root / "train.jsonl", records[:4]), write_jsonl(root / "valid.jsonl", records[4:])
+
+
+MEMORY_BOUND_GB = 4.0  # stated in the README: a default extsum run on aclsum fits an ordinary machine
+
+
+def test_a_default_run_on_whole_aclsum_papers_stays_under_the_memory_bound(tmp_path):
+    """Batches of 32 whole papers (about 1,000 words, several 512-token windows each) run under the
+    token budget; without it one step needed more than 24 GB."""
+    train = write_jsonl(tmp_path / "train.jsonl", aclsum_records(("abstract", "introduction", "conclusion")))
+    cmd = [sys.executable, "-m", "bertforge", "finetune", "extsum", "--model", "minilm-l6", "--train", str(train),
+           "--out", str(tmp_path / "run"), "--max-steps", "1"]
+    measure = ("import resource, subprocess, sys; p = subprocess.run(sys.argv[1:]); "
+               "print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss); sys.exit(p.returncode)")
+    proc = subprocess.run([sys.executable, "-c", measure, *cmd], capture_output=True, text=True, timeout=1200)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    peak_gb = int(proc.stdout.split()[-1]) / 2**20  # ru_maxrss is in KiB
+    assert "best validation (step 1)" in proc.stdout and (tmp_path / "run" / "config.json").is_file()
+    assert peak_gb < MEMORY_BOUND_GB, f"peak resident memory {peak_gb:.1f} GB"
 
 
 @pytest.fixture(scope="module")

@@ -8,6 +8,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from seqeval.metrics import f1_score as seqeval_f1
 from seqeval.metrics.sequence_labeling import get_entities
+from sklearn.metrics import f1_score, precision_score, recall_score
 
 from bertforge import metrics
 
@@ -23,6 +24,22 @@ def test_classification_hand_computed():
     assert m["per_class"]["c"]["f1"] == 0.0
     assert m["macro_f1"] == pytest.approx((0.5 + 0.8 + 0.0) / 3)
     assert m["confusion_matrix"] == [[1, 1, 0], [0, 2, 0], [1, 0, 0]]
+
+
+def test_macro_averages_count_a_class_only_predicted():
+    # "c" is predicted once and never gold: it still enters the macro average with F1 0
+    m = metrics.classification(["a", "a", "b"], ["a", "c", "b"], ["a", "b", "c"])
+    assert m["macro_f1"] == pytest.approx((2 / 3 + 1 + 0) / 3)
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.tuples(st.sampled_from("abcd"), st.sampled_from("abcd")), min_size=1, max_size=25))
+def test_classification_matches_sklearn(pairs):
+    gold, pred = [g for g, _ in pairs], [p for _, p in pairs]
+    m = metrics.classification(gold, pred, list("abcd"))
+    for ours, theirs in (("macro_f1", f1_score), ("macro_precision", precision_score), ("macro_recall", recall_score)):
+        assert m[ours] == pytest.approx(theirs(gold, pred, average="macro", zero_division=0)), ours
+    assert m["weighted_f1"] == pytest.approx(f1_score(gold, pred, average="weighted", zero_division=0))
 
 
 def test_multilabel_hand_computed():

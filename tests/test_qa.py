@@ -71,6 +71,8 @@ def test_chinese_answers_score_character_by_character():
     assert metrics.squad_f1("北京大学", "北京") == pytest.approx(2 / 3)
     # Latin words inside Chinese text stay whole words
     assert metrics.squad_normalize("在 Google 工作") == "在 google 工 作"
+    # every range BERT's tokenizer calls Chinese counts, Extension C included (one definition, text.CJK)
+    assert metrics.squad_f1("\U0002A700\U0002A701", "\U0002A700") == pytest.approx(2 / 3)
 
 
 def test_squad_v1_takes_the_best_gold_answer():
@@ -297,6 +299,21 @@ def test_answers_not_at_their_offset_are_moved_or_counted(tokenizer, tmp_path, c
     assert locate("xab", "ab", -2) == 1  # a negative offset is not counted from the end
 
 
+def test_answers_given_as_texts_are_found_in_the_context(tokenizer, tmp_path, caplog):
+    path = write_jsonl(tmp_path / "texts.jsonl", [
+        {"id": "q1", "question": "Who?", "context": "Denver Broncos won. The Denver Broncos!", "answers": ["Denver Broncos"]},
+        {"id": "q2", "question": "What?", "context": "a b c", "answers": {"text": ["b", "c"]}},
+        {"id": "q3", "question": "Where?", "context": "Oslo", "answers": [{"text": "Oslo"}, "Bergen"]},
+    ])
+    with caplog.at_level(logging.WARNING, logger="bertforge"):
+        examples = qa_task(tokenizer).read(path, labelled=True)
+    assert [[a.start for a in e.answers] for e in examples] == [[0], [2, 4], [0, None]]
+    [message] = [r.getMessage() for r in caplog.records]  # only "Bergen", which is nowhere, is counted
+    assert "1 of 5 answers" in message and "0 moved" in message and "1 not found" in message
+    with pytest.raises(BertforgeError, match="each answer needs a 'text'"):
+        qa_task(tokenizer).read(write_jsonl(tmp_path / "bad.jsonl", [{"question": "Q?", "context": "c", "answers": [3]}]))
+
+
 def test_squad_file_with_a_missing_field_names_file_line_and_field(tokenizer, tmp_path):
     squad = {"version": "1.1", "data": [{"title": "T", "paragraphs": [{"context": "Some context here.", "qas": [
         {"id": "ok", "question": "Fine?", "answers": [{"text": "Some", "answer_start": 0}]},
@@ -354,6 +371,27 @@ def test_doc_stride_must_leave_room_to_advance(tokenizer):
         qa_task(tokenizer, max_length=64, max_query_length=64, doc_stride=16)  # (the stride is not what is wrong)
 
 
+def _context_starts(t: QATask, example: QAExample) -> list[int]:
+    """Where each window's context begins, in context tokens."""
+    encs, _ = t.encode([example])
+    starts = [o[0] for o in t.tokenizer.encode(example.context, add_special_tokens=False).offsets]
+    return [starts.index(e.offsets[t.context_range(e)[0]][0]) for e in encs]
+
+
+@pytest.mark.parametrize("question", ["Who?", "Which of the many paragraphs talks about the prize at the end?"])
+def test_doc_step_is_the_step_between_window_starts_as_in_run_squad(tokenizer, question):
+    context = " ".join(f"Paragraph {i} talks about weather." for i in range(40))
+    example = QAExample("q", question, context, None)
+    q = min(len(tokenizer.encode(question, add_special_tokens=False).ids), 16)
+    room = 64 - q - 3  # context tokens per window
+    stepped = _context_starts(qa_task(tokenizer, max_length=64, max_query_length=16, doc_step=20), example)
+    assert stepped[:4] == [0, 20, 40, 60]  # whatever the question's length
+    strided = _context_starts(qa_task(tokenizer, max_length=64, max_query_length=16, doc_stride=20), example)
+    assert strided[:3] == [0, room - 20, 2 * (room - 20)]  # the overlap: transformers' doc_stride
+    with pytest.raises(BertforgeError, match="^qa: doc step 46 must be a whole number from 1 to 45"):
+        qa_task(tokenizer, max_length=64, max_query_length=16, doc_step=46)
+
+
 def test_a_question_longer_than_the_window_is_cut(tokenizer):
     t = qa_task(tokenizer, max_length=48, max_query_length=16, doc_stride=8)
     question = "why " * 200 + "?"
@@ -380,14 +418,25 @@ def squad_model(squad, tmp_path_factory) -> Path:
     return out
 
 
+def test_a_training_file_smaller_than_one_batch_trains_with_a_smaller_batch(squad, tmp_path):
+    out = tmp_path / "m"
+    result = CliRunner().invoke(app, ["finetune", "qa", "--model", "minilm-l6", "--train", str(squad), "--out", str(out),
+                                      "--epochs", "1"])
+    assert result.exit_code == 0, result.output
+    # 5 questions, one held out for validation, one 384-token window each: the default batch of 32 becomes 4
+    assert "4 training examples are fewer than one batch of 32: training with batches of 4" in result.output
+    assert json.loads((out / "run" / "train_args.json").read_text())["batch_size"] == 4
+    assert (out / "config.json").is_file()
+
+
 def test_fine_tuned_model_answers_its_training_questions(squad_model, squad, tmp_path):
     result = CliRunner().invoke(app, ["evaluate", "--model", str(squad_model), "--data", str(squad), "--output", str(tmp_path / "m.json")])
     assert result.exit_code == 0, result.output
     assert json.loads((tmp_path / "m.json").read_text()) == {"exact_match": 100.0, "f1": 100.0}
     spec = json.loads((squad_model / "config.json").read_text())["bertforge"]
     assert spec["task"] == "qa" and spec["max_length"] == 128
-    assert spec["extra"] == {"max_query_length": 32, "doc_stride": 32, "max_answer_length": 30, "n_best": 20,
-                             "null_threshold": 0.0, "version_2": False}
+    assert spec["extra"] == {"max_query_length": 32, "doc_stride": 32, "doc_step": None, "max_answer_length": 30,
+                             "n_best": 20, "null_threshold": 0.0, "version_2": False}
 
 
 def test_fine_tuned_directory_loads_in_transformers_with_the_same_logits(squad_model, squad):
@@ -409,7 +458,8 @@ def test_fine_tuned_directory_loads_in_transformers_with_the_same_logits(squad_m
 
 def test_predict_writes_answers_with_character_offsets(squad_model, squad, tmp_path):
     data = json.loads(squad.read_text())
-    rows = [{"id": q["id"], "question": q["question"], "context": p["context"]}
+    rows = [{"id": q["id"], "question": q["question"], "context": p["context"],
+             "answers": [x["text"] for x in q["answers"]]}  # plain texts: read, located, and echoed
             for a in data["data"] for p in a["paragraphs"] for q in p["qas"]]
     gold = {q["id"]: q["answers"][0]["text"] for a in data["data"] for p in a["paragraphs"] for q in p["qas"]}
     path = write_jsonl(tmp_path / "questions.jsonl", rows)
@@ -417,6 +467,7 @@ def test_predict_writes_answers_with_character_offsets(squad_model, squad, tmp_p
     assert result.exit_code == 0, result.output
     preds = [json.loads(line) for line in (tmp_path / "p.jsonl").read_text().splitlines()]
     assert [p["id"] for p in preds] == [r["id"] for r in rows]
+    assert [p["answers"] for p in preds] == [r["answers"] for r in rows]
     for p in preds:
         assert p["answer"] == gold[p["id"]] == p["context"][p["start"] : p["end"]]
         assert 0 < p["score"] <= 1

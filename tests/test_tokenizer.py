@@ -142,6 +142,16 @@ def test_pairs_truncate_like_transformers(ours, theirs, wiki_topics, rotten_toma
         assert e.sequence_ids == [None] + [0] * (first - 2) + [None] + [1] * (len(e.ids) - first - 1) + [None]
 
 
+def test_odd_room_trims_a_pair_as_the_fast_tokenizer_does(ours, theirs):
+    kept = " ".join(ours.encode("a b c", "d e f", max_length=8).tokens)
+    assert kept == "[CLS] a b [SEP] d e f [SEP]"  # the documented choice
+    assert ours.encode("a b c", "d e f", max_length=8).ids == theirs("a b c", "d e f", truncation="longest_first", max_length=8)["input_ids"]
+    a, b = ["a", "b", "c"], ["d", "e", "f"]
+    while len(a) + len(b) > 8 - 3:  # Google's truncate_seq_pair: trim the longer, the second on a tie
+        (a if len(a) > len(b) else b).pop()
+    assert (a, b) == (["a", "b", "c"], ["d", "e"])  # not what we do: the fast tokenizer is the reference
+
+
 def test_impossible_truncation_is_an_error(ours):
     with pytest.raises(BertforgeError, match="cannot encode with max_length=16, truncation=only_first"):
         ours.encode("a", "many words " * 30, max_length=16, truncation="only_first")

@@ -19,7 +19,7 @@ from safetensors.torch import load_file
 from bertforge import BertConfig, BertforgeError
 from bertforge.data.pretrain import PretrainDataConfig, prepare
 from bertforge.optim import Lamb, make_schedule
-from bertforge.train import Dist, MetricsLog, TrainArgs, TrainState, _evaluate, checkpoints
+from bertforge.train import Dist, MetricsLog, TrainArgs, TrainState, _evaluate, budget_parts, checkpoints
 
 ASSETS = Path(__file__).parent / "assets"
 BIN = Path(sys.executable).parent
@@ -209,6 +209,33 @@ def test_grad_accumulation_matches_big_batch(shards, no_dropout, tmp_path):
     assert train_losses(acc) == pytest.approx(train_losses(big), abs=1e-5)
 
 
+def test_a_token_budget_splits_batches_without_changing_the_step(shards, no_dropout, tmp_path):
+    big = tmp_path / "big"
+    pretrain(shards, big, "--config", str(no_dropout), "--save-every", "0", steps=6)
+    parts = tmp_path / "parts"
+    pretrain(shards, parts, "--config", str(no_dropout), "--save-every", "0", "--max-tokens", "100", steps=6)
+    assert train_losses(parts) == pytest.approx(train_losses(big), abs=1e-5)
+
+
+class _Sized:
+    def __init__(self, sizes):
+        self.sizes = sizes
+
+    def size(self, i):
+        return self.sizes[i]
+
+
+def test_budget_parts_keep_whole_examples_under_the_budget():
+    task = _Sized({0: (1, 10), 1: (3, 50), 2: (1, 40), 3: (2, 20), 4: (1, 300)})
+    assert budget_parts(task, [0, 2, 3], 200) == [[0, 2, 3]]  # fits: as it is, in its order
+    parts = budget_parts(task, [0, 1, 2, 3, 4], 200)
+    assert sorted(i for p in parts for i in p) == [0, 1, 2, 3, 4]
+    assert [4] in parts  # over the budget alone: a part of its own
+    for p in parts:
+        rows, longest = sum(task.size(i)[0] for i in p), max(task.size(i)[1] for i in p)
+        assert len(p) == 1 or rows * longest <= 200
+
+
 def test_bf16_lamb_cosine_run(shards, tmp_path):
     run = tmp_path / "bf16"
     pretrain(shards, run, "--precision", "bf16", "--optimizer", "lamb", "--schedule", "cosine", "--save-every", "0")
@@ -216,7 +243,7 @@ def test_bf16_lamb_cosine_run(shards, tmp_path):
     assert all(map(lambda x: x == x, losses)) and losses[-1] < losses[0]
 
 
-@pytest.mark.parametrize("name, value, least", [("batch_size", 0, 1), ("grad_accum", 0, 1), ("log_every", 0, 1),
+@pytest.mark.parametrize("name, value, least", [("batch_size", 0, 1), ("grad_accum", 0, 1), ("max_tokens", 0, 1), ("log_every", 0, 1),
                                                 ("lr", -1.0, 0), ("lr", float("nan"), 0), ("weight_decay", -0.1, 0),
                                                 ("max_steps", 0, 1)])
 def test_train_args_refuse_what_the_loop_would_crash_on(tmp_path, name, value, least):

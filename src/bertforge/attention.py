@@ -30,10 +30,8 @@ def math_attention(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None, dropout
     return probs @ v  # (B, nh, T, hs)
 
 
-# On a GPU, PyTorch may pick cuDNN's attention for bf16 / fp16. cuDNN builds a plan for every new shape,
-# and batches of text change shape at every call: on an H200 its forward cost 5.6 ms of CPU a call and
-# its backward 3.8 ms (torch.profiler, 60 fine-tuning steps of minilm-l6: 60% of the CPU's time, where
-# the GPU's own work was 14 and 10 us a call). Flash and memory-efficient attention have no such cost.
+# On a GPU, never cuDNN's attention: it plans every new shape, and text batches change shape at every
+# call, so planning costs more CPU time than the GPU spends (profiled in the README's "On a GPU").
 GPU_BACKENDS = [SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH]
 
 

@@ -1,5 +1,5 @@
-"""Batches of token rows: right padding into (B, T) tensors, the encoder's three inputs, and long
-texts' windows flattened with the index of the input each came from."""
+"""Batches of token rows: grouping under a token budget, right padding into (B, T) tensors, the
+encoder's three inputs, and long texts' windows flattened with the index of the input each came from."""
 
 from __future__ import annotations
 
@@ -9,6 +9,29 @@ from typing import Any
 import numpy as np
 import torch
 from torch import Tensor
+
+
+def token_batches(
+    lengths: Sequence[int], max_tokens: int, max_batch: int | None = None, rows: Sequence[int] | None = None
+) -> list[list[int]]:
+    """Indices grouped longest-first so that each group's padded size (its rows x its longest row) fits
+    ``max_tokens`` (an item over it alone is a group); item i brings ``rows[i]`` rows (default 1) of
+    ``lengths[i]`` tokens at most, and a group holds at most ``max_batch`` items."""
+    order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
+    batches: list[list[int]] = []
+    current: list[int] = []
+    held = 0  # rows in current
+    for i in order:
+        n = 1 if rows is None else rows[i]
+        longest = lengths[current[0]] if current else lengths[i]
+        if current and ((held + n) * longest > max_tokens or (max_batch is not None and len(current) >= max_batch)):
+            batches.append(current)
+            current, held = [], 0
+        current.append(i)
+        held += n
+    if current:
+        batches.append(current)
+    return batches
 
 
 def pad_rows(rows: Sequence[Sequence[int]], value: int, length: int | None = None) -> Tensor:

@@ -14,6 +14,15 @@ from .errors import BertforgeError
 
 PRECISIONS = ("auto", "fp32", "bf16", "fp16", "int8")
 RUNTIMES = ("torch", "onnx")
+# padded tokens per forward pass, training and inference alike: on a CPU few enough that activations
+# stay in its caches and out of fresh pages, on a GPU enough work per kernel launch (README "On a GPU")
+CPU_MAX_TOKENS = 2048
+GPU_MAX_TOKENS = 32768
+
+
+def default_max_tokens(device: torch.device) -> int:
+    """Padded tokens per batch where the caller gives none: small on a CPU, large on a GPU."""
+    return CPU_MAX_TOKENS if device.type == "cpu" else GPU_MAX_TOKENS
 
 
 def native_bf16(device: torch.device) -> bool:

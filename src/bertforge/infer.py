@@ -16,7 +16,8 @@ import torch
 from tokenizers import Encoding
 from torch import Tensor
 
-from .device import model_device
+from .batch import token_batches
+from .device import default_max_tokens, model_device
 from .errors import BertforgeError
 from .model import BertModel, EncoderOutput
 from .modeldir import ModelDir, PoolingSettings
@@ -24,30 +25,7 @@ from .outputs import progress_bar
 from .precision import prepare
 from .tokenizer import Tokenizer
 
-CPU_MAX_TOKENS = 2048  # padded tokens per batch on a CPU: activations stay in its caches (measured: 2048 beats 8192)
-GPU_MAX_TOKENS = 32768  # on a GPU: enough work per kernel launch (H200: 1.5-3x the seq/s of 2048; README "On a GPU")
 POOLING = ("mean", "cls", "pooler")
-
-
-def default_max_tokens(device: torch.device) -> int:
-    """Padded tokens per batch where the caller gives none: small on a CPU, large on a GPU."""
-    return CPU_MAX_TOKENS if device.type == "cpu" else GPU_MAX_TOKENS
-
-
-def length_batches(lengths: Sequence[int], max_tokens: int, max_batch: int) -> list[list[int]]:
-    """Indices grouped longest-first so that each batch's padded size (count x longest) fits ``max_tokens``."""
-    order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
-    batches: list[list[int]] = []
-    current: list[int] = []
-    for i in order:
-        longest = lengths[current[0]] if current else lengths[i]
-        if current and ((len(current) + 1) * longest > max_tokens or len(current) >= max_batch):
-            batches.append(current)
-            current = []
-        current.append(i)
-    if current:
-        batches.append(current)
-    return batches
 
 
 def run_batches(
@@ -69,7 +47,7 @@ def run_batches(
         max_tokens = default_max_tokens(device)
     elif max_tokens < 1:
         raise BertforgeError(f"the batch budget (--max-tokens) must be at least 1 token, not {max_tokens}")
-    batches = length_batches([len(e.ids) for e in encodings], max_tokens, max(1, max_tokens // 4))
+    batches = token_batches([len(e.ids) for e in encodings], max_tokens, max(1, max_tokens // 4))
     bar = progress_bar(progress, total=len(encodings), desc=desc, unit="seq", leave=False)
     with torch.inference_mode():
         for idx in batches:

@@ -10,6 +10,8 @@ from collections.abc import Hashable, Sequence
 
 import numpy as np
 
+from .text import CJK, CJK_CLASS, has_cjk
+
 # validation metrics where lower is better (errors, losses): the training loop keeps the lowest and
 # counts a rise as no improvement; every other metric it maximises
 LOWER_IS_BETTER = frozenset({"mse", "mae", "mlm_loss", "perplexity"})
@@ -34,8 +36,9 @@ def classification(y_true: Sequence[Hashable], y_pred: Sequence[Hashable], label
         tp = cm[i, i]
         p, r, f = _prf(tp, cm[:, i].sum() - tp, cm[i, :].sum() - tp)
         per_class[str(lab)] = {"precision": p, "recall": r, "f1": f, "support": int(cm[i, :].sum())}
-    support = cm.sum(axis=1)
-    present = [c for c, s in zip(per_class.values(), support, strict=True) if s > 0]
+    # macro averages run over the labels that occur in the gold or the predictions (scikit-learn's rule)
+    occurs = (cm.sum(axis=1) + cm.sum(axis=0)) > 0
+    present = [c for c, o in zip(per_class.values(), occurs, strict=True) if o]
     total = max(int(cm.sum()), 1)
     return {
         "accuracy": float(np.trace(cm) / total),
@@ -171,15 +174,14 @@ def squad_normalize(text: str) -> str:
     """
     text = "".join(ch for ch in text.lower() if ch not in _PUNCTUATION)
     text = _ARTICLES.sub(" ", text)
-    if _CJK.search(text):
+    if CJK.search(text):
         text = "".join(" " if unicodedata.category(ch).startswith("P") else ch for ch in text)
-        text = _CJK.sub(r" \g<0> ", text)
+        text = CJK.sub(r" \g<0> ", text)
     return " ".join(text.split())
 
 
 _PUNCTUATION = frozenset(string.punctuation)
 _ARTICLES = re.compile(r"\b(a|an|the)\b", re.UNICODE)
-_CJK = re.compile(r"[\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff\U00020000-\U0002ffff]")
 
 
 def squad_exact(gold: str, pred: str) -> float:
@@ -265,19 +267,12 @@ def squad_v2_best_threshold(golds: Sequence[Sequence[str]], span_answers: Sequen
 
 # -- summarisation ------------------------------------------------------------------------------------
 ROUGE_TYPES = ("rouge1", "rouge2", "rougeL")
-_CJK = re.compile(r"[\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff\U00020000-\U0002a6df]")
-
-
-def has_cjk(text: str) -> bool:
-    return _CJK.search(text) is not None
-
-
 class CharTokenizer:
     """ROUGE tokens for Chinese (and mixed) text: every CJK character is a token, other text is split
     into lowercase letter/digit runs as rouge-score does. rouge-score's own tokenizer deletes every
     character outside [a-z0-9], so it would score Chinese text as empty."""
 
-    _TOKEN = re.compile(r"[\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff\U00020000-\U0002a6df]|[a-z0-9]+")
+    _TOKEN = re.compile(rf"[{CJK_CLASS}]|[a-z0-9]+")
 
     def tokenize(self, text: str) -> list[str]:
         return self._TOKEN.findall(text.lower())

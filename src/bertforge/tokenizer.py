@@ -30,7 +30,7 @@ from .errors import BertforgeError
 
 SPECIAL_TOKENS = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")
 TRUNCATION = ("longest_first", "only_first", "only_second")
-MAX_WORD_CHARS = 100  # longer words become [UNK], as in Google's tokenizer
+MAX_WORD_CHARS = 100  # longer words become [UNK]: transformers' limit (Google's tokenizer allows 200)
 
 
 def _backend_from_vocab(
@@ -219,7 +219,10 @@ class Tokenizer:
         add_special_tokens: bool = True,
     ) -> Encoding:
         """One text (or pair). ``max_length`` truncates (counting special tokens); with ``stride`` the
-        cut-off tokens come back as ``overflowing`` windows that overlap by ``stride`` tokens."""
+        cut-off tokens come back as ``overflowing`` windows that overlap by ``stride`` tokens.
+        ``longest_first`` trims a pair as transformers' fast tokenizer does: when both texts are long
+        and the room is odd, the first keeps the smaller half ("a b c" + "d e f" in 8 tokens keeps
+        "a b" + "d e f"), where Google's truncate_seq_pair keeps "a b c" + "d e"."""
         return self.encode_batch(
             [text],
             None if pair is None else [pair],

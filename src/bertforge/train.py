@@ -7,12 +7,14 @@ checkpoints and exact resume, a progress bar, metrics as JSONL and a plot of the
 
 Losses are averaged over *targets* (masked tokens, labelled tokens, sequences), across the
 micro-batches of a step and across ranks: the targets of every micro-batch are counted before the
-step, so one process and N processes with the same global batch take the same step.
+step, so one process and N processes with the same global batch take the same step, and a micro-batch
+over the token budget (``max_tokens``) can run in parts.
 """
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import math
 import os
@@ -30,7 +32,8 @@ import torch.distributed as dist
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
-from .device import model_device, pick_device
+from .batch import token_batches
+from .device import default_max_tokens, model_device, pick_device
 from .errors import BertforgeError
 from .metrics import LOWER_IS_BETTER
 from .optim import make_optimizer, make_schedule
@@ -44,6 +47,9 @@ class Task(Protocol):
 
     def num_train(self) -> int:
         """Training examples (the loop samples indices in [0, n))."""
+
+    def size(self, index: int) -> tuple[int, int]:
+        """(rows, longest row in tokens) that training example ``index`` puts in a batch."""
 
     def collate(self, indices: list[int], rng: np.random.Generator) -> dict[str, Tensor]:
         """A training batch of these examples; ``rng`` drives any randomness (e.g. dynamic masks)."""
@@ -71,6 +77,7 @@ class TrainArgs:
     epochs: float = 1.0
     batch_size: int = 32  # sequences per optimizer step, over all ranks and micro-batches
     grad_accum: int = 1
+    max_tokens: int | None = None  # padded tokens per forward pass (None: the device's default_max_tokens)
     lr: float = 5e-5
     warmup: float = 0.1  # < 1: a fraction of the steps; >= 1: a number of steps
     schedule: str = "linear"
@@ -93,8 +100,9 @@ class TrainArgs:
     def __post_init__(self) -> None:
         """The settings a bad value of would crash the loop (a division by zero, torch's optimizer) once it has
         begun writing; the command line's options carry the same bounds."""
-        bounds = (("batch_size", 1), ("grad_accum", 1), ("log_every", 1), ("lr", 0), ("weight_decay", 0), ("max_steps", 1))
-        for name, least in bounds:  # (max_steps None: by epochs; 0 once meant that too)
+        bounds = (("batch_size", 1), ("grad_accum", 1), ("max_tokens", 1), ("log_every", 1), ("lr", 0), ("weight_decay", 0),
+                  ("max_steps", 1))
+        for name, least in bounds:  # (None: max_steps by epochs, max_tokens by device)
             value = getattr(self, name)
             if value is not None and not value >= least:  # (NaN too)
                 raise BertforgeError(f"{name} must be at least {least}, not {value}")
@@ -321,10 +329,8 @@ class MetricsLog:
 
 def _release_memory() -> Callable[[], None]:
     """glibc keeps the memory of freed tensors in its heaps; with batches of a different shape every
-    step (unpadded training) the heaps fragment and the process grows by tens of MB a step (measured:
-    BERT-mini pretraining, 1.4 GB to 4.1 GB in 90 steps; trimmed, 0.56 GB flat). The loop trims every
-    10 steps.
-    ``malloc_trim`` hands the free pages back. A no-op where there is no glibc."""
+    step (unpadded training) they fragment and the process grows step by step, so the loop hands the
+    free pages back (``malloc_trim``) every 10 steps. A no-op where there is no glibc."""
     try:
         import ctypes
 
@@ -345,7 +351,9 @@ def train(model: nn.Module, task: Task, args: TrainArgs, on_eval: Callable[[dict
         raise BertforgeError(f"unknown precision {args.precision!r} (choose from {', '.join(PRECISIONS)})")
     device = pick_device(args.device)
     d = init_distributed(device)
+    args = _fitted_batch(args, task.num_train(), d)
     sched = Schedule(task.num_train(), args, d)  # (before anything is written: too little data is an error)
+    max_tokens = args.max_tokens or default_max_tokens(device)  # a micro-batch over it runs in parts
     out = args.out
     if d.main:
         out.mkdir(parents=True, exist_ok=True)
@@ -383,7 +391,7 @@ def train(model: nn.Module, task: Task, args: TrainArgs, on_eval: Callable[[dict
         for k in range(args.grad_accum):
             epoch, g, idx = sched.micro_batch(state.step, k)
             rng = np.random.default_rng([args.seed, epoch, g, d.rank])
-            batches.append(task.collate(idx, rng))
+            batches.extend(task.collate(part, rng) for part in budget_parts(task, idx, max_tokens))
         # counted on the CPU, before the copy: on a GPU, reading a count back would wait for the device
         counts = [task.counts(b) for b in batches]
         tokens = sum(task.tokens(b) for b in batches)
@@ -432,6 +440,29 @@ def train(model: nn.Module, task: Task, args: TrainArgs, on_eval: Callable[[dict
         plot_run(out)
     _barrier(d)
     return state
+
+
+def _fitted_batch(args: TrainArgs, n: int, d: Dist) -> TrainArgs:
+    """``args``, with a batch no larger than the training set (a handful of examples still trains)."""
+    if n >= args.batch_size:
+        return args
+    unit = args.grad_accum * d.world
+    fitted = n // unit * unit
+    if fitted == 0:
+        return args  # Schedule says why
+    if d.main:
+        tqdm.write(f"bertforge: {n} training examples are fewer than one batch of {args.batch_size}: "
+                   f"training with batches of {fitted}")
+    return dataclasses.replace(args, batch_size=fitted)
+
+
+def budget_parts(task: Task, indices: list[int], max_tokens: int) -> list[list[int]]:
+    """One micro-batch's examples as parts of at most ``max_tokens`` padded tokens (one part when it fits)."""
+    sizes = [task.size(i) for i in indices]
+    if sum(r for r, _ in sizes) * max(t for _, t in sizes) <= max_tokens:
+        return [indices]
+    parts = token_batches([t for _, t in sizes], max_tokens, rows=[r for r, _ in sizes])
+    return [[indices[j] for j in part] for part in parts]
 
 
 def _resumed(existing: list[Path], model: nn.Module, optimizer, scheduler, args: TrainArgs, d: Dist) -> TrainState:

@@ -59,13 +59,14 @@ def prepare_pretrain(
 
 
 # -- the training arguments: TrainArgs' fields, with each command's defaults and help -------------------
-TRAIN_BOUNDS = {"max_steps": {"min": 1}, "batch_size": {"min": 1}, "grad_accum": {"min": 1}, "lr": {"min": 0},
+TRAIN_BOUNDS = {"max_steps": {"min": 1}, "batch_size": {"min": 1}, "grad_accum": {"min": 1}, "max_tokens": {"min": 1}, "lr": {"min": 0},
                 "weight_decay": {"min": 0}, "log_every": {"min": 1}, "select_metric": {"param_decls": ("--metric",)}}
 DECAY = "AdamW weight decay (not on biases and LayerNorms)."
 PRETRAIN_ARGS = {
     "max_steps": (10000, "Optimizer steps."),
     "batch_size": (128, "Sequences per step, over all processes."),
     "grad_accum": (1, "Micro-batches per step."),
+    "max_tokens": (None, "Padded tokens per forward pass; a bigger micro-batch runs in parts, same step (default 2048 on a CPU, 32768 on a GPU)."),
     "lr": (1e-4, "Peak learning rate."),
     "warmup": (0.05, "Warmup steps (>= 1) or fraction of steps (< 1)."),
     "schedule": ("linear", "linear | cosine | constant decay after warmup."),
@@ -86,6 +87,7 @@ FINETUNE_ARGS = {
     "lr": (5e-5, "Peak learning rate (AdamW; linear warmup, then linear decay)."),
     "batch_size": (32, "Examples (windows) per optimizer step, over all processes."),
     "grad_accum": (1, "Split each step into N micro-batches (same result, less memory)."),
+    "max_tokens": (None, "Padded tokens per forward pass; a bigger micro-batch runs in parts, same step (default 2048 on a CPU, 32768 on a GPU)."),
     "warmup": (0.1, "Warmup steps (>= 1) or fraction (< 1)."),
     "weight_decay": (0.01, DECAY),
     "eval_every": (0, "Validate every N steps (0: every epoch)."),

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import array
 import logging
-import re
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,23 +14,13 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from ..outputs import progress_bar
+from ..text import has_cjk, is_cjk_char
 from ..tokenizer import Tokenizer
 from .sentences import read_pieces
 from .workers import fork_pool, ordered
 
 _TASK_PIECES = 512  # pieces per tokenization task (any value gives the same output)
 _TASK_CHARS = 1 << 19  # ... or fewer when they are long
-
-_CJK_RANGES = (
-    (0x3400, 0x4DBF), (0x4E00, 0x9FFF), (0xF900, 0xFAFF), (0x20000, 0x2A6DF), (0x2A700, 0x2B73F),
-    (0x2B740, 0x2B81F), (0x2B820, 0x2CEAF), (0x2F800, 0x2FA1F),
-)  # the ranges BERT's tokenizer treats as Chinese characters
-_HAS_CJK = re.compile("[" + "".join(f"{chr(a)}-{chr(b)}" for a, b in _CJK_RANGES) + "]")
-
-
-def _is_cjk_token(token: str) -> bool:
-    return len(token) == 1 and _HAS_CJK.match(token) is not None
-
 
 def word_continues(text: str, tokens: Sequence[str], offsets: Sequence[tuple[int, int]], segment: Callable | None) -> list[bool]:
     """Per token of ``text``: does it continue the previous token's word?
@@ -41,11 +30,11 @@ def word_continues(text: str, tokens: Sequence[str], offsets: Sequence[tuple[int
     previous character when both lie in one segmenter word, as in Chinese-BERT-wwm.
     """
     flags = [t.startswith("##") for t in tokens]
-    if segment is not None and _HAS_CJK.search(text):
+    if segment is not None and has_cjk(text):
         word_of = [0] * len(text)
         for w, (_, start, end) in enumerate(segment(text)):
             word_of[start:end] = [w] * (end - start)
-        cjk = [_is_cjk_token(t) for t in tokens]
+        cjk = [is_cjk_char(t) for t in tokens]
         for i in range(1, len(tokens)):
             if cjk[i] and cjk[i - 1]:
                 flags[i] = word_of[offsets[i][0]] == word_of[offsets[i - 1][0]]

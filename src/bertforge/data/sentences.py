@@ -1,10 +1,4 @@
-"""Corpus files into documents of sentences, with rule-based sentence splitting for English and Chinese.
-
-Pretraining pairs sentences, so paragraphs must become sentences. The rules are deliberately small:
-an English sentence ends at ``.``, ``!`` or ``?`` (plus closing quotes or brackets) followed by space
-and a capital, digit or opening quote, unless the word before the full stop is a known abbreviation,
-an initial ("J.") or dotted ("U.S."); a Chinese sentence ends at ``。``, ``！``, ``？`` or an ellipsis
-``……`` (plus closing quotes), with or without space after it. A text that is one sentence stays one.
+"""Corpus files into documents of sentences (pretraining pairs sentences; text.split_sentences splits).
 
 Files are read line by line (streaming, so any size passes): in text files every line is split into
 sentences and a blank line ends a document; in JSONL files each record's ``text`` is a document.
@@ -15,65 +9,13 @@ from __future__ import annotations
 
 import glob
 import json
-import re
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 from ..errors import BertforgeError
+from ..text import split_sentences
 
 PIECE_SENTENCES = 4096  # a longer document is read in pieces of this many sentences (memory stays bounded)
-
-# Words that end in a full stop without ending the sentence (compared lowercased, without the stop).
-ABBREVIATIONS = frozenset(
-    "mr mrs ms dr prof st jr sr vs etc no nos fig figs vol inc ltd co corp mt ft gen col lt sgt capt rev "
-    "jan feb mar apr jun jul aug sep sept oct nov dec approx dept est ca cf al".split()
-)
-
-_CLOSE = "\"'”’)）]】」』》"
-_OPEN = "\"'“‘(（[【「『《"
-# Chinese end: a run of 。！？ (mixed with !? as in "！?"), or an ellipsis; then closing quotes.
-_ZH_END = re.compile(rf"(?:[。！？][。！？!?]*|…+|⋯+)[{re.escape(_CLOSE)}]*\s*")
-# English end: terminal punctuation, closing quotes, then space before a capital, digit, opening quote or CJK.
-_EN_END = re.compile(rf"[.!?]+[{re.escape(_CLOSE)}]*\s+(?=[{re.escape(_OPEN)}]?[A-Z0-9\u4e00-\u9fff])")
-_WORD_BEFORE_STOP = re.compile(r"([\w.]+)\.$")
-
-
-def _is_abbreviation(text: str) -> bool:
-    """Does ``text`` (ending in a single full stop) end with an abbreviation, an initial or a dotted word?"""
-    m = _WORD_BEFORE_STOP.search(text[-40:])  # abbreviations are short; a long prefix only costs time
-    if m is None:
-        return False
-    word = m.group(1)
-    return word.lower() in ABBREVIATIONS or len(word) == 1 or "." in word
-
-
-def split_sentences(text: str) -> list[str]:
-    """The sentences of one line of text, stripped; empty text gives no sentences."""
-    text = text.strip()
-    if not text:
-        return []
-    ends = []
-    for m in _ZH_END.finditer(text):
-        ends.append((m.end(), m.end()))
-    for m in _EN_END.finditer(text):
-        stop = m.group(0).rstrip()
-        before = text[: m.start() + len(stop.rstrip(_CLOSE))]
-        if stop.rstrip(_CLOSE) == "." and _is_abbreviation(before):
-            continue
-        ends.append((m.start() + len(stop), m.end()))
-    sentences = []
-    start = 0
-    for end, next_start in sorted(set(ends)):
-        if end <= start:
-            continue
-        piece = text[start:end].strip()
-        if piece:
-            sentences.append(piece)
-        start = next_start
-    rest = text[start:].strip()
-    if rest:
-        sentences.append(rest)
-    return sentences
 
 
 # -- corpus files -----------------------------------------------------------------------------------

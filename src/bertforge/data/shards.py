@@ -128,14 +128,22 @@ class PretrainShards:
             self._open[shard] = arrays
         return arrays
 
-    def __getitem__(self, index: int) -> dict[str, np.ndarray]:
+    def _locate(self, index: int) -> tuple[dict[str, np.ndarray], int]:
+        """The arrays of the shard holding instance ``index``, and its row there."""
         n = len(self)
         if not -n <= index < n:
             raise IndexError(f"instance {index} out of range for {n} instances")
         index %= n
         shard = int(np.searchsorted(self._starts, index, side="right")) - 1
-        j = index - int(self._starts[shard])
-        a = self._arrays(shard)
+        return self._arrays(shard), index - int(self._starts[shard])
+
+    def length(self, index: int) -> int:
+        """Tokens in instance ``index``."""
+        a, j = self._locate(index)
+        return int(a["offsets"][j + 1]) - int(a["offsets"][j])
+
+    def __getitem__(self, index: int) -> dict[str, np.ndarray]:
+        a, j = self._locate(index)
         lo, hi = int(a["offsets"][j]), int(a["offsets"][j + 1])
         ids = np.asarray(a["input_ids"][lo:hi], dtype=np.int64)
         types = np.zeros(len(ids), dtype=np.int64)

@@ -166,6 +166,9 @@ class FinetuneTask:
     def num_train(self) -> int:
         return len(self.train_features)
 
+    def size(self, index: int) -> tuple[int, int]:
+        return 1, len(self.train_features[index].ids)
+
     def collate(self, indices: list[int], rng: np.random.Generator | None = None) -> dict[str, Tensor]:
         feats = [self.train_features[i] for i in indices]
         batch = encoder_batch([f.ids for f in feats], [f.type_ids for f in feats], self.tokenizer.pad_id)

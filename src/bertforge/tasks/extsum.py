@@ -30,10 +30,12 @@ from ..batch import encoder_batch
 from ..data import tables
 from ..errors import BertforgeError
 from ..infer import run_batches
+from ..text import CJK_CLASS, has_cjk, split_sentences
 from .base import FinetuneTask, settings_of
 from .schemas import Request, SummarizeResponse
 
 log = logging.getLogger("bertforge")
+
 
 @dataclass
 class ExtSumSettings:
@@ -67,38 +69,7 @@ class Document:
 
 
 # -- sentences and words ----------------------------------------------------------------------------------
-_CJK_CHAR = r"\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff"
-# a full-width end (no space needed), or . ! ? followed by whitespace; closing quotes/brackets stay with it
-_BOUNDARY = re.compile(r"[。！？]+[”’」』）】\"']*\s*|[.!?]+[\"'”’)\]]*\s+|\n\s*\n\s*")
-_ABBREVIATIONS = frozenset(
-    "mr mrs ms dr prof sr jr st vs e.g i.e cf al fig figs eq eqs sec no vol pp inc ltd co approx resp".split()
-)
-_WORD = re.compile(rf"[{_CJK_CHAR}]|\w+")
-
-
-def split_sentences(text: str) -> list[str]:
-    """Sentences of a text: after 。！？ (Chinese), after . ! ? and whitespace when the next one starts
-    like a sentence (capital, digit, quote, bracket, CJK) and the word before is not an abbreviation
-    or an initial, and at blank lines."""
-    out, begin = [], 0
-    for m in _BOUNDARY.finditer(text):
-        end = m.end()
-        if m.group()[0] in ".!?" and "\n\n" not in m.group().replace(" ", ""):
-            nxt = text[end : end + 1]
-            word = text[begin : m.start()].split()[-1:] or [""]
-            prev = word[0].lower().lstrip("(\"'")
-            if not (nxt and (nxt.isupper() or nxt.isdigit() or nxt in "\"'“‘([" or re.match(f"[{_CJK_CHAR}]", nxt))):
-                continue
-            if m.group()[0] == "." and (prev in _ABBREVIATIONS or (len(prev) == 1 and prev.isalpha())):
-                continue
-        sentence = text[begin:end].strip()
-        if sentence:
-            out.append(sentence)
-        begin = end
-    tail = text[begin:].strip()
-    if tail:
-        out.append(tail)
-    return out
+_WORD = re.compile(rf"[{CJK_CLASS}]|[^\W{CJK_CLASS}]+")  # a CJK character is a word even beside letters
 
 
 def words(sentence: str) -> list[str]:
@@ -113,7 +84,7 @@ def _trigrams(sentence: str) -> set[tuple[str, ...]]:
 
 def join(sentences: list[str]) -> str:
     """A summary's text: Chinese sentences run on, others are separated by a space."""
-    return ("" if any(metrics.has_cjk(s) for s in sentences) else " ").join(sentences)
+    return ("" if any(has_cjk(s) for s in sentences) else " ").join(sentences)
 
 
 # -- selection (pure functions) ---------------------------------------------------------------------------
@@ -503,6 +474,10 @@ class ExtSumTask(FinetuneTask):
         super().set_data(train_examples, valid_examples)
         if not any(d.labels is not None for d in valid_examples):
             self.select_metric = "rouge2"
+
+    def size(self, index: int) -> tuple[int, int]:
+        windows = self.train_features[index].windows
+        return len(windows), max(len(w.ids) for w in windows)
 
     def collate(self, indices: list[int], rng: np.random.Generator | None = None) -> dict[str, Tensor]:
         docs = [self.train_features[i] for i in indices]

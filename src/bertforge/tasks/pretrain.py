@@ -29,6 +29,9 @@ class PretrainTask:
     def num_train(self) -> int:
         return len(self.train_data)
 
+    def size(self, index: int) -> tuple[int, int]:
+        return 1, self.train_data.length(index)
+
     def collate(self, indices: list[int], rng: np.random.Generator) -> dict[str, Tensor]:
         return self.train_data.collate(indices, rng)
 

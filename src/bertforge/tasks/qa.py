@@ -1,8 +1,8 @@
 """Extractive question answering: SQuAD v1.1 and v2.0 (Rajpurkar et al., 2016, 2018), as BERT does it.
 
 Preprocessing. The question, cut to ``max_query_length`` tokens, is paired with the context, which is
-read in windows of ``max_length`` tokens overlapping by ``doc_stride`` tokens (the tokenizer's
-``only_second`` truncation with a stride), so a context of any length is covered. A window's training
+read in windows of ``max_length`` tokens overlapping by ``doc_stride`` tokens (transformers' meaning;
+``doc_step`` sets the step between window starts instead, Google's meaning), so any context is covered. A window's training
 target is the first and last token of the answer when the whole answer lies inside it, else [CLS]
 (position 0); an unanswerable question (v2.0) points at [CLS] in every window.
 
@@ -20,7 +20,7 @@ and evaluation reports the threshold that would have scored best (``best_f1_thre
 official v2.0 script does: pass it back as ``--null-threshold``.
 
 Data: SQuAD JSON (data / paragraphs / qas), or JSONL of ``{id?, question, context, answers?}`` with
-``answers`` as ``{"text": [...], "answer_start": [...]}`` or a list of ``{text, answer_start}``; an
+``answers`` as ``{"text": [...], "answer_start": [...]}``, a list of ``{text, answer_start}`` or of texts; an
 empty answer list, or ``is_impossible``, makes a question unanswerable. An answer whose text is not
 at its ``answer_start`` is moved to the nearest occurrence of its text in the context; one whose text
 does not occur is left out of training. Both are counted in one warning, never dropped silently.
@@ -51,12 +51,17 @@ from .schemas import Request
 
 log = logging.getLogger("bertforge")
 
+
 @dataclass
 class QASettings:
     """Google's run_squad.py defaults, kept by every BERT QA recipe since."""
 
     max_query_length: int = field(default=64, metadata={"help": "qa: question tokens kept (default 64)."})
-    doc_stride: int = field(default=128, metadata={"help": "qa: context tokens shared by consecutive windows (default 128)."})
+    doc_stride: int = field(default=128, metadata={  # the overlap, as transformers means doc_stride
+        "help": "qa: context tokens shared by consecutive windows, as in transformers (default 128)."})
+    doc_step: int | None = field(default=None, metadata={  # Google's run_squad.py calls this doc_stride
+        "help": "qa: context tokens between the starts of consecutive windows, as Google's run_squad.py's "
+                "doc_stride means it; replaces --doc-stride."})
     max_answer_length: int = field(default=30, metadata={"help": "qa: longest answer in tokens (default 30)."})
     n_best: int = 20  # spans kept per window
     null_threshold: float = field(default=0.0, metadata={
@@ -68,7 +73,7 @@ class QASettings:
 @dataclass
 class GoldAnswer:
     text: str
-    start: int | None  # character offset in the context; None: the text is not in the context
+    start: int | None  # character offset in the context; None: not given (before check_offsets) or not in it
 
 
 @dataclass
@@ -125,25 +130,32 @@ def _field(obj: Any, name: str, kind: type, what: str = "") -> Any:
 
 
 def _answers(raw: Any, is_impossible: bool, where: Any) -> list[GoldAnswer] | None:
-    """Answers as SQuAD JSON or HF datasets write them; ``where`` is the object errors point at."""
+    """Answers as SQuAD JSON or HF datasets write them, or as plain texts (found in the context later);
+    ``where`` is the object errors point at."""
     if raw is None:
         return [] if is_impossible else None
     if isinstance(raw, dict):
         texts, starts = raw.get("text"), raw.get("answer_start")
+        if starts is None and isinstance(texts, list):
+            starts = [None] * len(texts)
         if not isinstance(texts, list) or not isinstance(starts, list) or len(texts) != len(starts):
             raise _Missing(where, "'answers' needs lists 'text' and 'answer_start' of the same length")
         pairs = list(zip(texts, starts, strict=True))
     elif isinstance(raw, list):
         pairs = []
         for a in raw:
-            if not isinstance(a, dict) or "text" not in a or "answer_start" not in a:
-                raise _Missing(where, "each answer needs 'text' and 'answer_start'")
-            pairs.append((a["text"], a["answer_start"]))
+            if isinstance(a, str):
+                pairs.append((a, None))
+            elif isinstance(a, dict) and "text" in a:
+                pairs.append((a["text"], a.get("answer_start")))
+            else:
+                raise _Missing(where, "each answer needs a 'text' (and an 'answer_start'), or is a text")
     else:
-        raise _Missing(where, "'answers' must be {text: [...], answer_start: [...]} or a list of {text, answer_start}")
+        raise _Missing(where, "'answers' must be {text: [...], answer_start: [...]}, a list of {text, answer_start} "
+                              "or a list of texts")
     out = []
     for text, start in pairs:
-        if not isinstance(text, str) or isinstance(start, bool) or not isinstance(start, int):
+        if not isinstance(text, str) or isinstance(start, bool) or not isinstance(start, int | None):
             raise _Missing(where, f"answer {text!r} at {start!r}: 'text' must be text and 'answer_start' an integer")
         out.append(GoldAnswer(text, start))
     return [] if is_impossible else out
@@ -207,9 +219,12 @@ def _is_squad(path: Path, text: str) -> bool:
     return path.suffix.lower() == ".json" and text.lstrip().startswith("{") and '"paragraphs"' in text
 
 
-def locate(context: str, text: str, start: int) -> int | None:
-    """Where ``text`` is in ``context``: at ``start`` if it is there, else its nearest occurrence."""
-    if text and start >= 0 and context.startswith(text, start):
+def locate(context: str, text: str, start: int | None) -> int | None:
+    """Where ``text`` is in ``context``: at ``start`` if it is there, else its nearest occurrence
+    (the first, without ``start``)."""
+    if start is None:
+        start = 0
+    elif text and start >= 0 and context.startswith(text, start):
         return start
     best, pos = None, context.find(text) if text else -1
     while pos != -1:
@@ -227,8 +242,10 @@ def check_offsets(examples: list[QAExample], path: Path) -> None:
     for e in examples:
         for a in e.answers or []:
             found = locate(e.context, a.text, a.start)
-            if found != a.start:
-                (moved if found is not None else missing).append(e.id)
+            if found is None:
+                missing.append(e.id)
+            elif a.start is not None and found != a.start:  # (a bare text has no offset to miss)
+                moved.append(e.id)
             a.start = found
     if moved or missing:
         total = sum(len(e.answers or []) for e in examples)
@@ -369,7 +386,12 @@ class QATask(FinetuneTask):
                 f"qa: windows of {spec.max_length} tokens leave no room for context after questions of up to "
                 f"{s.max_query_length} tokens: raise --max-length or lower --max-query-length"
             )
-        if s.doc_stride >= room:
+        if s.doc_step is not None and not (isinstance(s.doc_step, int) and 1 <= s.doc_step <= room):
+            raise BertforgeError(
+                f"qa: doc step {s.doc_step!r} must be a whole number from 1 to {room} (the context tokens a "
+                f"window of {spec.max_length} holds beside questions of up to {s.max_query_length})"
+            )
+        if s.doc_step is None and s.doc_stride >= room:
             raise BertforgeError(
                 f"qa: doc stride {s.doc_stride} leaves no room to advance: windows of {spec.max_length} "
                 f"tokens with questions of up to {s.max_query_length} hold {room} context tokens; "
@@ -404,22 +426,32 @@ class QATask(FinetuneTask):
             raise BertforgeError(f"{path}: {unlabelled.where}: no 'answers' to score against")
 
     # -- features -----------------------------------------------------------------------------------
-    def _questions(self, examples: list[QAExample]) -> list[str]:
-        """Questions cut to ``max_query_length`` tokens (at the end of the last kept token)."""
+    def _questions(self, examples: list[QAExample]) -> tuple[list[str], list[int]]:
+        """Questions cut to ``max_query_length`` tokens (at the end of the last kept token), and their lengths."""
         limit = self.settings.max_query_length
         encs = self.tokenizer.encode_batch([e.question for e in examples], add_special_tokens=False)
-        return [e.question[: enc.offsets[limit - 1][1]] if len(enc.ids) > limit else e.question
-                for e, enc in zip(examples, encs, strict=True)]
+        texts = [e.question[: enc.offsets[limit - 1][1]] if len(enc.ids) > limit else e.question
+                 for e, enc in zip(examples, encs, strict=True)]
+        return texts, [min(len(enc.ids), limit) for enc in encs]
+
+    def _strides(self, lengths: list[int]) -> list[int]:
+        """Each question's window overlap: ``doc_stride``, or what leaves ``doc_step`` between starts."""
+        if self.settings.doc_step is None:
+            return [self.settings.doc_stride] * len(lengths)
+        return [max(self.spec.max_length - n - 3 - self.settings.doc_step, 0) for n in lengths]
 
     def encode(self, examples: list[QAExample]) -> tuple[list[Encoding], list[int]]:
         """Every window of every example, and the example each came from."""
-        encs = self.tokenizer.encode_batch(
-            self._questions(examples),
-            [e.context for e in examples],
-            max_length=self.spec.max_length,
-            truncation="only_second",
-            stride=self.settings.doc_stride,
-        )
+        questions, lengths = self._questions(examples)
+        strides = self._strides(lengths)
+        encs: list[Encoding | None] = [None] * len(examples)
+        for stride in sorted(set(strides)):  # one batch per overlap (a single one with doc_stride)
+            rows = [i for i, st in enumerate(strides) if st == stride]
+            for i, enc in zip(rows, self.tokenizer.encode_batch(
+                [questions[i] for i in rows], [examples[i].context for i in rows],
+                max_length=self.spec.max_length, truncation="only_second", stride=stride,
+            ), strict=True):
+                encs[i] = enc
         return flatten_windows(encs)
 
     @staticmethod
