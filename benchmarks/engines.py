@@ -70,8 +70,8 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         ct2_dir = Path(tmp) / "ct2"
         ctranslate2.converters.TransformersConverter(str(directory)).convert(str(ct2_dir), quantization=None)
-        export_onnx(load_pretrained(directory), Path(tmp) / "model.onnx")
-        export_onnx(load_pretrained(directory), Path(tmp) / "model.int8.onnx", int8=True)
+        export_onnx(load_pretrained(directory), Path(tmp) / "model.onnx", source=directory)
+        export_onnx(load_pretrained(directory), Path(tmp) / "model.int8.onnx", int8=True, source=directory)
 
         def hf_run(texts):
             out = []

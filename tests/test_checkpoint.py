@@ -143,8 +143,8 @@ def test_pytorch_model_bin_loads_with_weights_only(hf_model, make_batch, tmp_pat
     theirs = hf_model(seed=4)
     theirs.config.save_pretrained(tmp_path)
     torch.save(theirs.state_dict(), tmp_path / "pytorch_model.bin")
-    ours = bertforge.load_pretrained(tmp_path)
-    assert ours.load_report.initialised == [] and ours.load_report.unused == []
+    ours, ours_report = bertforge.load_with_report(tmp_path)
+    assert ours_report.initialised == [] and ours_report.unused == []
     _same(ours, theirs, make_batch)
 
 
@@ -158,12 +158,12 @@ def test_old_gamma_beta_layernorm_names_load(hf_model, make_batch, tmp_path):
         state[k] = v.clone()
     assert sum(k.endswith(".gamma") for k in state) == 2 * 2 + 2  # two per layer, embeddings, MLM transform
     save_file(state, tmp_path / "model.safetensors")
-    ours = bertforge.load_pretrained(tmp_path)
-    assert ours.load_report.initialised == []
-    assert all(k.startswith("cls.") for k in ours.load_report.unused)
+    ours, ours_report = bertforge.load_with_report(tmp_path)
+    assert ours_report.initialised == []
+    assert all(k.startswith("cls.") for k in ours_report.unused)
     _same(ours, theirs.bert, make_batch)
-    with_head = bertforge.load_pretrained(tmp_path, head="pretrain")
-    assert with_head.load_report.initialised == [] and with_head.load_report.unused == []
+    with_head, with_head_report = bertforge.load_with_report(tmp_path, head="pretrain")
+    assert with_head_report.initialised == [] and with_head_report.unused == []
     torch.testing.assert_close(with_head.head.mlm.norm.weight, theirs.cls.predictions.transform.LayerNorm.weight)
 
 
@@ -179,7 +179,7 @@ def test_loaded_models_are_in_eval_mode_on_the_device(hf_model, tmp_path):
     hf_model(seed=7).save_pretrained(tmp_path)
     model = bertforge.load_pretrained(tmp_path, device="cpu")
     assert not model.training
-    assert model.source == str(tmp_path)
+    assert not hasattr(model, "source") and not hasattr(model, "load_report")  # loaders return what they report
     assert next(model.parameters()).device.type == "cpu"
 
 
@@ -187,12 +187,12 @@ def test_loaded_models_are_in_eval_mode_on_the_device(hf_model, tmp_path):
 def test_absent_head_weights_are_reported_initialised(hf_model, tmp_path, caplog):
     hf_model(seed=8).save_pretrained(tmp_path)
     with caplog.at_level(logging.WARNING, logger="bertforge"):
-        model = bertforge.load_pretrained(tmp_path, head="span")
-    assert model.load_report.initialised == ["head.qa.weight", "head.qa.bias"]
-    assert model.load_report.unused == []
+        model, model_report = bertforge.load_with_report(tmp_path, head="span")
+    assert model_report.initialised == ["head.qa.weight", "head.qa.bias"]
+    assert model_report.unused == []
     assert "freshly initialised (not in checkpoint): head.qa.weight, head.qa.bias" in caplog.text
-    mlm = bertforge.load_pretrained(tmp_path, head="mlm")
-    assert set(mlm.load_report.initialised) == {
+    mlm, mlm_report = bertforge.load_with_report(tmp_path, head="mlm")
+    assert set(mlm_report.initialised) == {
         "head.mlm.transform.weight", "head.mlm.transform.bias", "head.mlm.norm.weight", "head.mlm.norm.bias",
         "head.mlm.decoder.bias",
     }
@@ -201,9 +201,9 @@ def test_absent_head_weights_are_reported_initialised(hf_model, tmp_path, caplog
 def test_unused_checkpoint_weights_are_reported(hf_model, tmp_path, caplog):
     hf_model("BertForPreTraining", seed=9).save_pretrained(tmp_path)
     with caplog.at_level(logging.WARNING, logger="bertforge"):
-        encoder = bertforge.load_pretrained(tmp_path)
-    assert encoder.load_report.initialised == []
-    assert encoder.load_report.unused == [
+        encoder, encoder_report = bertforge.load_with_report(tmp_path)
+    assert encoder_report.initialised == []
+    assert encoder_report.unused == [
         "cls.predictions.bias",
         "cls.predictions.transform.LayerNorm.bias",
         "cls.predictions.transform.LayerNorm.weight",
@@ -213,17 +213,17 @@ def test_unused_checkpoint_weights_are_reported(hf_model, tmp_path, caplog):
         "cls.seq_relationship.weight",
     ]
     assert "checkpoint weights not used: cls.predictions.bias" in caplog.text
-    classifier = bertforge.load_pretrained(tmp_path, head="classify", num_labels=4)
-    assert classifier.load_report.initialised == ["head.classifier.weight", "head.classifier.bias"]
-    assert "cls.seq_relationship.weight" in classifier.load_report.unused
+    classifier, classifier_report = bertforge.load_with_report(tmp_path, head="classify", num_labels=4)
+    assert classifier_report.initialised == ["head.classifier.weight", "head.classifier.bias"]
+    assert "cls.seq_relationship.weight" in classifier_report.unused
     assert classifier.head.classifier.weight.shape == (4, 32)
 
 
 def test_a_task_checkpoint_reads_as_an_encoder(hf_model, make_batch, tmp_path):
     theirs = hf_model("BertForSequenceClassification", seed=10, num_labels=2)
     theirs.save_pretrained(tmp_path)
-    encoder = bertforge.load_pretrained(tmp_path)
-    assert encoder.load_report.unused == ["classifier.bias", "classifier.weight"]
+    encoder, encoder_report = bertforge.load_with_report(tmp_path)
+    assert encoder_report.unused == ["classifier.bias", "classifier.weight"]
     _same(encoder, theirs.bert, make_batch)
 
 

@@ -116,8 +116,8 @@ def test_the_saved_model_loads_here_and_its_encoder_in_transformers(tokenizer, t
     bertforge.save_pretrained(model, tmp_path)
     saved = json.loads((tmp_path / "config.json").read_text())
     assert saved["architectures"] == ["BertForExtractiveSummarization"] and saved["extsum_inter_layers"] == 2
-    again = bertforge.load_pretrained(tmp_path, head="extsum")
-    assert again.load_report.initialised == [] and again.load_report.unused == []
+    again, again_report = bertforge.load_with_report(tmp_path, head="extsum")
+    assert again_report.initialised == [] and again_report.unused == []
     ids = torch.tensor([[tokenizer.cls_id, 2000, 2001, tokenizer.sep_id, tokenizer.cls_id, 2002, tokenizer.sep_id]])
     kwargs = {"sentence_index": torch.tensor([[0, 4]]), "sentence_mask": torch.tensor([[True, True]])}
     with torch.no_grad():

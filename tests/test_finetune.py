@@ -409,11 +409,15 @@ def test_an_unknown_file_type_lists_what_the_task_reads(tmp_path, task, suffix, 
         t.read(path, labelled=True)
 
 
-def test_too_little_data_for_one_batch_is_an_error_before_anything_is_written(tiny_dir, tmp_path):
+def test_too_little_data_for_one_batch_trains_with_a_smaller_one(tiny_dir, tmp_path, capsys):
     train = _write_csv(tmp_path / "few.csv", ["text", "label"], [("good", "fresh"), ("bad", "rotten")] * 3)
-    with pytest.raises(BertforgeError, match=r"^\d training examples are fewer than one batch of 16: lower --batch-size$"):
-        finetune("classify", tiny_dir, train, tmp_path / "few", args=_args(tmp_path / "few" / "run", 2))
-    assert not (tmp_path / "few" / "run").exists()
+    finetune("classify", tiny_dir, train, tmp_path / "few", args=_args(tmp_path / "few" / "run", 2))
+    assert "5 training examples are fewer than one batch of 16: training with batches of 5" in capsys.readouterr().out
+    # too few to fill the micro-batches of one step is an error, before anything is written
+    with pytest.raises(BertforgeError, match=r"^5 training examples cannot fill 8 micro-batches \(--grad-accum 8 x 1 "
+                                             r"processes\): lower --grad-accum$"):
+        finetune("classify", tiny_dir, train, tmp_path / "fewer", args=_args(tmp_path / "fewer" / "run", 2, grad_accum=8))
+    assert not (tmp_path / "fewer" / "run").exists()
 
 
 def test_a_dropout_outside_0_1_is_an_error_before_anything_is_written(tiny_dir, tmp_path):

@@ -21,9 +21,9 @@ V = 300  # the tiny config's vocabulary
 
 def _load(theirs, tmp_path, head, unpad, **kwargs):
     theirs.save_pretrained(tmp_path)
-    ours = bertforge.load_pretrained(tmp_path, head=head, unpad=unpad, **kwargs)
-    assert not [k for k in ours.load_report.initialised if k.startswith("head.")]
-    assert ours.load_report.unused == []
+    ours, ours_report = bertforge.load_with_report(tmp_path, head=head, unpad=unpad, **kwargs)
+    assert not [k for k in ours_report.initialised if k.startswith("head.")]
+    assert ours_report.unused == []
     return ours
 
 
@@ -172,9 +172,9 @@ def test_classify_head_matches_bert_for_sequence_classification(hf_model, make_b
 
 def test_num_labels_and_problem_type_at_load(hf_model, make_batch, tmp_path):
     hf_model("BertModel", seed=15).save_pretrained(tmp_path)
-    ours = bertforge.load_pretrained(tmp_path, head="classify", num_labels=5, problem_type="multi_label_classification")
+    ours, ours_report = bertforge.load_with_report(tmp_path, head="classify", num_labels=5, problem_type="multi_label_classification")
     assert ours.config.num_labels == 5 and ours.config.problem_type == "multi_label_classification"
-    assert ours.load_report.initialised == ["head.classifier.weight", "head.classifier.bias"]
+    assert ours_report.initialised == ["head.classifier.weight", "head.classifier.bias"]
     named = bertforge.load_pretrained(tmp_path, head="classify", id2label={0: "neg", 1: "pos"})
     assert named.config.id2label == {0: "neg", 1: "pos"}
     with torch.no_grad():

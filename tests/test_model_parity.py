@@ -34,8 +34,8 @@ def _pair(hf_model, tmp_path, act, hidden, heads, types, backend, hf_backend, un
         intermediate_size=3 * hidden, type_vocab_size=types, num_hidden_layers=2,
     )
     theirs.save_pretrained(tmp_path)
-    ours = bertforge.load_pretrained(tmp_path, attention=backend, unpad=unpad)
-    assert ours.load_report.initialised == [] and ours.load_report.unused == []
+    ours, ours_report = bertforge.load_with_report(tmp_path, attention=backend, unpad=unpad)
+    assert ours_report.initialised == [] and ours_report.unused == []
     return ours, theirs
 
 

@@ -20,6 +20,7 @@ _EXPORTS = {
     "EncoderOutput": "model",
     "BertWithHead": "heads",
     "load_pretrained": "checkpoint",
+    "load_with_report": "checkpoint",
     "save_pretrained": "checkpoint",
     "Tokenizer": "tokenizer",
     "train_vocab": "tokenizer",
@@ -44,6 +45,7 @@ __all__ = [
     "evaluate_file",
     "finetune",
     "load_pretrained",
+    "load_with_report",
     "load_task",
     "pipeline",
     "predict_file",
@@ -67,7 +69,7 @@ def __dir__() -> list[str]:
 
 if TYPE_CHECKING:
     from .api import evaluate_file, finetune, load_task, predict_file
-    from .checkpoint import load_pretrained, save_pretrained
+    from .checkpoint import load_pretrained, load_with_report, save_pretrained
     from .config import BertConfig
     from .heads import BertWithHead
     from .infer import Embedder, embed

@@ -82,7 +82,7 @@ def finetune(
     if resumable(out / "run", args is not None and args.resume):
         log.setLevel(logging.ERROR)
     try:
-        net = t.load_model(directory)
+        net = t.load_model(md)
     finally:
         log.setLevel(level)
     if dropout is not None:

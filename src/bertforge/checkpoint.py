@@ -23,6 +23,7 @@ from .config import BertConfig
 from .errors import BertforgeError
 from .heads import HEADS, BertWithHead
 from .model import BertModel
+from .modeldir import ModelDir
 from .outputs import atomic_path
 
 log = logging.getLogger("bertforge")
@@ -246,8 +247,8 @@ def _names(names: list[str], most: int = 8) -> str:
     return ", ".join(f"{m}.* ({n} tensor{'s' if n > 1 else ''})" for m, n in groups.items())
 
 
-def load_pretrained(
-    name_or_path: str | Path,
+def load_with_report(
+    name_or_path: str | Path | ModelDir,
     head: str | None = None,
     *,
     num_labels: int | None = None,
@@ -256,19 +257,17 @@ def load_pretrained(
     attention: str = "sdpa",
     unpad: bool = True,
     device: str | torch.device | None = None,
-) -> BertModel | BertWithHead:
-    """Load a Hugging Face BERT directory (or a registry name such as ``minilm-l6``).
+) -> tuple[BertModel | BertWithHead, LoadReport]:
+    """A Hugging Face BERT directory (or a registry name such as ``minilm-l6``) as a model, and the
+    report of what was freshly initialised (a new head's weights) and what went unused.
 
-    Without ``head`` this returns the encoder; with one (pretrain, mlm, classify, tag, span, choice)
-    the encoder and that head, whose absent weights are freshly initialised and reported.
-    ``model.load_report`` lists what was initialised and what went unused.
+    Without ``head`` the model is the encoder; with one (pretrain, mlm, classify, tag, span, choice)
+    the encoder and that head.
     """
-    from .assets import resolve_model_dir
-
     if head is not None and head not in HEADS:
         raise BertforgeError(f"unknown head {head!r} (choose from {', '.join(HEADS)})")
-    directory = resolve_model_dir(name_or_path)
-    config = BertConfig.from_json(directory / "config.json")
+    md = ModelDir.open(name_or_path)
+    directory, config = md.path, md.config
     if id2label is not None:
         config = config.replace(id2label=dict(id2label))
     elif num_labels is not None and num_labels != config.num_labels:
@@ -278,12 +277,16 @@ def load_pretrained(
     state = read_weights(directory)
     model: BertModel | BertWithHead
     model = BertWithHead(config, head, attention=attention, unpad=unpad) if head else BertModel(config, attention, unpad)
-    model.load_report = load_state(model, state, str(directory))
-    model.source = str(directory)
+    report = load_state(model, state, str(directory))
     model.eval()
     if device is not None:
         model.to(device)
-    return model
+    return model, report
+
+
+def load_pretrained(name_or_path: str | Path | ModelDir, head: str | None = None, **kwargs) -> BertModel | BertWithHead:
+    """``load_with_report``'s model (what it freshly initialised or left unused is logged as a warning)."""
+    return load_with_report(name_or_path, head, **kwargs)[0]
 
 
 # -- writing ---------------------------------------------------------------------------------------
@@ -296,8 +299,8 @@ def export_state(model: BertModel | BertWithHead) -> dict[str, Tensor]:
     out: dict[str, Tensor] = {}
     for name, hf_names in key_table(model.config, head):
         if name not in ours:  # int8 or fused bf16 layers (precision.prepare) keep their weights in packed form
-            raise BertforgeError(f"this model was prepared for {getattr(model, 'precision', 'inference')} inference and "
-                                 "holds packed weights; save the model as loaded, before precision.prepare")
+            raise BertforgeError("this model was prepared for int8 or bf16 inference and holds packed weights; "
+                                 "save the model as loaded, before precision.prepare")
         tensor = ours[name].detach().cpu()
         for h, part in zip(hf_names, tensor.chunk(len(hf_names), dim=0), strict=True):
             out[h] = part.contiguous().clone()

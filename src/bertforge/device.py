@@ -56,7 +56,9 @@ def pick_device(requested: str | torch.device | None) -> torch.device:
     return device
 
 
-def resolve_precision(precision: str, device: torch.device) -> str:
+def resolve_precision(precision: str, device: torch.device, warn: bool = True) -> str:
+    """The precision a model runs at here: "auto" resolved, one the device cannot run refused, an
+    emulated bf16 warned about (unless not ``warn``)."""
     if precision not in PRECISIONS:
         raise BertforgeError(f"unknown precision {precision!r} (choose from {', '.join(PRECISIONS)})")
     if precision == "auto":
@@ -65,7 +67,7 @@ def resolve_precision(precision: str, device: torch.device) -> str:
         raise BertforgeError("fp16 needs a GPU; on a CPU use bf16 or int8")
     if precision == "int8" and device.type != "cpu":
         raise BertforgeError("int8 dynamic quantization runs on the CPU; on a GPU use bf16 or fp16")
-    if precision == "bf16" and device.type == "cpu" and not native_bf16(device):
+    if warn and precision == "bf16" and device.type == "cpu" and not native_bf16(device):
         logging.getLogger("bertforge").warning(
             "this CPU has no native bf16 (AVX512-BF16 / AMX): bf16 runs emulated, slower than fp32; int8 is the fast option here"
         )

@@ -178,4 +178,4 @@ def load_for_inference(
             flag = " --int8" if int8 else ""
             raise BertforgeError(f"{path}: no ONNX graph; run `bertforge export onnx --model {md.path}{flag}` first")
         return OnnxModel(path, md.config, head, source=md.path, int8=int8)
-    return prepare(load_pretrained(ModelDir.open(md).path, head=head), precision, device, compile)
+    return prepare(load_pretrained(md, head=head), precision, device, compile)

@@ -81,9 +81,10 @@ def _quiet():
         logging.root.removeFilter(errors_only)
 
 
-def export_onnx(model: BertModel | BertWithHead, path: str | Path, int8: bool = False) -> Path:
+def export_onnx(model: BertModel | BertWithHead, path: str | Path, int8: bool = False,
+                source: str | Path | None = None) -> Path:
     """An ONNX graph with dynamic batch and length; ``int8`` quantizes its linear layers (onnxruntime).
-    The graph records the sha256 of the weights it came from (``model.source``), so that loading it
+    The graph records the sha256 of the weights in ``source`` (the model's directory), so that loading it
     for a directory whose weights have changed since fails instead of answering with the old ones."""
     try:
         import onnxruntime  # noqa: F401
@@ -94,7 +95,6 @@ def export_onnx(model: BertModel | BertWithHead, path: str | Path, int8: bool = 
         raise BertforgeError(f"the {head} head cannot be exported to ONNX (exportable: encoder, classify, tag, span)")
     path = check_output(path)  # fail now, not after the export
     path.parent.mkdir(parents=True, exist_ok=True)
-    source = getattr(model, "source", None)
     weights = weights_sha256(source) if source is not None else None
     encoder = model.bert if isinstance(model, BertWithHead) else model
     was_unpad = encoder.unpad

@@ -46,7 +46,6 @@ def prepare(model: nn.Module, precision: str = "fp32", device: str | torch.devic
             bert.unpad_above = 0.0
     if precision == "bf16" and device.type == "cpu" and native_bf16(device) and not compile:
         fuse_bf16(model)  # (Inductor makes its own fusions, and cannot lower these packed calls)
-    model.precision = precision
     if compile:
         # the encoder's choice between its padded and unpadded paths reads the mask (a data-dependent
         # branch): dynamo breaks the graph there, as intended, and would warn about it at length

@@ -449,7 +449,8 @@ def _fitted_batch(args: TrainArgs, n: int, d: Dist) -> TrainArgs:
     unit = args.grad_accum * d.world
     fitted = n // unit * unit
     if fitted == 0:
-        return args  # Schedule says why
+        raise BertforgeError(f"{n} training examples cannot fill {unit} micro-batches (--grad-accum {args.grad_accum} x "
+                             f"{d.world} processes): lower --grad-accum")
     if d.main:
         tqdm.write(f"bertforge: {n} training examples are fewer than one batch of {args.batch_size}: "
                    f"training with batches of {fitted}")

@@ -221,5 +221,5 @@ def export_onnx(
     out = out or directory
     if out.suffix.lower() != ".onnx":  # a directory (made if missing), never a file of another kind overwritten
         out = check_out_dir(out) / md.onnx_path(precision).name
-    path = export(load_pretrained(directory, head=head), out, int8=int8)
+    path = export(load_pretrained(directory, head=head), out, int8=int8, source=directory)
     typer.echo(f"wrote {path} ({path.stat().st_size / 2**20:.1f} MiB)")

@@ -22,9 +22,11 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import Request
 from swagger_ui_bundle import swagger_ui_path
 
+from ..device import model_device, resolve_precision
 from ..errors import BertforgeError
 from ..infer import Embedder
 from ..modeldir import ModelDir
+from ..onnx import OnnxModel
 from ..tasks import FinetuneTask, served
 from .batcher import Batcher
 from .gate import _Gate
@@ -53,7 +55,9 @@ class ServedModel:
             t.max_tokens = max_batch_tokens
         self.task = tasks[0].name if isinstance(tasks[0], FinetuneTask) else None  # None: an encoder
         net = self.model.model if isinstance(self.model, Embedder) else self.model
-        self.precision = getattr(net, "precision", precision)  # resolved: "auto" is reported as what it chose
+        # "auto" is reported as what it chose: an ONNX graph knows its own; torch's is resolved as it was
+        self.precision = net.precision if isinstance(net, OnnxModel) else resolve_precision(
+            precision, model_device(net), warn=False)
         self.endpoints = tuple(self.tasks)
 
     @property

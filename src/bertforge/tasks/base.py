@@ -150,11 +150,12 @@ class FinetuneTask:
     def problem_type(self) -> str | None:
         return None
 
-    def load_model(self, directory: Path) -> nn.Module:
-        """The model to fine-tune: ``directory``'s encoder (and head, if it has this one) under this task's head."""
+    def load_model(self, md) -> nn.Module:
+        """The model to fine-tune: the encoder of ``md`` (a ModelDir or a path), and its head if it has
+        this task's, under this task's head."""
         from ..checkpoint import load_pretrained
 
-        return load_pretrained(directory, head=self.head, id2label=self.id2label, problem_type=self.problem_type())
+        return load_pretrained(md, head=self.head, id2label=self.id2label, problem_type=self.problem_type())
 
     # -- the training loop's Task protocol ------------------------------------------------------------
     def set_data(self, train_examples: list, valid_examples: list) -> None:

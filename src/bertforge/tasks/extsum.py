@@ -418,21 +418,20 @@ class ExtSumTask(FinetuneTask):
         chosen = set(greedy_oracle(doc.sentences, doc.summary or "", self.settings.oracle_k))
         return [int(i in chosen) for i in range(len(doc.sentences))]
 
-    def load_model(self, directory: Path) -> nn.Module:
-        """The encoder of ``directory`` under an extsum head with ``inter_layers`` sentence layers."""
+    def load_model(self, md) -> nn.Module:
+        """The encoder of ``md`` (a ModelDir or a path) under an extsum head with ``inter_layers`` sentence layers."""
         from ..checkpoint import load_state, read_weights
-        from ..config import BertConfig
         from ..heads import BertWithHead
+        from ..modeldir import ModelDir
 
-        config = BertConfig.from_json(Path(directory) / "config.json")
+        md = ModelDir.open(md)
         n = self.settings.inter_layers
-        had = config.extra.get("extsum_inter_layers")
+        had = md.config.extra.get("extsum_inter_layers")
         if had is not None and had != n:
-            raise BertforgeError(f"{directory}: has {had} inter-sentence layers, not {n}")
-        config.extra["extsum_inter_layers"] = n
+            raise BertforgeError(f"{md.path}: has {had} inter-sentence layers, not {n}")
+        config = md.config.replace(extra={**md.config.extra, "extsum_inter_layers": n})
         model = BertWithHead(config, self.head)
-        model.load_report = load_state(model, read_weights(Path(directory)), str(directory))
-        model.source = str(directory)
+        load_state(model, read_weights(md.path), str(md.path))  # (what it initialises is logged)
         return model
 
     # -- features -----------------------------------------------------------------------------------
