@@ -9,6 +9,7 @@ from __future__ import annotations
 import csv
 import json
 import os
+import random
 import shutil
 import subprocess
 import sys
@@ -23,6 +24,7 @@ import transformers
 import bertforge
 from bertforge import assets
 from bertforge.assets import fetch
+from bertforge.train import TrainArgs
 
 ASSETS = Path(__file__).parent / "assets"
 BERTFORGE = Path(sys.executable).parent / "bertforge"
@@ -204,6 +206,48 @@ def tiny_dir(tmp_path_factory) -> Path:
     torch.manual_seed(0)
     model = bertforge.BertModel(bertforge.BertConfig.preset("tiny", vocab_size=tok.vocab_size, max_position_embeddings=128))
     return bertforge.save_pretrained(model, tmp_path_factory.mktemp("tiny"), tokenizer=tok)
+
+
+# -- small fine-tuning runs: a synthetic sentiment task a tiny BERT learns in seconds -----------------
+POS = ["good", "great", "wonderful", "excellent", "superb", "lovely"]
+NEG = ["bad", "awful", "terrible", "boring", "dreadful", "poor"]
+FILLER = "the a film movie plot story actors scene music script was is and it this very quite".split()
+
+
+def sentiment_rows(n: int, seed: int) -> list[tuple[str, str]]:
+    rnd = random.Random(seed)
+    rows = []
+    for _ in range(n):
+        label = rnd.choice(["positive", "negative"])
+        words = rnd.sample(FILLER, 6) + [rnd.choice(POS if label == "positive" else NEG)]
+        rnd.shuffle(words)
+        rows.append((" ".join(words), label))
+    return rows
+
+
+def write_csv(path: Path, header: list[str], rows: list) -> Path:
+    with path.open("w", newline="", encoding="utf-8") as f:
+        w = csv.writer(f)
+        w.writerow(header)
+        w.writerows(rows)
+    return path
+
+
+def quick_args(out: Path, steps: int = 60, **kw) -> TrainArgs:
+    return TrainArgs(out=out, max_steps=steps, batch_size=16, lr=2e-3, warmup=0.1, eval_every=steps, progress=False, **kw)
+
+
+@pytest.fixture(scope="session")
+def sentiment_model(tiny_dir, tmp_path_factory) -> tuple[Path, Path]:
+    """The tiny BERT fine-tuned on 480 synthetic reviews, and 100 more to test it on."""
+    from bertforge.api import finetune
+
+    d = tmp_path_factory.mktemp("sentiment")
+    train = write_csv(d / "train.csv", ["text", "label"], sentiment_rows(480, 0))
+    test = write_csv(d / "test.csv", ["text", "label"], sentiment_rows(100, 1))
+    metrics = finetune("classify", tiny_dir, train, d / "model", args=quick_args(d / "model" / "run", steps=90))
+    assert metrics["accuracy"] > 0.9  # validation carved from train
+    return d / "model", test
 
 
 # -- a fine-tuned classifier for the precision and ONNX tests -----------------------------------
