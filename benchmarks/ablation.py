@@ -43,7 +43,10 @@ def variants(directory: Path, precision: str) -> dict:
     default = prepare(load_pretrained(directory), precision, "cpu")
     threshold = encoders(default)[0].unpad_above
     other = 0.2 if threshold == 0.0 else 0.0
-    out = {"default": default, f"unpad_above={other}": with_threshold(prepare(load_pretrained(directory), precision, "cpu"), other)}
+    out = {
+        "default": default,
+        f"unpad_above={other}": with_threshold(prepare(load_pretrained(directory), precision, "cpu"), other),
+    }
     if precision == "bf16" and native_bf16(torch.device("cpu")):
         # what prepare does for bf16 (eval, bf16 weights, the 20% threshold) without fuse_bf16
         out["plain linear layers"] = load_pretrained(directory).eval().to(torch.bfloat16)
@@ -53,8 +56,19 @@ def variants(directory: Path, precision: str) -> dict:
 def main() -> None:
     p = argument_parser(__doc__)
     p.add_argument("--model", default="minilm-l6", help="model directory or registry name")
-    p.add_argument("--precisions", action=Listed, options=("fp32", "int8", "bf16"), default=["fp32", "int8", "bf16"], help="precisions to time")
-    p.add_argument("--texts", choices=("rotten", "wiki"), default="rotten", help="rotten-tomatoes snippets or wiki-topics-en extracts")
+    p.add_argument(
+        "--precisions",
+        action=Listed,
+        options=("fp32", "int8", "bf16"),
+        default=["fp32", "int8", "bf16"],
+        help="precisions to time",
+    )
+    p.add_argument(
+        "--texts",
+        choices=("rotten", "wiki"),
+        default="rotten",
+        help="rotten-tomatoes snippets or wiki-topics-en extracts",
+    )
     p.add_argument("--chunk", type=int, default=256, help="texts per timed call")
     p.add_argument("--rounds", type=int, default=30, help="timed turns of each variant")
     p.add_argument("--max-length", type=int, default=256, help="truncate texts to this many tokens")
@@ -84,8 +98,11 @@ def main() -> None:
                 continue
             speed = np.array(times[name]) / np.array(times["default"])  # > 1: the default is faster
             q1, med, q3 = np.quantile(speed, [0.25, 0.5, 0.75])
-            print(f"{precision:5} {args.texts:6} default vs {name:22} {med:.3f}x (quartiles {q1:.3f}-{q3:.3f}, "
-                  f"{args.rounds} chunks of {args.chunk})", flush=True)
+            print(
+                f"{precision:5} {args.texts:6} default vs {name:22} {med:.3f}x (quartiles {q1:.3f}-{q3:.3f}, "
+                f"{args.rounds} chunks of {args.chunk})",
+                flush=True,
+            )
 
 
 if __name__ == "__main__":

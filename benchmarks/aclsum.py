@@ -28,8 +28,7 @@ from common import Listed, argument_parser
 from bertforge.api import finetune, load_task
 from bertforge.assets import fetch
 from bertforge.infer import Embedder
-from bertforge.tasks import TaskSpec
-from bertforge.tasks.extsum import (
+from bertforge.summary import (
     greedy_oracle,
     join,
     lead,
@@ -37,6 +36,7 @@ from bertforge.tasks.extsum import (
     score_summaries,
     summarize_untrained,
 )
+from bertforge.tasks import TaskSpec
 from bertforge.train import TrainArgs
 
 ASPECTS = ("challenge", "approach", "outcome")
@@ -48,7 +48,9 @@ def convert(source: Path, out: Path, aspect: str) -> dict[str, Path]:
     out.mkdir(parents=True, exist_ok=True)
     paths = {}
     for split in ("train", "val", "test"):
-        rows = [json.loads(line) for line in (source / f"{split}.jsonl").read_text(encoding="utf-8").splitlines() if line]
+        rows = [
+            json.loads(line) for line in (source / f"{split}.jsonl").read_text(encoding="utf-8").splitlines() if line
+        ]
         path = out / f"{split}.jsonl"
         with path.open("w", encoding="utf-8") as f:
             for r in rows:
@@ -69,11 +71,19 @@ def run_aspect(aspect: str, out: Path, args: argparse.Namespace, embedder: Embed
     model_dir = out / "model"
     spec = TaskSpec("extsum", max_length=512, extra={"top_k": 3, "inter_layers": args.inter_layers})
     train_args = TrainArgs(
-        out=model_dir / "run", max_steps=args.max_steps, batch_size=args.batch_size, lr=args.lr, warmup=0.1,
-        eval_every=args.max_steps, seed=args.seed, progress=False,
+        out=model_dir / "run",
+        max_steps=args.max_steps,
+        batch_size=args.batch_size,
+        lr=args.lr,
+        warmup=0.1,
+        eval_every=args.max_steps,
+        seed=args.seed,
+        progress=False,
     )
     start = time.perf_counter()
-    valid = finetune("extsum", args.model, paths["train"], model_dir, valid_file=paths["val"], spec=spec, args=train_args)
+    valid = finetune(
+        "extsum", args.model, paths["train"], model_dir, valid_file=paths["val"], spec=spec, args=train_args
+    )
     train_s = time.perf_counter() - start
 
     docs = read_documents(paths["test"])
@@ -93,12 +103,16 @@ def run_aspect(aspect: str, out: Path, args: argparse.Namespace, embedder: Embed
 def main() -> None:
     parser = argument_parser(__doc__.split("\n\n")[0])
     parser.add_argument("--out", type=Path, default=Path("runs/aclsum"), help="where each aspect's run directory goes")
-    parser.add_argument("--aspects", action=Listed, options=ASPECTS, default=list(ASPECTS), help="ACLSum aspects to fine-tune and score")
+    parser.add_argument(
+        "--aspects", action=Listed, options=ASPECTS, default=list(ASPECTS), help="ACLSum aspects to fine-tune and score"
+    )
     parser.add_argument("--model", default="minilm-l6", help="encoder to start from (directory or registry name)")
     parser.add_argument("--max-steps", type=int, default=30, help="training steps per aspect")
     parser.add_argument("--batch-size", type=int, default=2, help="documents per step")
     parser.add_argument("--lr", type=float, default=1e-4, help="peak learning rate")
-    parser.add_argument("--inter-layers", type=int, default=2, help="inter-sentence Transformer layers of the summarization head")
+    parser.add_argument(
+        "--inter-layers", type=int, default=2, help="inter-sentence Transformer layers of the summarization head"
+    )
     parser.add_argument("--seed", type=int, default=0, help="random seed")
     args = parser.parse_args()
 

@@ -14,7 +14,12 @@ class HelpFormatter(argparse.RawDescriptionHelpFormatter):
     def _get_help_string(self, action: argparse.Action) -> str:
         text = action.help or ""
         default = action.default
-        if action.option_strings and default not in (None, "", [], argparse.SUPPRESS) and default is not False and "default" not in text:
+        if (
+            action.option_strings
+            and default not in (None, "", [], argparse.SUPPRESS)
+            and default is not False
+            and "default" not in text
+        ):
             text += " (default: %s)" % (",".join(map(str, default)) if isinstance(default, list) else "%(default)s")
         return text
 
@@ -23,16 +28,27 @@ class Listed(argparse.Action):
     """A list option, given either way: ``--precisions fp32,bf16`` or ``--precisions fp32 bf16``.
     Each item is converted by ``item`` and, with ``options``, must be one of them."""
 
-    def __init__(self, option_strings: Sequence[str], dest: str, item: Callable[[str], Any] = str,
-                 options: Sequence[Any] | None = None, **kwargs: Any) -> None:
+    def __init__(
+        self,
+        option_strings: Sequence[str],
+        dest: str,
+        item: Callable[[str], Any] = str,
+        options: Sequence[Any] | None = None,
+        **kwargs: Any,
+    ) -> None:
         kwargs.setdefault("nargs", "+")
         if options and "metavar" not in kwargs:
             kwargs["metavar"] = "{" + ",".join(map(str, options)) + "}"
         super().__init__(option_strings, dest, **kwargs)
         self.item, self.options = item, options
 
-    def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace, values: Any,
-                 option_string: str | None = None) -> None:
+    def __call__(
+        self,
+        parser: argparse.ArgumentParser,
+        namespace: argparse.Namespace,
+        values: Any,
+        option_string: str | None = None,
+    ) -> None:
         items = []
         for part in (p for value in values for p in value.split(",") if p):
             try:

@@ -32,8 +32,17 @@ from bertforge.precision import prepare
 
 transformers.utils.logging.set_verbosity_error()
 transformers.utils.logging.disable_progress_bar()
-TINY = dict(vocab_size=300, hidden_size=64, num_hidden_layers=2, num_attention_heads=4, intermediate_size=128,
-            max_position_embeddings=64, type_vocab_size=2, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
+TINY = dict(
+    vocab_size=300,
+    hidden_size=64,
+    num_hidden_layers=2,
+    num_attention_heads=4,
+    intermediate_size=128,
+    max_position_embeddings=64,
+    type_vocab_size=2,
+    hidden_dropout_prob=0.0,
+    attention_probs_dropout_prob=0.0,
+)
 LENGTHS = [17, 5, 11, 1, 17, 2]
 failures: list[str] = []
 
@@ -42,7 +51,9 @@ def report(name: str, value: float, limit: float, higher_is_better: bool = False
     ok = value >= limit if higher_is_better else value <= limit
     if not ok:
         failures.append(name)
-    print(f"{'ok  ' if ok else 'FAIL'} {name:58} {value:.3g} ({'>=' if higher_is_better else '<='} {limit:g})", flush=True)
+    print(
+        f"{'ok  ' if ok else 'FAIL'} {name:58} {value:.3g} ({'>=' if higher_is_better else '<='} {limit:g})", flush=True
+    )
 
 
 def batch(device: torch.device, choices: int = 0) -> dict[str, torch.Tensor]:
@@ -78,7 +89,9 @@ def check_parity(device: torch.device, tmp: Path) -> None:
         if head == "extsum":
             continue  # ours alone: transformers has no such class
         for backend, hf_backend in (("sdpa", "sdpa"), ("math", "eager")):
-            config = transformers.BertConfig(**TINY, num_labels=2 if head == "span" else 3, attn_implementation=hf_backend)
+            config = transformers.BertConfig(
+                **TINY, num_labels=2 if head == "span" else 3, attn_implementation=hf_backend
+            )
             torch.manual_seed(0)
             theirs = getattr(transformers, cls_name)(config).eval()
             with torch.no_grad():  # away from the default init's zeros and ones: every weight matters
@@ -91,7 +104,9 @@ def check_parity(device: torch.device, tmp: Path) -> None:
             with torch.no_grad():
                 expected = outputs(head, theirs(**x), ours=False)
                 for unpad in (False, True):
-                    ours = bertforge.load_pretrained(tmp / f"{head}-{backend}", head=head, attention=backend, unpad=unpad)
+                    ours = bertforge.load_pretrained(
+                        tmp / f"{head}-{backend}", head=head, attention=backend, unpad=unpad
+                    )
                     got = outputs(head, ours.to(device).eval()(**x), ours=True)
                     diff = 0.0
                     for a, b in zip(got, expected, strict=True):
@@ -123,14 +138,23 @@ def hf_embeddings(directory: Path, texts: list[str]) -> torch.Tensor:
 def check_precisions(device: torch.device, texts: list[str]) -> None:
     directory = fetch("minilm-l6")
     reference = hf_embeddings(directory, texts[:1024])
-    for precision, limit, compile in (("fp32", 1e-5, False), ("bf16", 0.02, False), ("fp16", 2e-3, False), ("bf16", 0.02, True)):
+    for precision, limit, compile in (
+        ("fp32", 1e-5, False),
+        ("bf16", 0.02, False),
+        ("fp16", 2e-3, False),
+        ("bf16", 0.02, True),
+    ):
         embedder = Embedder.from_pretrained(directory, device=str(device), precision=precision, compile=compile)
         t = time.perf_counter()
         v = torch.from_numpy(embedder(texts[:1024], max_length=256))
         seconds = time.perf_counter() - t
         worst = 1 - (v * reference).sum(1).min().item()
-        report(f"minilm-l6 {precision}{' compiled' if compile else ''}: 1 - lowest cosine to hf fp32 cpu "
-               f"({seconds:.1f} s)", worst, limit)
+        report(
+            f"minilm-l6 {precision}{' compiled' if compile else ''}: 1 - lowest cosine to hf fp32 cpu "
+            f"({seconds:.1f} s)",
+            worst,
+            limit,
+        )
 
 
 def sweep(device: torch.device, texts: list[str]) -> None:
@@ -160,8 +184,17 @@ def sweep(device: torch.device, texts: list[str]) -> None:
 
 def main() -> None:
     p = argument_parser(__doc__)
-    p.add_argument("--texts", type=int, default=4096, help="rotten-tomatoes snippets (repeated past the 1,275 of the test split)")
-    p.add_argument("--skip", action=Listed, nargs="*", options=("parity", "precision", "sweep"), default=[], help="checks to leave out")
+    p.add_argument(
+        "--texts", type=int, default=4096, help="rotten-tomatoes snippets (repeated past the 1,275 of the test split)"
+    )
+    p.add_argument(
+        "--skip",
+        action=Listed,
+        nargs="*",
+        options=("parity", "precision", "sweep"),
+        default=[],
+        help="checks to leave out",
+    )
     args = p.parse_args()
     skip = set(args.skip)
     if not torch.cuda.is_available():
@@ -169,13 +202,18 @@ def main() -> None:
     device = torch.device("cuda")
     torch.backends.cuda.matmul.allow_tf32 = False
     torch.backends.cudnn.allow_tf32 = False
-    print(f"torch {torch.__version__}, transformers {transformers.__version__}, {torch.cuda.get_device_name()}, "
-          f"bf16 {torch.cuda.is_bf16_supported()}", flush=True)
+    print(
+        f"torch {torch.__version__}, transformers {transformers.__version__}, {torch.cuda.get_device_name()}, "
+        f"bf16 {torch.cuda.is_bf16_supported()}",
+        flush=True,
+    )
     texts = load_texts(args.texts)
     with tempfile.TemporaryDirectory() as tmp:
-        for name, fn in (("parity", lambda: check_parity(device, Path(tmp))),
-                         ("precision", lambda: check_precisions(device, texts)),
-                         ("sweep", lambda: sweep(device, texts))):
+        for name, fn in (
+            ("parity", lambda: check_parity(device, Path(tmp))),
+            ("precision", lambda: check_precisions(device, texts)),
+            ("sweep", lambda: sweep(device, texts)),
+        ):
             if name in skip:
                 continue
             try:

@@ -62,7 +62,10 @@ def main() -> None:
 
     directory = fetch("minilm-l6")
     threads = torch.get_num_threads()
-    print(f"torch {torch.__version__}, ctranslate2 {ctranslate2.__version__}, {threads} threads; minilm-l6, texts as given")
+    print(
+        f"torch {torch.__version__}, ctranslate2 {ctranslate2.__version__}, {threads} threads; minilm-l6, texts as "
+        "given"
+    )
     hf_tok = AutoTokenizer.from_pretrained(directory)
     hf = AutoModel.from_pretrained(directory, attn_implementation="sdpa").eval()
     tok = Tokenizer.from_pretrained(directory)
@@ -77,8 +80,13 @@ def main() -> None:
             out = []
             with torch.inference_mode():
                 for i in range(0, len(texts), args.batch_size):
-                    b = hf_tok(texts[i : i + args.batch_size], padding=True, truncation=True,
-                               max_length=args.max_length, return_tensors="pt")
+                    b = hf_tok(
+                        texts[i : i + args.batch_size],
+                        padding=True,
+                        truncation=True,
+                        max_length=args.max_length,
+                        return_tensors="pt",
+                    )
                     h = hf(**b).last_hidden_state.numpy()
                     out.append(mean_pool(h, b["attention_mask"].sum(1).tolist()))
             return np.concatenate(out)
@@ -87,27 +95,38 @@ def main() -> None:
             def run(texts):
                 out = []
                 for i in range(0, len(texts), args.batch_size):
-                    ids = hf_tok(texts[i : i + args.batch_size], truncation=True, max_length=args.max_length)["input_ids"]
+                    ids = hf_tok(texts[i : i + args.batch_size], truncation=True, max_length=args.max_length)[
+                        "input_ids"
+                    ]
                     h = np.asarray(encoder.forward_batch(ids).last_hidden_state)
                     out.append(mean_pool(h, [len(x) for x in ids]))
                 return np.concatenate(out)
+
             return run
 
         def ours_run(model):
             return lambda texts: embed(model, tok, texts, max_length=args.max_length)
 
         engines = {"transformers fp32": hf_run}
-        ct2_types = ["float32", "int8"] + (["bfloat16"] if "bfloat16" in ctranslate2.get_supported_compute_types("cpu") else [])
+        ct2_types = ["float32", "int8"] + (
+            ["bfloat16"] if "bfloat16" in ctranslate2.get_supported_compute_types("cpu") else []
+        )
         for ct in ct2_types:
-            engines[f"ctranslate2 {ct}"] = ct2_run(ctranslate2.Encoder(str(ct2_dir), device="cpu", compute_type=ct, intra_threads=threads))
+            engines[f"ctranslate2 {ct}"] = ct2_run(
+                ctranslate2.Encoder(str(ct2_dir), device="cpu", compute_type=ct, intra_threads=threads)
+            )
         engines["onnxruntime fp32"] = ours_run(OnnxModel(Path(tmp) / "model.onnx", config, None, threads))
-        engines["onnxruntime int8"] = ours_run(OnnxModel(Path(tmp) / "model.int8.onnx", config, None, threads, int8=True))
+        engines["onnxruntime int8"] = ours_run(
+            OnnxModel(Path(tmp) / "model.int8.onnx", config, None, threads, int8=True)
+        )
         for precision in ("fp32", "int8") + (("bf16",) if native_bf16(torch.device("cpu")) else ()):
             engines[f"bertforge {precision}"] = ours_run(prepare(load_pretrained(directory), precision))
 
         for corpus, texts in load_texts(args.texts).items():
             reference = hf_run(texts)
-            cosines = {name: float((run(texts) * reference).sum(1).min()) for name, run in engines.items()}  # and warm-up
+            cosines = {
+                name: float((run(texts) * reference).sum(1).min()) for name, run in engines.items()
+            }  # and warm-up
             times: dict[str, list[float]] = {name: [] for name in engines}
             for _ in range(args.repeats):
                 for name, run in engines.items():
@@ -115,7 +134,10 @@ def main() -> None:
                     run(texts)
                     times[name].append(time.perf_counter() - t)
             base = statistics.median(times["transformers fp32"])
-            print(f"\n{corpus} ({len(texts)} texts)\n{'engine':20} {'texts/s':>8} {'vs transformers':>15} {'worst cosine':>12}")
+            print(
+                f"\n{corpus} ({len(texts)} texts)\n{'engine':20} {'texts/s':>8} {'vs transformers':>15} "
+                f"{'worst cosine':>12}"
+            )
             for name, ts in times.items():
                 t = statistics.median(ts)
                 print(f"{name:20} {len(texts) / t:>8.1f} {base / t:>14.2f}x {cosines[name]:>12.4f}")

@@ -60,7 +60,9 @@ def run_transformers(model_dir: Path, train_rows, test_rows, args) -> tuple[floa
     no_decay = [p for n, p in model.named_parameters() if p.ndim < 2]
     opt = torch.optim.AdamW(
         [{"params": decay, "weight_decay": 0.01}, {"params": no_decay, "weight_decay": 0.0}],
-        lr=args.lr, eps=1e-6, fused=True,
+        lr=args.lr,
+        eps=1e-6,
+        fused=True,
     )
     features = tok([t for t, _ in train_rows], truncation=True, max_length=args.max_length)
     y = torch.tensor([label2id[lab] for _, lab in train_rows])
@@ -99,7 +101,9 @@ def run_transformers(model_dir: Path, train_rows, test_rows, args) -> tuple[floa
     with torch.inference_mode():
         for i in range(0, len(test_rows), 64):
             chunk = test_rows[i : i + 64]
-            enc = tok([t for t, _ in chunk], truncation=True, max_length=args.max_length, padding=True, return_tensors="pt").to(device)
+            enc = tok(
+                [t for t, _ in chunk], truncation=True, max_length=args.max_length, padding=True, return_tensors="pt"
+            ).to(device)
             pred = model(**enc).logits.argmax(-1).tolist()
             correct += sum(labels[p] == g for p, (_, g) in zip(pred, chunk, strict=True))
     return correct / len(test_rows), seen / elapsed
@@ -108,8 +112,17 @@ def run_transformers(model_dir: Path, train_rows, test_rows, args) -> tuple[floa
 def run_bertforge(data: Path, train_csv: Path, args, workdir: Path) -> tuple[float, float]:
     spec = TaskSpec("classify", max_length=args.max_length)
     targs = TrainArgs(
-        out=workdir / "run", epochs=args.epochs, lr=args.lr, batch_size=args.batch_size, warmup=0.1,
-        seed=args.seed, eval_every=10**9, patience=0, progress=False, device=args.device, precision=args.precision,
+        out=workdir / "run",
+        epochs=args.epochs,
+        lr=args.lr,
+        batch_size=args.batch_size,
+        warmup=0.1,
+        seed=args.seed,
+        eval_every=10**9,
+        patience=0,
+        progress=False,
+        device=args.device,
+        precision=args.precision,
         log_every=WARMUP,
     )
     finetune("classify", "minilm-l6", train_csv, workdir, valid_file=data / "valid.csv", spec=spec, args=targs)
@@ -131,7 +144,9 @@ def main() -> None:
     p.add_argument("--lr", type=float, default=5e-5, help="peak learning rate (linear warm-up and decay on both sides)")
     p.add_argument("--batch-size", type=int, default=32, help="training examples per step")
     p.add_argument("--max-length", type=int, default=128, help="truncate reviews to this many tokens")
-    p.add_argument("--seed", type=int, default=0, help="seed of the shared example order and of the classifier's initialisation")
+    p.add_argument(
+        "--seed", type=int, default=0, help="seed of the shared example order and of the classifier's initialisation"
+    )
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: all cores)")
     p.add_argument("--device", default="cpu", help="cpu or cuda (TF32 stays off)")
     p.add_argument("--precision", default="fp32", choices=["fp32", "bf16"], help="bf16: autocast on both sides")
@@ -147,7 +162,10 @@ def main() -> None:
     train_rows = read(data / "train.csv", args.train_size)
     test_rows = read(data / "test.csv")
     if math.ceil(args.epochs * (len(train_rows) // args.batch_size)) < 2 * WARMUP:
-        p.error(f"too few steps to time: give at least {2 * WARMUP * args.batch_size} training examples (the first {WARMUP} steps are not timed)")
+        p.error(
+            f"too few steps to time: give at least {2 * WARMUP * args.batch_size} training examples (the first "
+            f"{WARMUP} steps are not timed)"
+        )
     with tempfile.TemporaryDirectory() as tmp:
         train_csv = Path(tmp) / "train.csv"
         with train_csv.open("w", newline="", encoding="utf-8") as f:
@@ -156,13 +174,18 @@ def main() -> None:
             w.writerows(train_rows)
         ours_acc, ours_tp = run_bertforge(data, train_csv, args, Path(tmp) / "ours")
     hf_acc, hf_tp = run_transformers(model_dir, train_rows, test_rows, args)
-    print(f"rotten-tomatoes, minilm-l6, {len(train_rows)} training examples, {args.epochs:g} epoch(s), "
-          f"lr {args.lr:g}, batch {args.batch_size}, max length {args.max_length}, {args.precision}, "
-          f"{torch.cuda.get_device_name() if args.device.startswith('cuda') else f'{torch.get_num_threads()} threads'}")
+    print(
+        f"rotten-tomatoes, minilm-l6, {len(train_rows)} training examples, {args.epochs:g} epoch(s), "
+        f"lr {args.lr:g}, batch {args.batch_size}, max length {args.max_length}, {args.precision}, "
+        f"{torch.cuda.get_device_name() if args.device.startswith('cuda') else f'{torch.get_num_threads()} threads'}"
+    )
     print(f"{'':14}{'test accuracy':>15}{'train examples/s':>18}")
     print(f"{'transformers':14}{hf_acc:>15.4f}{hf_tp:>18.1f}")
     print(f"{'bertforge':14}{ours_acc:>15.4f}{ours_tp:>18.1f}")
-    print(f"throughput ratio bertforge / transformers: {ours_tp / hf_tp:.2f}x; accuracy difference {ours_acc - hf_acc:+.4f}")
+    print(
+        f"throughput ratio bertforge / transformers: {ours_tp / hf_tp:.2f}x; accuracy difference "
+        f"{ours_acc - hf_acc:+.4f}"
+    )
 
 
 if __name__ == "__main__":

@@ -67,8 +67,10 @@ def padded_flops(config: BertConfig, lengths: list[int], batch_size: int) -> flo
     """What transformers computes: every text of a batch of ``batch_size`` (in the order given) padded
     to the batch's longest. Divided by ``real_flops`` it bounds the speed-up that skipping padding
     alone can give where both sides run their matmuls at the same rate."""
-    return sum(real_flops(config, [max(lengths[i : i + batch_size])] * len(lengths[i : i + batch_size]))
-               for i in range(0, len(lengths), batch_size))
+    return sum(
+        real_flops(config, [max(lengths[i : i + batch_size])] * len(lengths[i : i + batch_size]))
+        for i in range(0, len(lengths), batch_size)
+    )
 
 
 class BestRate:
@@ -145,15 +147,29 @@ def timed(fns, repeats: int) -> list[float]:
 
 def main() -> None:
     p = argument_parser(__doc__)
-    p.add_argument("--models", action=Listed, default=["minilm-l6", "base"], help="minilm-l6 and/or preset names (random weights)")
-    p.add_argument("--precisions", action=Listed, options=("fp32", "bf16", "int8", "fp16"), default=["fp32", "bf16", "int8"], help="int8 on the CPU, fp16 on a GPU")
+    p.add_argument(
+        "--models", action=Listed, default=["minilm-l6", "base"], help="minilm-l6 and/or preset names (random weights)"
+    )
+    p.add_argument(
+        "--precisions",
+        action=Listed,
+        options=("fp32", "bf16", "int8", "fp16"),
+        default=["fp32", "bf16", "int8"],
+        help="int8 on the CPU, fp16 on a GPU",
+    )
     p.add_argument("--device", default="cpu", help="cpu or cuda (TF32 stays off: fp32 is fp32 on both sides)")
     p.add_argument("--texts", type=int, default=1024, help="rotten-tomatoes snippets (and half as many wiki extracts)")
     p.add_argument("--max-length", type=int, default=256, help="truncate texts to this many tokens (both sides)")
     p.add_argument("--batch-size", type=int, default=32, help="transformers' batch size")
-    p.add_argument("--max-tokens", type=int, default=None, help="bertforge's padded tokens per batch (default: the library's)")
+    p.add_argument(
+        "--max-tokens", type=int, default=None, help="bertforge's padded tokens per batch (default: the library's)"
+    )
     p.add_argument("--repeats", type=int, default=5, help="timed passes per side and text set (the median is kept)")
-    p.add_argument("--compile", action="store_true", help="run ours through torch.compile (transformers stays eager, as its docs show)")
+    p.add_argument(
+        "--compile",
+        action="store_true",
+        help="run ours through torch.compile (transformers stays eager, as its docs show)",
+    )
     args = p.parse_args()
     from transformers import AutoModel, AutoTokenizer
 
@@ -164,7 +180,10 @@ def main() -> None:
     corpora = load_texts(args.texts)
     where = torch.cuda.get_device_name(device) if device.type == "cuda" else f"{torch.get_num_threads()} threads"
     print(f"torch {torch.__version__}, {where}; texts as given, max length {args.max_length}")
-    header = f"{'model':10} {'prec':7} {'texts':16} {'n':>5} {'real tok':>9} {'hf seq/s':>9} {'ours seq/s':>10} {'ours tok/s':>10} {'ratio':>6} {'work':>6} {'GFLOP/s':>8} {'of matmul':>9} {'linear alone':>12}"
+    header = (
+        f"{'model':10} {'prec':7} {'texts':16} {'n':>5} {'real tok':>9} {'hf seq/s':>9} {'ours seq/s':>10} "
+        f"{'ours tok/s':>10} {'ratio':>6} {'work':>6} {'GFLOP/s':>8} {'of matmul':>9} {'linear alone':>12}"
+    )
     print(header)
     results = []
     with tempfile.TemporaryDirectory() as tmp:
@@ -188,8 +207,13 @@ def main() -> None:
                     def run_hf(texts=texts, hf=hf, hf_tok=hf_tok):
                         with torch.inference_mode():
                             for i in range(0, len(texts), args.batch_size):
-                                batch = hf_tok(texts[i : i + args.batch_size], padding=True, truncation=True,
-                                               max_length=args.max_length, return_tensors="pt")
+                                batch = hf_tok(
+                                    texts[i : i + args.batch_size],
+                                    padding=True,
+                                    truncation=True,
+                                    max_length=args.max_length,
+                                    return_tensors="pt",
+                                )
                                 hf(**batch.to(device))
                         synchronize(device)
 
@@ -200,21 +224,36 @@ def main() -> None:
                     t_hf, t_ours, *_ = timed([run_hf, run_ours, peak] + ([ceiling] if ceiling else []), args.repeats)
                     flops = real_flops(config, lengths) / t_ours
                     row = {
-                        "model": name, "precision": precision + ("+c" if args.compile else ""), "texts": corpus, "n": len(texts),
-                        "real_tokens": sum(lengths), "hf_seq_s": len(texts) / t_hf, "ours_seq_s": len(texts) / t_ours,
-                        "ours_tok_s": sum(lengths) / t_ours, "ratio": t_hf / t_ours, "gflops": flops / 1e9,
+                        "model": name,
+                        "precision": precision + ("+c" if args.compile else ""),
+                        "texts": corpus,
+                        "n": len(texts),
+                        "real_tokens": sum(lengths),
+                        "hf_seq_s": len(texts) / t_hf,
+                        "ours_seq_s": len(texts) / t_ours,
+                        "ours_tok_s": sum(lengths) / t_ours,
+                        "ratio": t_hf / t_ours,
+                        "gflops": flops / 1e9,
                         "work": padded_flops(config, lengths, args.batch_size) / real_flops(config, lengths),
                         "of_matmul": flops / peak.best if ceiling else float("nan"),
                         "ceiling": ceiling.best / peak.best if ceiling else float("nan"),
                     }
                     results.append(row)
-                    print(f"{name:10} {row['precision']:7} {corpus:16} {row['n']:>5} {row['real_tokens']:>9} {row['hf_seq_s']:>9.1f} "
-                          f"{row['ours_seq_s']:>10.1f} {row['ours_tok_s']:>10.0f} {row['ratio']:>5.2f}x {row['work']:>5.2f}x {row['gflops']:>8.0f} "
-                          f"{row['of_matmul']:>8.0%} {row['ceiling']:>11.0%}", flush=True)
+                    print(
+                        f"{name:10} {row['precision']:7} {corpus:16} {row['n']:>5} {row['real_tokens']:>9} "
+                        f"{row['hf_seq_s']:>9.1f} "
+                        f"{row['ours_seq_s']:>10.1f} {row['ours_tok_s']:>10.0f} {row['ratio']:>5.2f}x "
+                        f"{row['work']:>5.2f}x {row['gflops']:>8.0f} "
+                        f"{row['of_matmul']:>8.0%} {row['ceiling']:>11.0%}",
+                        flush=True,
+                    )
     fp32 = {(r["model"], r["texts"]): r["ours_seq_s"] for r in results if r["precision"].startswith("fp32")}
     for r in results:
         if not r["precision"].startswith("fp32") and (r["model"], r["texts"]) in fp32:
-            print(f"ours {r['precision']} / ours fp32, {r['model']}, {r['texts']}: {r['ours_seq_s'] / fp32[(r['model'], r['texts'])]:.2f}x")
+            print(
+                f"ours {r['precision']} / ours fp32, {r['model']}, {r['texts']}: "
+                f"{r['ours_seq_s'] / fp32[(r['model'], r['texts'])]:.2f}x"
+            )
 
 
 if __name__ == "__main__":

@@ -49,7 +49,19 @@ def free_port() -> int:
 
 def start_server(model: str, precision: str, extra: list[str], log: Path) -> tuple[subprocess.Popen, str]:
     port = free_port()
-    cmd = [sys.executable, "-m", "bertforge", "serve", "--model", model, "--port", str(port), "--precision", precision, *extra]
+    cmd = [
+        sys.executable,
+        "-m",
+        "bertforge",
+        "serve",
+        "--model",
+        model,
+        "--port",
+        str(port),
+        "--precision",
+        precision,
+        *extra,
+    ]
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=log.open("w"))
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 300
@@ -130,20 +142,34 @@ def offline_rate(model: str, precision: str, texts: list[str], max_tokens: int |
 def main() -> None:
     p = argument_parser(__doc__)
     p.add_argument("--model", default="minilm-l6", help="model directory or registry name (an encoder)")
-    p.add_argument("--precisions", action=Listed, options=("fp32", "bf16", "int8", "auto"), default=["fp32", "int8"], help="server precisions")
+    p.add_argument(
+        "--precisions",
+        action=Listed,
+        options=("fp32", "bf16", "int8", "auto"),
+        default=["fp32", "int8"],
+        help="server precisions",
+    )
     p.add_argument("--clients", action=Listed, item=int, default=[1, 8, 32], help="concurrent clients per cell")
     p.add_argument("--texts-per-request", action=Listed, item=int, default=[1, 8], help="texts in each request")
     p.add_argument("--seconds", type=float, default=5.0, help="measured time per cell (after a 1 s warm-up)")
     p.add_argument("--texts", type=int, default=2000, help="rotten-tomatoes snippets to draw from")
-    p.add_argument("--max-batch-tokens", type=int, default=None, help="the server's --max-batch-tokens (default: the server's own)")
+    p.add_argument(
+        "--max-batch-tokens", type=int, default=None, help="the server's --max-batch-tokens (default: the server's own)"
+    )
     p.add_argument("--batch-window-ms", type=float, default=5.0, help="the server's --batch-window-ms")
     args = p.parse_args()
 
     texts = load_texts(args.texts)
-    print(f"{args.model}, rotten-tomatoes test snippets ({len(texts)}, {statistics.mean(map(len, texts)):.0f} characters on average), "
-          f"{args.seconds:g} s per cell, batch window {args.batch_window_ms:g} ms, max batch tokens {args.max_batch_tokens or 'the default'}")
-    header = (f"{'precision':9} {'texts/req':>9} {'clients':>7} {'req/s':>8} {'texts/s':>8} {'p50 ms':>8} {'p99 ms':>8} "
-              f"{'req/call':>8} {'vs offline':>10}")
+    print(
+        f"{args.model}, rotten-tomatoes test snippets ({len(texts)}, {statistics.mean(map(len, texts)):.0f} characters "
+        "on average), "
+        f"{args.seconds:g} s per cell, batch window {args.batch_window_ms:g} ms, max batch tokens "
+        f"{args.max_batch_tokens or 'the default'}"
+    )
+    header = (
+        f"{'precision':9} {'texts/req':>9} {'clients':>7} {'req/s':>8} {'texts/s':>8} {'p50 ms':>8} {'p99 ms':>8} "
+        f"{'req/call':>8} {'vs offline':>10}"
+    )
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         for precision in args.precisions:
@@ -161,12 +187,24 @@ def main() -> None:
                         calls1, reqs1 = batch_stats(url)
                         lat.sort()
                         rps = len(lat) / args.seconds
-                        row = (precision, per_request, clients, rps, rps * per_request, 1000 * lat[len(lat) // 2],
-                               1000 * lat[min(len(lat) - 1, int(0.99 * len(lat)))], (reqs1 - reqs0) / max(calls1 - calls0, 1),
-                               rps * per_request / reference)
+                        row = (
+                            precision,
+                            per_request,
+                            clients,
+                            rps,
+                            rps * per_request,
+                            1000 * lat[len(lat) // 2],
+                            1000 * lat[min(len(lat) - 1, int(0.99 * len(lat)))],
+                            (reqs1 - reqs0) / max(calls1 - calls0, 1),
+                            rps * per_request / reference,
+                        )
                         rows.append(row)
-                        print(f"{row[0]:9} {row[1]:>9} {row[2]:>7} {row[3]:>8.1f} {row[4]:>8.1f} {row[5]:>8.1f} {row[6]:>8.1f} "
-                              f"{row[7]:>8.1f} {row[8]:>10.2f}", flush=True)
+                        print(
+                            f"{row[0]:9} {row[1]:>9} {row[2]:>7} {row[3]:>8.1f} {row[4]:>8.1f} {row[5]:>8.1f} "
+                            f"{row[6]:>8.1f} "
+                            f"{row[7]:>8.1f} {row[8]:>10.2f}",
+                            flush=True,
+                        )
             finally:
                 proc.terminate()
                 proc.wait(timeout=60)
@@ -174,8 +212,10 @@ def main() -> None:
         mine = {(r[1], r[2]): r[4] for r in rows if r[0] == precision}
         for per_request in args.texts_per_request:
             lo, hi = min(args.clients), max(args.clients)
-            print(f"{precision}, {per_request} texts/request: {hi} clients / {lo} client = "
-                  f"{mine[per_request, hi] / mine[per_request, lo]:.2f}x texts/s")
+            print(
+                f"{precision}, {per_request} texts/request: {hi} clients / {lo} client = "
+                f"{mine[per_request, hi] / mine[per_request, lo]:.2f}x texts/s"
+            )
 
 
 if __name__ == "__main__":

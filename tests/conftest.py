@@ -178,7 +178,9 @@ def run_all(*commands: list, ok: bool = True) -> list[subprocess.CompletedProces
     their results in order; with ``ok`` each must exit 0."""
     env = {**os.environ, "BERTFORGE_HOME": str(assets.home())}
     procs = [
-        subprocess.Popen([str(BERTFORGE), *map(str, args)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+        subprocess.Popen(
+            [str(BERTFORGE), *map(str, args)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env
+        )
         for args in commands
     ]
     results = []
@@ -204,7 +206,9 @@ def tiny_dir(tmp_path_factory) -> Path:
     """A randomly initialised tiny BERT with the real uncased vocabulary (minilm-l6's): fast to fine-tune."""
     tok = bertforge.Tokenizer.from_pretrained(fetch("minilm-l6"))
     torch.manual_seed(0)
-    model = bertforge.BertModel(bertforge.BertConfig.preset("tiny", vocab_size=tok.vocab_size, max_position_embeddings=128))
+    model = bertforge.BertModel(
+        bertforge.BertConfig.preset("tiny", vocab_size=tok.vocab_size, max_position_embeddings=128)
+    )
     return bertforge.save_pretrained(model, tmp_path_factory.mktemp("tiny"), tokenizer=tok)
 
 
@@ -234,7 +238,9 @@ def write_csv(path: Path, header: list[str], rows: list) -> Path:
 
 
 def quick_args(out: Path, steps: int = 60, **kw) -> TrainArgs:
-    return TrainArgs(out=out, max_steps=steps, batch_size=16, lr=2e-3, warmup=0.1, eval_every=steps, progress=False, **kw)
+    return TrainArgs(
+        out=out, max_steps=steps, batch_size=16, lr=2e-3, warmup=0.1, eval_every=steps, progress=False, **kw
+    )
 
 
 @pytest.fixture(scope="session")

@@ -13,7 +13,16 @@ import pytest
 from bertforge import BertforgeError, assets
 from bertforge.assets import REGISTRY, Asset, fetch, peoples_daily_bio, resolve_model_dir, resolve_path
 
-REQUIRED = ("minilm-l6", "chinese-vocab", "rotten-tomatoes", "wiki-topics-en", "chinese-sentiment", "peoples-daily", "squad-sample", "aclsum")
+REQUIRED = (
+    "minilm-l6",
+    "chinese-vocab",
+    "rotten-tomatoes",
+    "wiki-topics-en",
+    "chinese-sentiment",
+    "peoples-daily",
+    "squad-sample",
+    "aclsum",
+)
 
 
 def _split_counts(asset_dir: Path) -> dict[str, int]:
@@ -53,7 +62,9 @@ def test_chinese_vocab_is_the_bert_base_chinese_vocab(chinese_vocab):
 
 def test_rotten_tomatoes_splits(rotten_tomatoes):
     counts = _split_counts(fetch("rotten-tomatoes"))
-    assert {s: len(rows) for s, rows in rotten_tomatoes.items()} == counts == {"train": 10202, "valid": 1275, "test": 1275}
+    assert (
+        {s: len(rows) for s, rows in rotten_tomatoes.items()} == counts == {"train": 10202, "valid": 1275, "test": 1275}
+    )
     for rows in rotten_tomatoes.values():
         assert {r["label"] for r in rows} == {"fresh", "rotten"}
         assert all(r["text"].strip() == r["text"] and r["text"] for r in rows)
@@ -87,7 +98,9 @@ def test_other_datasets_have_their_files():
     assert all(len(line.split("\t")) == 2 for line in first)
     assert {line.split("\t")[1] for line in first} <= {"O", "B-PER", "I-PER", "B-LOC", "I-LOC", "B-ORG", "I-ORG"}
     squad = fetch("squad-sample")
-    assert squad.name == "squad.json" and json.loads(squad.read_text())["data"][0]["title"] == "University_of_Notre_Dame"
+    assert (
+        squad.name == "squad.json" and json.loads(squad.read_text())["data"][0]["title"] == "University_of_Notre_Dame"
+    )
     acl = fetch("aclsum")
     assert all((acl / f"{s}.jsonl").is_file() for s in ("train", "val", "test"))
 
@@ -95,7 +108,22 @@ def test_other_datasets_have_their_files():
 def test_peoples_daily_bio_merges_surname_and_given_name():
     chars, tags = peoples_daily_bio("江/nr  泽民/nr  在/p  北京/ns  人民大会堂/nt  讲话/v  。/w")
     assert "".join(chars) == "江泽民在北京人民大会堂讲话。"
-    assert tags == ["B-PER", "I-PER", "I-PER", "O", "B-LOC", "I-LOC", "B-ORG", "I-ORG", "I-ORG", "I-ORG", "I-ORG", "O", "O", "O"]
+    assert tags == [
+        "B-PER",
+        "I-PER",
+        "I-PER",
+        "O",
+        "B-LOC",
+        "I-LOC",
+        "B-ORG",
+        "I-ORG",
+        "I-ORG",
+        "I-ORG",
+        "I-ORG",
+        "O",
+        "O",
+        "O",
+    ]
     chars, tags = peoples_daily_bio("张/nr  和/c  李/nr")  # two people: a word in between
     assert tags == ["B-PER", "O", "B-PER"]
 
@@ -144,9 +172,20 @@ def fake_asset(tmp_path, monkeypatch):
 
     monkeypatch.setenv("BERTFORGE_HOME", str(home))
     entries = {
-        "fake": Asset("fake", "dataset", "fake==0.1", archive.name, sha, ("fake/data/",), "MIT", "a fake data set", prepare),
+        "fake": Asset(
+            "fake", "dataset", "fake==0.1", archive.name, sha, ("fake/data/",), "MIT", "a fake data set", prepare
+        ),
         "fake-file": Asset(
-            "fake-file", "dataset", "fake==0.1", archive.name, sha, ("fake/data/a.txt",), "MIT", "one file", prepare, "A.TXT"
+            "fake-file",
+            "dataset",
+            "fake==0.1",
+            archive.name,
+            sha,
+            ("fake/data/a.txt",),
+            "MIT",
+            "one file",
+            prepare,
+            "A.TXT",
         ),
         "fake-missing": Asset(
             "fake-missing", "dataset", "fake==0.1", archive.name, sha, ("fake/nothere.txt",), "MIT", "broken", prepare

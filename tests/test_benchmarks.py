@@ -16,7 +16,10 @@ SCRIPTS = sorted(p for p in BENCHMARKS.glob("*.py") if p.name != "common.py")
 
 
 def run_all(*commands: list[str]) -> list[subprocess.CompletedProcess]:
-    procs = [subprocess.Popen([sys.executable, *cmd], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for cmd in commands]
+    procs = [
+        subprocess.Popen([sys.executable, *cmd], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        for cmd in commands
+    ]
     results = []
     for cmd, p in zip(commands, procs, strict=True):
         out, err = p.communicate(timeout=300)
@@ -38,7 +41,10 @@ def test_every_script_explains_its_options_and_their_defaults():
 def test_a_bad_device_is_a_usage_error():
     infer, finetune = (str(BENCHMARKS / name) for name in ("infer.py", "finetune.py"))
     for proc in run_all([infer, "--device", "banana"], [finetune, "--device", "banana"]):
-        assert proc.returncode == 2 and "error:" in proc.stderr and "Traceback" not in proc.stderr, (proc.args, proc.stderr)
+        assert proc.returncode == 2 and "error:" in proc.stderr and "Traceback" not in proc.stderr, (
+            proc.args,
+            proc.stderr,
+        )
 
 
 def test_list_options_take_commas_or_spaces_and_check_each_item(capsys):
@@ -53,12 +59,19 @@ def test_list_options_take_commas_or_spaces_and_check_each_item(capsys):
     p.add_argument("--skip", action=Listed, nargs="*", default=[])
     assert p.parse_args(["--precisions", "fp32,int8", "bf16"]).precisions == ["fp32", "int8", "bf16"]
     assert p.parse_args(["--clients", "1", "32"]).clients == p.parse_args(["--clients", "1,32"]).clients == [1, 32]
-    assert p.parse_args([]) == p.parse_args(["--skip"]) == argparse.Namespace(precisions=["fp32"], clients=[1, 8], skip=[])
+    assert (
+        p.parse_args([]) == p.parse_args(["--skip"]) == argparse.Namespace(precisions=["fp32"], clients=[1, 8], skip=[])
+    )
     assert "(default: 1,8)" in p.format_help()
-    for bad, said in ((["--precisions", "fp32,fp64"], "'fp64' is not one of fp32, bf16, int8"),
-                      (["--clients", "1,x"], "'x' is not a valid int"), (["--clients", ","], "give at least one value")):
+    for bad, said in (
+        (["--precisions", "fp32,fp64"], "'fp64' is not one of fp32, bf16, int8"),
+        (["--clients", "1,x"], "'x' is not a valid int"),
+        (["--clients", ","], "give at least one value"),
+    ):
         with pytest.raises(SystemExit):
             p.parse_args(bad)
         assert said in capsys.readouterr().err, bad
     serve = run_all([str(BENCHMARKS / "serve.py"), "--precisions", "fp32,fp64"])[0]
-    assert serve.returncode == 2 and "'fp64' is not one of" in serve.stderr and "Traceback" not in serve.stderr, serve.stderr
+    assert serve.returncode == 2 and "'fp64' is not one of" in serve.stderr and "Traceback" not in serve.stderr, (
+        serve.stderr
+    )

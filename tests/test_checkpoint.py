@@ -58,7 +58,13 @@ def _batch(make_batch, head, seed=0):
 @pytest.mark.parametrize("head", list(AUTO))
 def test_our_save_loads_in_transformers_with_identical_outputs(our_model, make_batch, tmp_path, head):
     # QA fine-tuning has no labels to give: id2label={} must still save a config transformers reads as 2 outputs
-    labels = {"id2label": {0: "neg", 1: "pos", 2: "mixed"}} if head in ("classify", "tag") else {"id2label": {}} if head == "span" else {}
+    labels = (
+        {"id2label": {0: "neg", 1: "pos", 2: "mixed"}}
+        if head in ("classify", "tag")
+        else {"id2label": {}}
+        if head == "span"
+        else {}
+    )
     ours = our_model(head, seed=1, **labels)
     (ours if head is None else ours.bert).unpad = False  # compare padding positions too
     bertforge.save_pretrained(ours, tmp_path)
@@ -95,7 +101,12 @@ def test_save_with_tokenizer_files_loads_in_auto_tokenizer(our_model, tiny_vocab
     bertforge.save_pretrained(model, tmp_path, tokenizer=tok)
     names = {p.name for p in tmp_path.iterdir()}
     assert names == {
-        "config.json", "model.safetensors", "vocab.txt", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
+        "config.json",
+        "model.safetensors",
+        "vocab.txt",
+        "tokenizer.json",
+        "tokenizer_config.json",
+        "special_tokens_map.json",
     }  # and no temporary files left behind
     theirs = transformers.AutoTokenizer.from_pretrained(tmp_path)
     lines = tiny_corpus.read_text().splitlines()
@@ -193,7 +204,10 @@ def test_absent_head_weights_are_reported_initialised(hf_model, tmp_path, caplog
     assert "freshly initialised (not in checkpoint): head.qa.weight, head.qa.bias" in caplog.text
     mlm, mlm_report = bertforge.load_with_report(tmp_path, head="mlm")
     assert set(mlm_report.initialised) == {
-        "head.mlm.transform.weight", "head.mlm.transform.bias", "head.mlm.norm.weight", "head.mlm.norm.bias",
+        "head.mlm.transform.weight",
+        "head.mlm.transform.bias",
+        "head.mlm.norm.weight",
+        "head.mlm.norm.bias",
         "head.mlm.decoder.bias",
     }
 
@@ -270,7 +284,9 @@ def test_pickle_that_needs_code_is_refused_without_running_it(hf_model, tmp_path
     marker = tmp_path / "code-ran"
     torch.save({"embeddings.word_embeddings.weight": _RunsCode(marker)}, tmp_path / "pytorch_model.bin")
     message = _error(tmp_path)
-    assert message == f"{tmp_path / 'pytorch_model.bin'}: not a readable checkpoint (not a PyTorch file of tensors alone)"
+    assert (
+        message == f"{tmp_path / 'pytorch_model.bin'}: not a readable checkpoint (not a PyTorch file of tensors alone)"
+    )
     assert not marker.exists() and "weights_only" not in message  # (torch's own advice: load it with code allowed)
 
 
@@ -305,13 +321,19 @@ def test_shape_mismatch_in_a_fused_weight_names_its_parts(saved):
     state["encoder.layer.0.attention.self.value.bias"] = torch.zeros(31)
     save_file(state, weights)
     message = _error(saved)
-    assert "shape mismatch for encoder.layer.0.attention.self.query.bias+encoder.layer.0.attention.self.key.bias" in message
+    assert (
+        "shape mismatch for encoder.layer.0.attention.self.query.bias+encoder.layer.0.attention.self.key.bias"
+        in message
+    )
     assert "checkpoint (95,), model (96,)" in message
 
 
 @pytest.mark.parametrize(
     "content, message",
-    [("not json at all", "not a valid JSON config"), ('{"model_type": "roberta"}', "model_type 'roberta' is not a BERT")],
+    [
+        ("not json at all", "not a valid JSON config"),
+        ('{"model_type": "roberta"}', "model_type 'roberta' is not a BERT"),
+    ],
 )
 def test_bad_config_json_names_the_file(saved, content, message):
     (saved / "config.json").write_text(content)
@@ -328,7 +350,9 @@ def test_directory_without_weights_or_config(saved, tmp_path):
 
 
 def test_unknown_name_and_unknown_head(saved):
-    assert _error("no-such-model-anywhere").startswith("no-such-model-anywhere: no such file or directory, and not a registry name")
+    assert _error("no-such-model-anywhere").startswith(
+        "no-such-model-anywhere: no such file or directory, and not a registry name"
+    )
     assert _error(saved, head="ner").startswith("unknown head 'ner'")
 
 

@@ -134,7 +134,9 @@ def test_config_json_round_trip_keeps_unknown_fields(tmp_path):
 
 
 def test_labels_round_trip_with_integer_keys(tmp_path):
-    c = BertConfig.preset("tiny", id2label={0: "negative", 1: "positive", 2: "neutral"}, problem_type="single_label_classification")
+    c = BertConfig.preset(
+        "tiny", id2label={0: "negative", 1: "positive", 2: "neutral"}, problem_type="single_label_classification"
+    )
     c.save(tmp_path / "config.json")
     out = json.loads((tmp_path / "config.json").read_text())
     assert out["id2label"] == {"0": "negative", "1": "positive", "2": "neutral"}
@@ -177,13 +179,25 @@ def test_transformers_reads_our_config(tmp_path):
 
 def test_we_read_transformers_config(tmp_path):
     theirs = transformers.BertConfig(
-        vocab_size=777, hidden_size=96, num_hidden_layers=3, num_attention_heads=3, intermediate_size=200,
-        hidden_act="silu", type_vocab_size=4, layer_norm_eps=1e-6, num_labels=5,
+        vocab_size=777,
+        hidden_size=96,
+        num_hidden_layers=3,
+        num_attention_heads=3,
+        intermediate_size=200,
+        hidden_act="silu",
+        type_vocab_size=4,
+        layer_norm_eps=1e-6,
+        num_labels=5,
     )
     theirs.save_pretrained(tmp_path)
     ours = BertConfig.from_json(tmp_path / "config.json")
     assert (ours.vocab_size, ours.hidden_size, ours.num_hidden_layers, ours.num_attention_heads) == (777, 96, 3, 3)
-    assert (ours.intermediate_size, ours.hidden_act, ours.type_vocab_size, ours.layer_norm_eps) == (200, "silu", 4, 1e-6)
+    assert (ours.intermediate_size, ours.hidden_act, ours.type_vocab_size, ours.layer_norm_eps) == (
+        200,
+        "silu",
+        4,
+        1e-6,
+    )
     assert ours.num_labels == 5 and ours.id2label[4] == "LABEL_4"
 
 
@@ -199,7 +213,7 @@ def test_we_read_transformers_config(tmp_path):
         ('{"hidden_act": "mish"}', "hidden_act 'mish' is not supported"),
         ('{"hidden_size": 100}', "hidden_size 100 is not divisible"),
         ('{"vocab_size": 10, "hidden_size": 10, "num_attention_heads": 3}', "not divisible"),
-        # hand-edited values: each names its field (hidden_size said "not all arguments converted during string formatting")
+        # hand-edited values: each error names its field
         ('{"hidden_size": "abc"}', "hidden_size is 'abc', not an integer"),
         ('{"num_attention_heads": true}', "num_attention_heads is True, not an integer"),
         ('{"layer_norm_eps": "tiny"}', "layer_norm_eps is 'tiny', not a number"),
@@ -208,7 +222,10 @@ def test_we_read_transformers_config(tmp_path):
         ('{"id2label": ["fresh", "rotten"]}', "id2label is ['fresh', 'rotten'], not an object or null"),
         ('{"id2label": {"zero": "fresh"}}', "id2label has ids that are not integers (zero)"),
         ('{"id2label": {"0": "fresh", "5": "rotten"}}', "id2label lacks id 1: its 2 ids must run 0 to 1"),
-        ('{"id2label": {"0": "fresh", "1": "fresh"}}', "id2label names 'fresh' twice: each id needs a label of its own"),
+        (
+            '{"id2label": {"0": "fresh", "1": "fresh"}}',
+            "id2label names 'fresh' twice: each id needs a label of its own",
+        ),
     ],
 )
 def test_bad_config_json_names_the_file(tmp_path, content, message):

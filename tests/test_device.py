@@ -57,13 +57,18 @@ def test_devices_are_checked_and_batches_sized_for_them(minilm, texts, tmp_path)
     assert f"{CPU_MAX_TOKENS} on a CPU, {GPU_MAX_TOKENS} on a GPU" in BATCH_BUDGET  # what --help says
     from bertforge.cli.training import FINETUNE_ARGS, PRETRAIN_ARGS
 
-    assert all(f"{CPU_MAX_TOKENS} on a CPU, {GPU_MAX_TOKENS} on a GPU" in t["max_tokens"][1] for t in (FINETUNE_ARGS, PRETRAIN_ARGS))
+    assert all(
+        f"{CPU_MAX_TOKENS} on a CPU, {GPU_MAX_TOKENS} on a GPU" in t["max_tokens"][1]
+        for t in (FINETUNE_ARGS, PRETRAIN_ARGS)
+    )
     embedder = Embedder.from_pretrained(minilm, device="cpu")
     encodings = embedder.tokenizer.encode_batch(["ok"] * 600 + texts[:100], max_length=128)  # 3 tokens, then reviews
 
     def sizes(**kwargs) -> list[tuple[int, int]]:
         lengths = [len(e.ids) for e in encodings]
-        runs = run_batches(embedder.model, embedder.tokenizer, encodings, lambda out, batch: out.last_hidden_state, **kwargs)
+        runs = run_batches(
+            embedder.model, embedder.tokenizer, encodings, lambda out, batch: out.last_hidden_state, **kwargs
+        )
         return [(len(idx), max(lengths[i] for i in idx) * len(idx)) for idx, _ in runs]
 
     default = sizes()

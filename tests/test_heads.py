@@ -89,15 +89,27 @@ def test_pretraining_steps_match_transformers(hf_model, make_batch, tmp_path, un
         a.loss.backward(), b.loss.backward()
         if step == 0:  # gradients of the word embeddings (tied to the decoder), a fused qkv, the NSP layer
             hf = dict(theirs.named_parameters())
-            torch.testing.assert_close(names["bert.embeddings.word.weight"].grad,
-                                       hf["bert.embeddings.word_embeddings.weight"].grad, atol=1e-5, rtol=1e-4)
+            torch.testing.assert_close(
+                names["bert.embeddings.word.weight"].grad,
+                hf["bert.embeddings.word_embeddings.weight"].grad,
+                atol=1e-5,
+                rtol=1e-4,
+            )
             q = hf["bert.encoder.layer.1.attention.self.query.weight"].grad
-            torch.testing.assert_close(names["bert.layers.1.attn.qkv.weight"].grad[: q.size(0)], q, atol=1e-5, rtol=1e-4)
-            torch.testing.assert_close(names["head.nsp.weight"].grad, hf["cls.seq_relationship.weight"].grad, atol=1e-5, rtol=1e-4)
+            torch.testing.assert_close(
+                names["bert.layers.1.attn.qkv.weight"].grad[: q.size(0)], q, atol=1e-5, rtol=1e-4
+            )
+            torch.testing.assert_close(
+                names["head.nsp.weight"].grad, hf["cls.seq_relationship.weight"].grad, atol=1e-5, rtol=1e-4
+            )
         for opt in opts:
             opt.step()
-    torch.testing.assert_close(names["bert.layers.0.ffn.up.weight"],
-                               dict(theirs.named_parameters())["bert.encoder.layer.0.intermediate.dense.weight"], atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(
+        names["bert.layers.0.ffn.up.weight"],
+        dict(theirs.named_parameters())["bert.encoder.layer.0.intermediate.dense.weight"],
+        atol=1e-5,
+        rtol=1e-4,
+    )
 
 
 def test_only_masked_gives_the_same_loss_as_full_logits(hf_model, make_batch, tmp_path):
@@ -146,7 +158,11 @@ def test_mlm_only_masked_matches_bert_for_masked_lm(hf_model, make_batch, tmp_pa
 CLASSIFY = {
     # problem_type, num_labels, labels
     "single": ("single_label_classification", 3, torch.tensor([0, 2, 1, 2])),
-    "multi": ("multi_label_classification", 4, torch.tensor([[1.0, 0, 1, 0], [0, 0, 0, 1], [1, 1, 1, 1], [0, 0, 0, 0]])),
+    "multi": (
+        "multi_label_classification",
+        4,
+        torch.tensor([[1.0, 0, 1, 0], [0, 0, 0, 1], [1, 1, 1, 1], [0, 0, 0, 0]]),
+    ),
     "regression": ("regression", 1, torch.tensor([0.5, -1.25, 3.0, 0.0])),
     "inferred-single": (None, 3, torch.tensor([2, 2, 0, 1])),  # long labels -> single-label
     "inferred-multi": (None, 2, torch.tensor([[1.0, 0], [0, 1], [1, 1], [0, 0]])),  # float labels -> multi-label
@@ -172,7 +188,9 @@ def test_classify_head_matches_bert_for_sequence_classification(hf_model, make_b
 
 def test_num_labels_and_problem_type_at_load(hf_model, make_batch, tmp_path):
     hf_model("BertModel", seed=15).save_pretrained(tmp_path)
-    ours, ours_report = bertforge.load_with_report(tmp_path, head="classify", num_labels=5, problem_type="multi_label_classification")
+    ours, ours_report = bertforge.load_with_report(
+        tmp_path, head="classify", num_labels=5, problem_type="multi_label_classification"
+    )
     assert ours.config.num_labels == 5 and ours.config.problem_type == "multi_label_classification"
     assert ours_report.initialised == ["head.classifier.weight", "head.classifier.bias"]
     named = bertforge.load_pretrained(tmp_path, head="classify", id2label={0: "neg", 1: "pos"})
@@ -274,9 +292,23 @@ def test_unknown_head_is_an_error():
         bertforge.BertWithHead(bertforge.BertConfig.preset("tiny"), "summarise")
 
 
-@pytest.mark.parametrize("head, pooler", [("pretrain", True), ("mlm", False), ("classify", True), ("tag", False), ("span", False), ("choice", True)])
+@pytest.mark.parametrize(
+    "head, pooler",
+    [("pretrain", True), ("mlm", False), ("classify", True), ("tag", False), ("span", False), ("choice", True)],
+)
 def test_heads_that_read_tokens_freeze_the_pooler(head, pooler):
-    model = bertforge.BertWithHead(bertforge.BertConfig(**{"vocab_size": 50, "hidden_size": 16, "num_hidden_layers": 1, "num_attention_heads": 2, "intermediate_size": 32}), head)
+    model = bertforge.BertWithHead(
+        bertforge.BertConfig(
+            **{
+                "vocab_size": 50,
+                "hidden_size": 16,
+                "num_hidden_layers": 1,
+                "num_attention_heads": 2,
+                "intermediate_size": 32,
+            }
+        ),
+        head,
+    )
     assert all(p.requires_grad == pooler for p in model.bert.pooler.parameters())
     assert all(p.requires_grad for n, p in model.named_parameters() if "pooler" not in n)
 

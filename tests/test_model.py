@@ -30,8 +30,14 @@ TOL = dict(atol=1e-5, rtol=1e-5)
 
 def _pair(hf_model, tmp_path, act, hidden, heads, types, backend, hf_backend, unpad, seed=0):
     theirs = hf_model(
-        seed=seed, attn=hf_backend, hidden_act=act, hidden_size=hidden, num_attention_heads=heads,
-        intermediate_size=3 * hidden, type_vocab_size=types, num_hidden_layers=2,
+        seed=seed,
+        attn=hf_backend,
+        hidden_act=act,
+        hidden_size=hidden,
+        num_attention_heads=heads,
+        intermediate_size=3 * hidden,
+        type_vocab_size=types,
+        num_hidden_layers=2,
     )
     theirs.save_pretrained(tmp_path)
     ours, ours_report = bertforge.load_with_report(tmp_path, attention=backend, unpad=unpad)
@@ -41,7 +47,9 @@ def _pair(hf_model, tmp_path, act, hidden, heads, types, backend, hf_backend, un
 
 @pytest.mark.parametrize("backend, hf_backend", BACKENDS)
 @pytest.mark.parametrize("act, hidden, heads, types", CASES)
-def test_dense_path_matches_transformers_everywhere(hf_model, make_batch, tmp_path, act, hidden, heads, types, backend, hf_backend):
+def test_dense_path_matches_transformers_everywhere(
+    hf_model, make_batch, tmp_path, act, hidden, heads, types, backend, hf_backend
+):
     ours, theirs = _pair(hf_model, tmp_path, act, hidden, heads, types, backend, hf_backend, unpad=False)
     batch = make_batch(LENGTHS, type_vocab_size=types, seed=1)
     with torch.no_grad():
@@ -53,7 +61,9 @@ def test_dense_path_matches_transformers_everywhere(hf_model, make_batch, tmp_pa
 
 @pytest.mark.parametrize("backend, hf_backend", BACKENDS)
 @pytest.mark.parametrize("act, hidden, heads, types", CASES)
-def test_unpadded_path_matches_transformers_at_real_tokens(hf_model, make_batch, tmp_path, act, hidden, heads, types, backend, hf_backend):
+def test_unpadded_path_matches_transformers_at_real_tokens(
+    hf_model, make_batch, tmp_path, act, hidden, heads, types, backend, hf_backend
+):
     ours, theirs = _pair(hf_model, tmp_path, act, hidden, heads, types, backend, hf_backend, unpad=True, seed=2)
     batch = make_batch(LENGTHS, type_vocab_size=types, seed=3)
     real = batch["attention_mask"].bool()
@@ -146,7 +156,9 @@ def test_dropout_is_active_in_training_and_off_in_eval(our_model, make_batch):
 def test_first_token_only_equals_the_full_last_layer(hf_model, make_batch, tmp_path, unpad):
     """Classification heads read [CLS] alone, so the last layer computes that row alone: the pooled
     output and the gradients it sends back are the full computation's."""
-    theirs = hf_model(seed=4, attn="sdpa", hidden_size=32, num_attention_heads=4, intermediate_size=96, num_hidden_layers=3)
+    theirs = hf_model(
+        seed=4, attn="sdpa", hidden_size=32, num_attention_heads=4, intermediate_size=96, num_hidden_layers=3
+    )
     theirs.save_pretrained(tmp_path)
     ours = bertforge.load_pretrained(tmp_path, unpad=unpad)
     batch = make_batch(LENGTHS, seed=5)

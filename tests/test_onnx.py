@@ -22,8 +22,6 @@ from bertforge.onnx import export_onnx
 BERTFORGE = Path(sys.executable).parent / "bertforge"
 
 
-
-
 def test_onnx_fp32_matches_pytorch(minilm, texts, fp32_embeddings):
     proc = subprocess.run([str(BERTFORGE), "export", "onnx", "--model", str(minilm)], capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr
@@ -41,7 +39,9 @@ def test_onnx_fp32_matches_pytorch(minilm, texts, fp32_embeddings):
     assert graph.precision == "fp32"  # what /health reports: the graph's precision, "auto" resolved
     got = graph(**batch).last_hidden_state
     assert (got - ref).abs().max() < 1e-4
-    with pytest.raises(BertforgeError, match=r"^the onnx runtime runs fp32 or int8 graphs; for bf16 use --runtime torch$"):
+    with pytest.raises(
+        BertforgeError, match=r"^the onnx runtime runs fp32 or int8 graphs; for bf16 use --runtime torch$"
+    ):
         load_for_inference(minilm, None, precision="bf16", runtime="onnx")
 
 
@@ -58,8 +58,11 @@ def test_onnx_classifier_logits_match(sentiment, tmp_path):
         ref = net(**batch).logits
     assert (onnx(**batch).logits - ref).abs().max() < 1e-4
     out = tmp_path / "pred.jsonl"
-    proc = subprocess.run([str(BERTFORGE), "predict", "-m", str(model), "-i", str(test), "-o", str(out), "--runtime", "onnx"],
-                          capture_output=True, text=True)
+    proc = subprocess.run(
+        [str(BERTFORGE), "predict", "-m", str(model), "-i", str(test), "-o", str(out), "--runtime", "onnx"],
+        capture_output=True,
+        text=True,
+    )
     assert proc.returncode == 0, proc.stderr
     assert sum(1 for _ in out.open()) == 600
 
@@ -68,8 +71,9 @@ def test_onnx_export_of_a_hugging_face_task_model(tmp_path):
     """A transformers-saved BertForTokenClassification (no bertforge settings) exports with its head."""
     import transformers
 
-    cfg = transformers.BertConfig(vocab_size=30522, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
-                                  intermediate_size=64, num_labels=5)
+    cfg = transformers.BertConfig(
+        vocab_size=30522, hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64, num_labels=5
+    )
     torch.manual_seed(0)
     directory = tmp_path / "hf-tagger"
     transformers.BertForTokenClassification(cfg).save_pretrained(directory)
@@ -78,7 +82,9 @@ def test_onnx_export_of_a_hugging_face_task_model(tmp_path):
     assert proc.returncode == 0, proc.stderr
     task, net = load_task(directory)
     _, onnx = load_task(directory, runtime="onnx")
-    batch = task.tokenizer.to_tensors(task.tokenizer.encode_batch(["A short one.", "And a somewhat longer sentence here."]))
+    batch = task.tokenizer.to_tensors(
+        task.tokenizer.encode_batch(["A short one.", "And a somewhat longer sentence here."])
+    )
     with torch.no_grad():
         ref = net(**batch).logits
     assert ref.shape[-1] == 5
@@ -97,8 +103,9 @@ def _tiny_hf_model(directory: Path, architecture: str, **config) -> Path:
     """A small random transformers model (BertModel, BertForSequenceClassification...) with minilm's vocabulary."""
     import transformers
 
-    cfg = transformers.BertConfig(vocab_size=30522, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
-                                  intermediate_size=64, **config)
+    cfg = transformers.BertConfig(
+        vocab_size=30522, hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64, **config
+    )
     torch.manual_seed(0)
     getattr(transformers, architecture)(cfg).save_pretrained(directory)
     shutil.copy(fetch("minilm-l6") / "vocab.txt", directory / "vocab.txt")
@@ -109,7 +116,9 @@ def _export(model: Path, *args: str) -> Path:
     """`bertforge export onnx`, which says one line and nothing else (no exporter chatter); the path it wrote."""
     proc = subprocess.run([str(BERTFORGE), "export", "onnx", "-m", str(model), *args], capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr[-2000:]
-    assert proc.stderr == "" and proc.stdout.count("\n") == 1 and proc.stdout.startswith("wrote "), proc.stdout + proc.stderr
+    assert proc.stderr == "" and proc.stdout.count("\n") == 1 and proc.stdout.startswith("wrote "), (
+        proc.stdout + proc.stderr
+    )
     return Path(proc.stdout.split()[1])
 
 
@@ -136,7 +145,10 @@ def _copy(directory: Path, to: Path) -> Path:
 
 def test_the_onnx_runtime_without_onnxruntime_says_how_to_install_it(tiny, monkeypatch):
     monkeypatch.setitem(sys.modules, "onnxruntime", None)  # as where the onnx extra is not installed
-    says = r"--runtime onnx needs the onnx extra: pip install 'bertforge\[onnx\]' \(in a clone: pip install -e '.\[onnx\]'\)$"
+    says = (
+        r"--runtime onnx needs the onnx extra: pip install 'bertforge\[onnx\]' \(in a clone: pip install -e "
+        r"'.\[onnx\]'\)$"
+    )
     with pytest.raises(BertforgeError, match=says):
         Embedder.from_pretrained(tiny["encoder"], runtime="onnx")
     with pytest.raises(BertforgeError, match="ONNX export needs the onnx extra"):
@@ -170,9 +182,13 @@ def test_onnx_graph_older_than_its_weights_is_refused(tiny, tmp_path, caplog):
     state = load_file(model / "model.safetensors")
     state["classifier.bias"] = state["classifier.bias"] + 1
     save_file(state, model / "model.safetensors")
-    with pytest.raises(BertforgeError, match=f"older than the weights in {model}.*`bertforge export onnx --model {model}`$"):
+    with pytest.raises(
+        BertforgeError, match=f"older than the weights in {model}.*`bertforge export onnx --model {model}`$"
+    ):
         load_task(model, runtime="onnx")
-    with pytest.raises(BertforgeError, match=f"model.int8.onnx is older .*`bertforge export onnx --model {model} --int8`$"):
+    with pytest.raises(
+        BertforgeError, match=f"model.int8.onnx is older .*`bertforge export onnx --model {model} --int8`$"
+    ):
         load_task(model, precision="int8", runtime="onnx")
     # an export from before graphs recorded their weights: loaded, with a warning
     graph = onnx.load(model / "model.onnx")
@@ -190,8 +206,22 @@ def test_onnx_graph_that_does_not_fit_the_model_fails_at_load(tiny, tmp_path):
         Embedder.from_pretrained(tiny["classify"], runtime="onnx")
     texts = tmp_path / "texts.txt"
     texts.write_text("a short text\n", encoding="utf-8")
-    proc = subprocess.run([str(BERTFORGE), "embed", "-m", str(tiny["classify"]), "-i", str(texts), "-o",
-                           str(tmp_path / "e.npy"), "--runtime", "onnx"], capture_output=True, text=True)
+    proc = subprocess.run(
+        [
+            str(BERTFORGE),
+            "embed",
+            "-m",
+            str(tiny["classify"]),
+            "-i",
+            str(texts),
+            "-o",
+            str(tmp_path / "e.npy"),
+            "--runtime",
+            "onnx",
+        ],
+        capture_output=True,
+        text=True,
+    )
     assert proc.returncode == 2 and proc.stderr.startswith("bertforge: error: "), proc.stderr[-2000:]
     assert "cannot embed; use --runtime torch" in proc.stderr and proc.stderr.count("\n") == 1
 
@@ -214,9 +244,24 @@ def test_onnx_sequence_longer_than_the_positions_is_the_torch_error(tiny, tmp_pa
     long.write_text(" ".join(["word"] * 100) + "\n", encoding="utf-8")
     errors = []
     for runtime in RUNTIMES:
-        proc = subprocess.run([str(BERTFORGE), "embed", "-m", str(tiny["encoder"]), "-i", str(long), "-o",
-                               str(tmp_path / "e.npy"), "--max-length", "100000", "--runtime", runtime],
-                              capture_output=True, text=True)
+        proc = subprocess.run(
+            [
+                str(BERTFORGE),
+                "embed",
+                "-m",
+                str(tiny["encoder"]),
+                "-i",
+                str(long),
+                "-o",
+                str(tmp_path / "e.npy"),
+                "--max-length",
+                "100000",
+                "--runtime",
+                runtime,
+            ],
+            capture_output=True,
+            text=True,
+        )
         assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr[-2000:]
         errors.append(proc.stderr.split("bertforge: error: ")[-1].splitlines()[0])  # (among the progress bar's states)
     assert errors == ["sequence of 102 tokens is longer than the model's 64 positions"] * 2
@@ -232,11 +277,16 @@ def test_export_onnx_out_is_a_file_or_a_directory(tiny, tmp_path):
     assert _export(tiny["encoder"], "--out", f"{tmp_path / 'new'}/") == tmp_path / "new" / "model.onnx"  # made
     assert _export(tiny["encoder"], "--out", str(tmp_path / "g.onnx")) == tmp_path / "g.onnx"
     (tmp_path / "a-file").write_text("keep me", encoding="utf-8")
-    for bad, says in ((Path("/proc/m.onnx"), "/proc/m.onnx: cannot write in /proc"),
-                      (tmp_path / "a-file" / "m.onnx", f"{tmp_path / 'a-file'} is a file, not a directory"),
-                      (tmp_path / "a-file", f"{tmp_path / 'a-file'}: is a file, not a directory")):  # never overwritten
-        proc = subprocess.run([str(BERTFORGE), "export", "onnx", "-m", str(tiny["encoder"]), "--out", str(bad)],
-                              capture_output=True, text=True)
+    for bad, says in (
+        (Path("/proc/m.onnx"), "/proc/m.onnx: cannot write in /proc"),
+        (tmp_path / "a-file" / "m.onnx", f"{tmp_path / 'a-file'} is a file, not a directory"),
+        (tmp_path / "a-file", f"{tmp_path / 'a-file'}: is a file, not a directory"),
+    ):  # never overwritten
+        proc = subprocess.run(
+            [str(BERTFORGE), "export", "onnx", "-m", str(tiny["encoder"]), "--out", str(bad)],
+            capture_output=True,
+            text=True,
+        )
         assert proc.returncode == 2 and proc.stderr.startswith(f"bertforge: error: {bad}"), proc.stderr[-2000:]
         assert says in proc.stderr and proc.stderr.count("\n") == 1
     assert (tmp_path / "a-file").read_text(encoding="utf-8") == "keep me"
@@ -249,13 +299,23 @@ def test_export_onnx_names_the_models_it_exports(tiny, tmp_path):
     from bertforge.onnx import EXPORTABLE_HEADS
     from bertforge.tasks import TASKS
 
-    assert [t for t, task in TASKS.items() if task.head in EXPORTABLE_HEADS] == ["classify", "pair", "regress", "tag", "qa"]
+    assert [t for t, task in TASKS.items() if task.head in EXPORTABLE_HEADS] == [
+        "classify",
+        "pair",
+        "regress",
+        "tag",
+        "qa",
+    ]
     proc = subprocess.run([str(BERTFORGE), "export", "onnx", "--help"], capture_output=True, text=True)
-    assert "Export an encoder, or a classify, pair, regress, tag or qa model (not extsum)" in " ".join(proc.stdout.split())
+    assert "Export an encoder, or a classify, pair, regress, tag or qa model (not extsum)" in " ".join(
+        proc.stdout.split()
+    )
     model = _copy(tiny["encoder"], tmp_path / "extsum")
     config = json.loads((model / "config.json").read_text(encoding="utf-8"))
     (model / "config.json").write_text(json.dumps({**config, "bertforge": {"task": "extsum"}}), encoding="utf-8")
     proc = subprocess.run([str(BERTFORGE), "export", "onnx", "-m", str(model)], capture_output=True, text=True)
     assert proc.returncode == 2
-    assert proc.stderr == (f"bertforge: error: {model}: an extsum model cannot be exported to ONNX "
-                           "(encoder, classify, pair, regress, tag, qa can)\n")
+    assert proc.stderr == (
+        f"bertforge: error: {model}: an extsum model cannot be exported to ONNX "
+        "(encoder, classify, pair, regress, tag, qa can)\n"
+    )

@@ -24,8 +24,9 @@ def _write_csv(path: Path, rows: list[tuple[str, str]]) -> Path:
     return path
 
 
-ROWS = [(f"a {w} film", "fresh") for w in ("good", "great", "superb", "lovely", "fine", "warm")] + \
-       [(f"a {w} film", "rotten") for w in ("bad", "awful", "dull", "poor", "weak", "cold")]
+ROWS = [(f"a {w} film", "fresh") for w in ("good", "great", "superb", "lovely", "fine", "warm")] + [
+    (f"a {w} film", "rotten") for w in ("bad", "awful", "dull", "poor", "weak", "cold")
+]
 
 
 @pytest.fixture(scope="module")
@@ -34,8 +35,25 @@ def trained(tiny_dir, tmp_path_factory) -> tuple[Path, Path, subprocess.Complete
     on a new OUT, as a rerun after a preemption before the first checkpoint would be."""
     d = tmp_path_factory.mktemp("trained")
     train = _write_csv(d / "train.csv", ROWS * 2)
-    [proc] = run_all(["finetune", "classify", "-m", tiny_dir, "--train", train, "--valid", train, "--out", d / "out",
-                      "--max-steps", "2", "--batch-size", "8", "--resume"])
+    [proc] = run_all(
+        [
+            "finetune",
+            "classify",
+            "-m",
+            tiny_dir,
+            "--train",
+            train,
+            "--valid",
+            train,
+            "--out",
+            d / "out",
+            "--max-steps",
+            "2",
+            "--batch-size",
+            "8",
+            "--resume",
+        ]
+    )
     assert proc.returncode == 0, proc.stderr
     return d / "out", train, proc
 
@@ -51,13 +69,21 @@ def test_resume_without_a_checkpoint_says_it_starts_from_step_0(trained):
 def test_check_output(tmp_path):
     (tmp_path / "in.csv").write_text("text\nx\n")
     (tmp_path / "dir").mkdir()
-    assert check_output(tmp_path / "new" / "sub" / "p.jsonl", tmp_path / "in.csv") == tmp_path / "new" / "sub" / "p.jsonl"
+    assert (
+        check_output(tmp_path / "new" / "sub" / "p.jsonl", tmp_path / "in.csv") == tmp_path / "new" / "sub" / "p.jsonl"
+    )
     assert not (tmp_path / "new").exists()  # checked, not created
     cases = [
         (tmp_path / "in.csv", f"{tmp_path / 'in.csv'}: is the input file; choose another output"),
         (tmp_path / "dir", f"{tmp_path / 'dir'}: is a directory"),
-        (tmp_path / "in.csv" / "p.jsonl", f"{tmp_path / 'in.csv' / 'p.jsonl'}: {tmp_path / 'in.csv'} is a file, not a directory"),
-        (tmp_path / "in.csv" / "a" / "p.jsonl", f"{tmp_path / 'in.csv' / 'a' / 'p.jsonl'}: {tmp_path / 'in.csv'} is a file, not a directory"),
+        (
+            tmp_path / "in.csv" / "p.jsonl",
+            f"{tmp_path / 'in.csv' / 'p.jsonl'}: {tmp_path / 'in.csv'} is a file, not a directory",
+        ),
+        (
+            tmp_path / "in.csv" / "a" / "p.jsonl",
+            f"{tmp_path / 'in.csv' / 'a' / 'p.jsonl'}: {tmp_path / 'in.csv'} is a file, not a directory",
+        ),
         (Path("/proc/p.jsonl"), "/proc/p.jsonl: cannot write in /proc"),
     ]
     for path, message in cases:
@@ -99,21 +125,59 @@ def test_unwritable_outputs_are_one_line_errors_before_any_work(trained, tiny_di
     commands = {
         "predict": (["predict", "-m", out, "-i", new, "-o", tmp_path / "adir"], f"{tmp_path / 'adir'}: is a directory"),
         # the output is checked before the model loads: a model that is not there is not reached
-        "predict, no model": (["predict", "-m", tmp_path / "nope", "-i", new, "-o", tmp_path / "adir"], f"{tmp_path / 'adir'}: is a directory"),
-        "predict under a file": (["predict", "-m", out, "-i", new, "-o", train / "p.jsonl"], f"{train / 'p.jsonl'}: {train} is a file, not a directory"),
-        "predict in /proc": (["predict", "-m", out, "-i", new, "-o", "/proc/p.jsonl"], "/proc/p.jsonl: cannot write in /proc"),
-        "predict over its input": (["predict", "-m", out, "-i", new, "-o", new], f"{new}: is the input file; choose another output"),
-        "evaluate": (["evaluate", "-m", out, "--data", train, "--output", tmp_path / "adir"], f"{tmp_path / 'adir'}: is a directory"),
-        "evaluate over its input": (["evaluate", "-m", out, "--data", test, "--output", test], f"{test}: is the input file; choose another output"),
-        "embed": (["embed", "-m", out, "-i", texts, "-o", train / "e.npy"], f"{train / 'e.npy'}: {train} is a file, not a directory"),
-        "embed over its input": (["embed", "-m", out, "-i", new, "-o", new], f"{new}: is the input file; choose another output"),
-        "summarize": (["summarize", "--method", "lead", "-i", docs, "-o", tmp_path / "adir"], f"{tmp_path / 'adir'}: is a directory"),
-        "summarize over its input": (["summarize", "--method", "lead", "-i", docs, "-o", docs], f"{docs}: is the input file; choose another output"),
+        "predict, no model": (
+            ["predict", "-m", tmp_path / "nope", "-i", new, "-o", tmp_path / "adir"],
+            f"{tmp_path / 'adir'}: is a directory",
+        ),
+        "predict under a file": (
+            ["predict", "-m", out, "-i", new, "-o", train / "p.jsonl"],
+            f"{train / 'p.jsonl'}: {train} is a file, not a directory",
+        ),
+        "predict in /proc": (
+            ["predict", "-m", out, "-i", new, "-o", "/proc/p.jsonl"],
+            "/proc/p.jsonl: cannot write in /proc",
+        ),
+        "predict over its input": (
+            ["predict", "-m", out, "-i", new, "-o", new],
+            f"{new}: is the input file; choose another output",
+        ),
+        "evaluate": (
+            ["evaluate", "-m", out, "--data", train, "--output", tmp_path / "adir"],
+            f"{tmp_path / 'adir'}: is a directory",
+        ),
+        "evaluate over its input": (
+            ["evaluate", "-m", out, "--data", test, "--output", test],
+            f"{test}: is the input file; choose another output",
+        ),
+        "embed": (
+            ["embed", "-m", out, "-i", texts, "-o", train / "e.npy"],
+            f"{train / 'e.npy'}: {train} is a file, not a directory",
+        ),
+        "embed over its input": (
+            ["embed", "-m", out, "-i", new, "-o", new],
+            f"{new}: is the input file; choose another output",
+        ),
+        "summarize": (
+            ["summarize", "--method", "lead", "-i", docs, "-o", tmp_path / "adir"],
+            f"{tmp_path / 'adir'}: is a directory",
+        ),
+        "summarize over its input": (
+            ["summarize", "--method", "lead", "-i", docs, "-o", docs],
+            f"{docs}: is the input file; choose another output",
+        ),
         "finetune into a file": ([*finetune, "--out", train], f"{train}: is a file, not a directory"),
-        "finetune over its model": ([*finetune, "--out", tiny_dir], f"{tiny_dir}: is the --model directory; choose another --out"),
-        "finetune into other files": ([*finetune, "--out", tmp_path / "other"],
-                                      f"{tmp_path / 'other'}: is not empty and holds no bertforge run (run/); choose another --out"),
-        "pretrain into a file": (["pretrain", "--data", tmp_path / "shards", "--out", train], f"{train}: is a file, not a directory"),
+        "finetune over its model": (
+            [*finetune, "--out", tiny_dir],
+            f"{tiny_dir}: is the --model directory; choose another --out",
+        ),
+        "finetune into other files": (
+            [*finetune, "--out", tmp_path / "other"],
+            f"{tmp_path / 'other'}: is not empty and holds no bertforge run (run/); choose another --out",
+        ),
+        "pretrain into a file": (
+            ["pretrain", "--data", tmp_path / "shards", "--out", train],
+            f"{train}: is a file, not a directory",
+        ),
     }
     for name, (args, message) in commands.items():  # in process, as each stops before any model loads
         monkeypatch.setattr(sys, "argv", ["bertforge", *map(str, args)])
@@ -121,7 +185,14 @@ def test_unwritable_outputs_are_one_line_errors_before_any_work(trained, tiny_di
             main()
         assert (e.value.code, capsys.readouterr().err) == (2, f"bertforge: error: {message}\n"), name
     assert {p: p.read_bytes() for p in before} == before and sorted(tiny_dir.iterdir()) == model_files
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["adir", "docs.jsonl", "new.jsonl", "other", "test.csv", "texts.txt"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "adir",
+        "docs.jsonl",
+        "new.jsonl",
+        "other",
+        "test.csv",
+        "texts.txt",
+    ]
     assert list((tmp_path / "adir").iterdir()) == [] and [p.name for p in (tmp_path / "other").iterdir()] == ["x.txt"]
 
 
@@ -141,7 +212,9 @@ def test_predict_keeps_the_inputs_fields_beside_the_prediction(trained, tmp_path
     assert table.stdout == f"wrote {tmp_path / 't.jsonl'} (24 predictions)\n"
     assert summaries.stdout.endswith(f"wrote {tmp_path / 's.jsonl'} (1 summary)\n")
     notes = [ln for ln in one.stderr.splitlines() if "input_" in ln]
-    assert notes == [f"bertforge: {labelled}: the input's label, score kept as input_label, input_score, beside the prediction's"]
+    assert notes == [
+        f"bertforge: {labelled}: the input's label, score kept as input_label, input_score, beside the prediction's"
+    ]
     [row] = [json.loads(ln) for ln in (tmp_path / "p.jsonl").read_text().splitlines()]
     assert list(row) == ["text", "input_label", "input_score", "id", "label", "score", "probabilities"]
     assert (row["input_label"], row["input_score"], row["id"]) == ("rotten", 5, 7)

@@ -20,7 +20,6 @@ from bertforge.precision import quantize_int8
 BERTFORGE = Path(sys.executable).parent / "bertforge"
 
 
-
 def _cosines(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return (a * b).sum(1) / (np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1))
 
@@ -28,7 +27,9 @@ def _cosines(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 def test_int8_and_bf16_embeddings_keep_direction(minilm, texts, fp32_embeddings):
     torch_int8 = Embedder.from_pretrained(minilm, precision="int8")(texts)
     assert _cosines(torch_int8, fp32_embeddings).min() >= 0.98
-    subprocess.run([str(BERTFORGE), "export", "onnx", "--model", str(minilm), "--int8"], check=True, capture_output=True)
+    subprocess.run(
+        [str(BERTFORGE), "export", "onnx", "--model", str(minilm), "--int8"], check=True, capture_output=True
+    )
     onnx_int8 = Embedder.from_pretrained(minilm, precision="int8", runtime="onnx")
     assert onnx_int8.model.precision == "int8"
     onnx_int8 = onnx_int8(texts)
@@ -60,7 +61,12 @@ def test_bf16_linear_layers_are_fused_where_the_cpu_has_bf16(minilm):
     torch.manual_seed(0)
     x = torch.randn(3, 7, 384).bfloat16()
     plain = torch.nn.Linear(384, 1536).bfloat16()
-    for act, fn in (("gelu", F.gelu), ("gelu_new", lambda y: F.gelu(y, approximate="tanh")), ("relu", F.relu), (None, None)):
+    for act, fn in (
+        ("gelu", F.gelu),
+        ("gelu_new", lambda y: F.gelu(y, approximate="tanh")),
+        ("relu", F.relu),
+        (None, None),
+    ):
         want = (fn(plain(x)) if fn else plain(x)).float()
         got = FusedLinear(plain, act)(x)
         assert got.shape == (3, 7, 1536) and got.dtype == torch.bfloat16
@@ -85,12 +91,42 @@ def test_compile_flag_gives_the_same_embeddings(minilm, texts, fp32_embeddings, 
     rows = [i for i, t in enumerate(texts) if len(t.splitlines()) == 1][:60]  # one text a line
     src = tmp_path / "texts.txt"
     src.write_text("\n".join(texts[i] for i in rows) + "\n", encoding="utf-8")
-    proc = subprocess.run([str(BERTFORGE), "embed", "--model", str(minilm), "-i", str(src), "-o", str(tmp_path / "e.npy"),
-                           "--compile", "--max-tokens", "256"], capture_output=True, text=True)
+    proc = subprocess.run(
+        [
+            str(BERTFORGE),
+            "embed",
+            "--model",
+            str(minilm),
+            "-i",
+            str(src),
+            "-o",
+            str(tmp_path / "e.npy"),
+            "--compile",
+            "--max-tokens",
+            "256",
+        ],
+        capture_output=True,
+        text=True,
+    )
     assert proc.returncode == 0, proc.stderr[-2000:]
     np.testing.assert_allclose(np.load(tmp_path / "e.npy"), fp32_embeddings[rows], atol=1e-4)
-    proc = subprocess.run([str(BERTFORGE), "embed", "--model", str(minilm), "-i", str(src), "-o", str(tmp_path / "o.npy"),
-                           "--compile", "--runtime", "onnx"], capture_output=True, text=True)
+    proc = subprocess.run(
+        [
+            str(BERTFORGE),
+            "embed",
+            "--model",
+            str(minilm),
+            "-i",
+            str(src),
+            "-o",
+            str(tmp_path / "o.npy"),
+            "--compile",
+            "--runtime",
+            "onnx",
+        ],
+        capture_output=True,
+        text=True,
+    )
     assert proc.returncode == 2 and "--compile is for the torch runtime" in proc.stderr
     assert "Traceback" not in proc.stderr
 

@@ -1,14 +1,18 @@
 """The package's shape, checked: the import graph is a DAG (imports inside functions included), no
-module is over 600 lines nor any function over 100, and the faces never name a task."""
+module is over 600 lines nor any function over 100, the faces never name a task, and ruff's lint
+(line length included) and format pass."""
 
 from __future__ import annotations
 
 import ast
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
-PACKAGE = Path(__file__).resolve().parents[1] / "src" / "bertforge"
+ROOT = Path(__file__).resolve().parents[1]
+PACKAGE = ROOT / "src" / "bertforge"
 FACES = ("api.py", "pipelines.py", "cli", "serve")  # they read the task registry and never name a task
 
 
@@ -55,7 +59,7 @@ def find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
         path.append(node)
         for nxt in sorted(graph[node]):
             if state.get(nxt) == 1:
-                return path[path.index(nxt):] + [nxt]
+                return path[path.index(nxt) :] + [nxt]
             if nxt not in state and (cycle := visit(nxt)):
                 return cycle
         state[node] = 2
@@ -108,3 +112,15 @@ def test_the_faces_never_branch_on_a_task_name(path):
             strings = [c.value for c in ast.walk(node) if isinstance(c, ast.Constant) and isinstance(c.value, str)]
             branches += [f"line {node.lineno}: {s!r}" for s in strings if s in names]
     assert not branches, branches
+
+
+@pytest.mark.parametrize("command", [["check"], ["format", "--check"]])
+def test_ruff_passes(command):
+    proc = subprocess.run(
+        [sys.executable, "-m", "ruff", *command, "src", "tests", "benchmarks"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr

@@ -105,7 +105,9 @@ def test_loading_the_checkpoint_directory_matches_too(minilm_dir, theirs, rotten
     assert [e.ids for e in Tokenizer.from_pretrained("minilm-l6").encode_batch(texts[:50])] == hf["input_ids"][:50]
 
 
-def test_pure_python_legacy_tokenizer_agrees(ours, ours_zh, minilm_dir, chinese_vocab, wiki_topics, rotten_tomatoes, chinese):
+def test_pure_python_legacy_tokenizer_agrees(
+    ours, ours_zh, minilm_dir, chinese_vocab, wiki_topics, rotten_tomatoes, chinese
+):
     legacy = BertTokenizerLegacy(vocab_file=str(minilm_dir / "vocab.txt"))
     texts = [r["text"] for r in wiki_topics["valid"][:300]] + [r["text"] for r in rotten_tomatoes["valid"][:300]]
     for text, e in zip(texts, ours.encode_batch(texts), strict=True):
@@ -145,7 +147,10 @@ def test_pairs_truncate_like_transformers(ours, theirs, wiki_topics, rotten_toma
 def test_odd_room_trims_a_pair_as_the_fast_tokenizer_does(ours, theirs):
     kept = " ".join(ours.encode("a b c", "d e f", max_length=8).tokens)
     assert kept == "[CLS] a b [SEP] d e f [SEP]"  # the documented choice
-    assert ours.encode("a b c", "d e f", max_length=8).ids == theirs("a b c", "d e f", truncation="longest_first", max_length=8)["input_ids"]
+    assert (
+        ours.encode("a b c", "d e f", max_length=8).ids
+        == theirs("a b c", "d e f", truncation="longest_first", max_length=8)["input_ids"]
+    )
     a, b = ["a", "b", "c"], ["d", "e", "f"]
     while len(a) + len(b) > 8 - 3:  # Google's truncate_seq_pair: trim the longer, the second on a tie
         (a if len(a) > len(b) else b).pop()
@@ -162,7 +167,9 @@ def test_impossible_truncation_is_an_error(ours):
 
 def test_stride_windows_match_transformers(ours, theirs, wiki_topics):
     texts = [r["text"] for r in wiki_topics["valid"][:200]]
-    hf = theirs(texts, truncation=True, max_length=64, stride=16, return_overflowing_tokens=True, return_offsets_mapping=True)
+    hf = theirs(
+        texts, truncation=True, max_length=64, stride=16, return_overflowing_tokens=True, return_offsets_mapping=True
+    )
     windows = [w for e in ours.encode_batch(texts, max_length=64, stride=16) for w in [e, *e.overflowing]]
     assert len(windows) == len(hf["input_ids"]) > len(texts)
     for w, ids, offsets in zip(windows, hf["input_ids"], hf["offset_mapping"], strict=True):
@@ -180,7 +187,8 @@ def test_question_context_windows_match_transformers(ours, theirs, wiki_topics):
     contexts = [r["text"] for r in records]
     hf = theirs(questions, contexts, truncation="only_second", max_length=96, stride=24, return_overflowing_tokens=True)
     windows = [
-        w for e in ours.encode_batch(questions, contexts, max_length=96, truncation="only_second", stride=24)
+        w
+        for e in ours.encode_batch(questions, contexts, max_length=96, truncation="only_second", stride=24)
         for w in [e, *e.overflowing]
     ]
     assert [w.ids for w in windows] == hf["input_ids"]

@@ -17,9 +17,10 @@ import torch
 from safetensors.torch import load_file
 
 from bertforge import BertConfig, BertforgeError
+from bertforge.batch import budget_parts
 from bertforge.data.pretrain import PretrainDataConfig, prepare
 from bertforge.optim import Lamb, make_schedule
-from bertforge.train import Dist, MetricsLog, TrainArgs, TrainState, _evaluate, budget_parts, checkpoints
+from bertforge.train import Dist, MetricsLog, TrainArgs, TrainState, _evaluate, checkpoints
 
 ASSETS = Path(__file__).parent / "assets"
 BIN = Path(sys.executable).parent
@@ -28,23 +29,50 @@ BIN = Path(sys.executable).parent
 @pytest.fixture(scope="module")
 def shards(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("shards") / "en"
-    prepare([ASSETS / "corpus_en.txt"], ASSETS / "vocab_en.txt", out,
-            PretrainDataConfig(max_seq_len=48, dupe_factor=2, eval_fraction=0.1), workers=1, progress=False)
+    prepare(
+        [ASSETS / "corpus_en.txt"],
+        ASSETS / "vocab_en.txt",
+        out,
+        PretrainDataConfig(max_seq_len=48, dupe_factor=2, eval_fraction=0.1),
+        workers=1,
+        progress=False,
+    )
     return out
 
 
 @pytest.fixture(scope="module")
 def no_dropout(tmp_path_factory) -> Path:
     path = tmp_path_factory.mktemp("cfg") / "config.json"
-    BertConfig.preset("tiny", hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0, max_position_embeddings=64).save(path)
+    BertConfig.preset(
+        "tiny", hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0, max_position_embeddings=64
+    ).save(path)
     return path
 
 
-def pretrain(shards: Path, out: Path, *extra: str, steps: int = 12, launcher: list[str] | None = None,
-             wait: bool = True) -> subprocess.Popen | subprocess.CompletedProcess:
+def pretrain(
+    shards: Path, out: Path, *extra: str, steps: int = 12, launcher: list[str] | None = None, wait: bool = True
+) -> subprocess.Popen | subprocess.CompletedProcess:
     cmd = (launcher or [str(BIN / "bertforge")]) + [
-        "pretrain", "--data", str(shards), "--out", str(out), "--preset", "tiny", "--max-steps", str(steps),
-        "--batch-size", "8", "--lr", "1e-3", "--warmup", "2", "--log-every", "1", "--eval-every", "6", *extra,
+        "pretrain",
+        "--data",
+        str(shards),
+        "--out",
+        str(out),
+        "--preset",
+        "tiny",
+        "--max-steps",
+        str(steps),
+        "--batch-size",
+        "8",
+        "--lr",
+        "1e-3",
+        "--warmup",
+        "2",
+        "--log-every",
+        "1",
+        "--eval-every",
+        "6",
+        *extra,
     ]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     if not wait:
@@ -80,8 +108,22 @@ def test_run_layout_and_final_model_loads_in_transformers(shards, tmp_path):
     hf, info = BertForPreTraining.from_pretrained(run / "final", output_loading_info=True)
     assert not info["missing_keys"] and not info["mismatched_keys"]
     # a second run into the same directory must not clobber it
-    proc = subprocess.run([str(BIN / "bertforge"), "pretrain", "--data", str(shards), "--out", str(run),
-                           "--preset", "tiny", "--max-steps", "2"], capture_output=True, text=True)
+    proc = subprocess.run(
+        [
+            str(BIN / "bertforge"),
+            "pretrain",
+            "--data",
+            str(shards),
+            "--out",
+            str(run),
+            "--preset",
+            "tiny",
+            "--max-steps",
+            "2",
+        ],
+        capture_output=True,
+        text=True,
+    )
     assert proc.returncode == 2 and "pass --resume" in proc.stderr
 
 
@@ -116,9 +158,14 @@ def test_resume_from_a_corrupt_checkpoint_is_a_one_line_error(shards, tmp_path):
     run = tmp_path / "run"
     pretrain(shards, run, "--save-every", "2", steps=4)
     assert [p.name for p in checkpoints(run)] == ["step-2", "step-4"]
-    for name, garbage in [("trainer_state.json", b'{"step": 4,'), ("rng.pt", b"not a zip"), ("rng.pt", None),
-                          ("optimizer.pt", b"not a zip"), ("model.safetensors", b"\x00" * 16),
-                          ("config.json", b"{")]:
+    for name, garbage in [
+        ("trainer_state.json", b'{"step": 4,'),
+        ("rng.pt", b"not a zip"),
+        ("rng.pt", None),
+        ("optimizer.pt", b"not a zip"),
+        ("model.safetensors", b"\x00" * 16),
+        ("config.json", b"{"),
+    ]:
         broken = tmp_path / f"broken-{name}-{garbage is None}"
         shutil.copytree(run, broken)
         target = broken / "checkpoints" / "step-4" / name
@@ -126,11 +173,31 @@ def test_resume_from_a_corrupt_checkpoint_is_a_one_line_error(shards, tmp_path):
             target.unlink()
         else:
             target.write_bytes(garbage)
-        cmd = [str(BIN / "bertforge"), "pretrain", "--data", str(shards), "--out", str(broken), "--preset", "tiny",
-               "--max-steps", "6", "--batch-size", "8", "--save-every", "2", "--resume"]
-        proc = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"}, timeout=600)
+        cmd = [
+            str(BIN / "bertforge"),
+            "pretrain",
+            "--data",
+            str(shards),
+            "--out",
+            str(broken),
+            "--preset",
+            "tiny",
+            "--max-steps",
+            "6",
+            "--batch-size",
+            "8",
+            "--save-every",
+            "2",
+            "--resume",
+        ]
+        proc = subprocess.run(
+            cmd, capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"}, timeout=600
+        )
         assert_one_line_error(proc, f"{target}: ")
-        assert f"remove {broken / 'checkpoints' / 'step-4'} to resume from the checkpoint before it (step-2)" in proc.stderr
+        assert (
+            f"remove {broken / 'checkpoints' / 'step-4'} to resume from the checkpoint before it (step-2)"
+            in proc.stderr
+        )
         if garbage is None:
             assert "no such file" in proc.stderr
     # the way out works: without step-4, the run resumes from step-2
@@ -170,8 +237,22 @@ def test_continued_pretraining_starts_from_the_given_weights(shards, no_dropout,
     from bertforge import BertModel, save_pretrained
 
     save_pretrained(BertModel(BertConfig.preset("tiny", vocab_size=77)), other)
-    proc = subprocess.run([str(BIN / "bertforge"), "pretrain", "--data", str(shards), "--out", str(tmp_path / "x"),
-                           "--init", str(other), "--max-steps", "1"], capture_output=True, text=True)
+    proc = subprocess.run(
+        [
+            str(BIN / "bertforge"),
+            "pretrain",
+            "--data",
+            str(shards),
+            "--out",
+            str(tmp_path / "x"),
+            "--init",
+            str(other),
+            "--max-steps",
+            "1",
+        ],
+        capture_output=True,
+        text=True,
+    )
     assert proc.returncode != 0 and "vocabulary has 77 entries" in proc.stderr and "Traceback" not in proc.stderr
 
 
@@ -183,11 +264,31 @@ def test_pretrain_refuses_a_vocabulary_changed_since_the_shards(tmp_path):
     vocab = tmp_path / "vocab.txt"
     vocab.write_bytes((ASSETS / "vocab_en.txt").read_bytes())
     data = tmp_path / "shards"
-    prepare([ASSETS / "corpus_en.txt"], vocab, data, PretrainDataConfig(max_seq_len=48, dupe_factor=1), workers=1,
-            progress=False)
+    prepare(
+        [ASSETS / "corpus_en.txt"],
+        vocab,
+        data,
+        PretrainDataConfig(max_seq_len=48, dupe_factor=1),
+        workers=1,
+        progress=False,
+    )
     tokens = vocab.read_text(encoding="utf-8").splitlines()
-    cmd = [str(BIN / "bertforge"), "pretrain", "--data", str(data), "--out", str(tmp_path / "run"), "--preset", "tiny",
-           "--max-steps", "1", "--batch-size", "8", "--save-every", "0"]
+    cmd = [
+        str(BIN / "bertforge"),
+        "pretrain",
+        "--data",
+        str(data),
+        "--out",
+        str(tmp_path / "run"),
+        "--preset",
+        "tiny",
+        "--max-steps",
+        "1",
+        "--batch-size",
+        "8",
+        "--save-every",
+        "0",
+    ]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     for changed in (tokens + ["zzzextra"], tokens[: len(tokens) // 2]):
         vocab.write_text("".join(t + "\n" for t in changed), encoding="utf-8")
@@ -195,7 +296,10 @@ def test_pretrain_refuses_a_vocabulary_changed_since_the_shards(tmp_path):
         assert_one_line_error(proc, f"{vocab}: changed since prepare-pretrain")
         assert f"{data / 'manifest.json'}" in proc.stderr and "re-run prepare-pretrain" in proc.stderr
     vocab.unlink()
-    assert_one_line_error(subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600), f"{vocab}: no such file; it is the vocabulary")
+    assert_one_line_error(
+        subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600),
+        f"{vocab}: no such file; it is the vocabulary",
+    )
     assert not (tmp_path / "run" / "checkpoints").exists()
     vocab.write_text("".join(t + "\n" for t in tokens), encoding="utf-8")  # restored: it trains
     assert subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600).returncode == 0
@@ -217,22 +321,14 @@ def test_a_token_budget_splits_batches_without_changing_the_step(shards, no_drop
     assert train_losses(parts) == pytest.approx(train_losses(big), abs=1e-5)
 
 
-class _Sized:
-    def __init__(self, sizes):
-        self.sizes = sizes
-
-    def size(self, i):
-        return self.sizes[i]
-
-
 def test_budget_parts_keep_whole_examples_under_the_budget():
-    task = _Sized({0: (1, 10), 1: (3, 50), 2: (1, 40), 3: (2, 20), 4: (1, 300)})
-    assert budget_parts(task, [0, 2, 3], 200) == [[0, 2, 3]]  # fits: as it is, in its order
-    parts = budget_parts(task, [0, 1, 2, 3, 4], 200)
+    sizes = [(1, 10), (3, 50), (1, 40), (2, 20), (1, 300)]  # (rows, longest row) of each example
+    assert budget_parts([sizes[i] for i in (0, 2, 3)], 200) == [[0, 1, 2]]  # it fits: one part, in order
+    parts = budget_parts(sizes, 200)
     assert sorted(i for p in parts for i in p) == [0, 1, 2, 3, 4]
     assert [4] in parts  # over the budget alone: a part of its own
     for p in parts:
-        rows, longest = sum(task.size(i)[0] for i in p), max(task.size(i)[1] for i in p)
+        rows, longest = sum(sizes[i][0] for i in p), max(sizes[i][1] for i in p)
         assert len(p) == 1 or rows * longest <= 200
 
 
@@ -243,9 +339,19 @@ def test_bf16_lamb_cosine_run(shards, tmp_path):
     assert all(map(lambda x: x == x, losses)) and losses[-1] < losses[0]
 
 
-@pytest.mark.parametrize("name, value, least", [("batch_size", 0, 1), ("grad_accum", 0, 1), ("max_tokens", 0, 1), ("log_every", 0, 1),
-                                                ("lr", -1.0, 0), ("lr", float("nan"), 0), ("weight_decay", -0.1, 0),
-                                                ("max_steps", 0, 1)])
+@pytest.mark.parametrize(
+    "name, value, least",
+    [
+        ("batch_size", 0, 1),
+        ("grad_accum", 0, 1),
+        ("max_tokens", 0, 1),
+        ("log_every", 0, 1),
+        ("lr", -1.0, 0),
+        ("lr", float("nan"), 0),
+        ("weight_decay", -0.1, 0),
+        ("max_steps", 0, 1),
+    ],
+)
 def test_train_args_refuse_what_the_loop_would_crash_on(tmp_path, name, value, least):
     """A division by zero or torch's optimizer, once the run has begun writing; the API's way to the loop
     (bertforge.finetune) is checked here, the command line's options by their bounds."""
@@ -288,8 +394,11 @@ def test_finetune_under_torchrun(tmp_path):
 
     tok = Tokenizer.from_pretrained(ASSETS / "vocab_en.txt")
     torch.manual_seed(0)
-    model_dir = save_pretrained(BertModel(BertConfig.preset("tiny", vocab_size=tok.vocab_size, max_position_embeddings=64)),
-        tmp_path / "tiny", tokenizer=tok)
+    model_dir = save_pretrained(
+        BertModel(BertConfig.preset("tiny", vocab_size=tok.vocab_size, max_position_embeddings=64)),
+        tmp_path / "tiny",
+        tokenizer=tok,
+    )
     rnd = random.Random(0)
     words = (ASSETS / "corpus_en.txt").read_text().split()[:200]
     with (tmp_path / "train.csv").open("w", newline="") as f:
@@ -298,9 +407,28 @@ def test_finetune_under_torchrun(tmp_path):
         for _ in range(96):
             label = rnd.choice(["a", "b"])
             w.writerow([" ".join(rnd.sample(words, 6)) + (" lighthouse" if label == "a" else " river"), label])
-    cmd = [str(BIN / "torchrun"), "--standalone", "--nproc-per-node", "2", "-m", "bertforge", "finetune", "classify",
-           "--model", str(model_dir), "--train", str(tmp_path / "train.csv"), "--out", str(tmp_path / "out"),
-           "--max-steps", "6", "--batch-size", "8", "--lr", "1e-3"]
+    cmd = [
+        str(BIN / "torchrun"),
+        "--standalone",
+        "--nproc-per-node",
+        "2",
+        "-m",
+        "bertforge",
+        "finetune",
+        "classify",
+        "--model",
+        str(model_dir),
+        "--train",
+        str(tmp_path / "train.csv"),
+        "--out",
+        str(tmp_path / "out"),
+        "--max-steps",
+        "6",
+        "--batch-size",
+        "8",
+        "--lr",
+        "1e-3",
+    ]
     proc = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"}, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert (tmp_path / "out" / "model.safetensors").is_file()

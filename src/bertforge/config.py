@@ -102,7 +102,9 @@ class BertConfig:
     def check_length(self, tokens: int) -> None:
         """Learned absolute positions: a sequence longer than the table cannot be read (either runtime)."""
         if tokens > self.max_position_embeddings:
-            raise BertforgeError(f"sequence of {tokens} tokens is longer than the model's {self.max_position_embeddings} positions")
+            raise BertforgeError(
+                f"sequence of {tokens} tokens is longer than the model's {self.max_position_embeddings} positions"
+            )
 
     def replace(self, **changes: Any) -> BertConfig:
         return dataclasses.replace(self, **changes)

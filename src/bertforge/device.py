@@ -46,11 +46,16 @@ def pick_device(requested: str | torch.device | None) -> torch.device:
         raise BertforgeError(f"unknown device {str(requested)!r} (cpu, cuda, cuda:N)") from None
     if device.type == "cuda":
         if not torch.cuda.is_available():
-            raise BertforgeError(f"{device}: PyTorch sees no GPU here (this torch is {torch.__version__}); use --device cpu")
+            raise BertforgeError(
+                f"{device}: PyTorch sees no GPU here (this torch is {torch.__version__}); use --device cpu"
+            )
         if device.index is None:  # each torchrun process its own GPU
             device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
         if device.index >= torch.cuda.device_count():
-            raise BertforgeError(f"{device}: there are {torch.cuda.device_count()} GPU(s) (cuda:0 to cuda:{torch.cuda.device_count() - 1})")
+            raise BertforgeError(
+                f"{device}: there are {torch.cuda.device_count()} GPU(s) (cuda:0 to "
+                f"cuda:{torch.cuda.device_count() - 1})"
+            )
     elif device.type != "cpu":
         raise BertforgeError(f"{device}: bertforge runs on cpu or cuda")
     return device
@@ -69,7 +74,8 @@ def resolve_precision(precision: str, device: torch.device, warn: bool = True) -
         raise BertforgeError("int8 dynamic quantization runs on the CPU; on a GPU use bf16 or fp16")
     if warn and precision == "bf16" and device.type == "cpu" and not native_bf16(device):
         logging.getLogger("bertforge").warning(
-            "this CPU has no native bf16 (AVX512-BF16 / AMX): bf16 runs emulated, slower than fp32; int8 is the fast option here"
+            "this CPU has no native bf16 (AVX512-BF16 / AMX): bf16 runs emulated, slower than fp32; int8 is the fast "
+            "option here"
         )
     return precision
 

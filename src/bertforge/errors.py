@@ -8,4 +8,6 @@ class BertforgeError(Exception):
 def missing_extra(what: str, extra: str) -> BertforgeError:
     """The error for a feature whose optional dependencies are not installed: how to add them, from
     PyPI or from a clone of this repository."""
-    return BertforgeError(f"{what} needs the {extra} extra: pip install 'bertforge[{extra}]' (in a clone: pip install -e '.[{extra}]')")
+    return BertforgeError(
+        f"{what} needs the {extra} extra: pip install 'bertforge[{extra}]' (in a clone: pip install -e '.[{extra}]')"
+    )

@@ -244,7 +244,9 @@ class InterSentenceLayer(nn.Module):
 
     def forward(self, x: Tensor, keys: Tensor) -> Tensor:
         B, S, H = x.shape
-        q, k, v = self.qkv(self.attn_norm(x)).view(B, S, 3, self.num_heads, -1).permute(2, 0, 3, 1, 4)  # 3 x (B, nh, S, hs)
+        q, k, v = (
+            self.qkv(self.attn_norm(x)).view(B, S, 3, self.num_heads, -1).permute(2, 0, 3, 1, 4)
+        )  # 3 x (B, nh, S, hs)
         y = F.scaled_dot_product_attention(q, k, v, attn_mask=keys, dropout_p=self.dropout_p if self.training else 0.0)
         x = x + self.dropout(self.out(y.transpose(1, 2).reshape(B, S, H)))
         return x + self.dropout(self.down(self.act(self.up(self.ffn_norm(x)))))
@@ -350,6 +352,11 @@ class BertWithHead(nn.Module):
 
             enc = self.bert(flat(input_ids), flat(attention_mask), flat(token_type_ids), first_token_only=True)
             return self.head(enc, num_choices=input_ids.size(1), **targets)
-        enc = self.bert(input_ids, attention_mask, token_type_ids, pool=self.head.uses_pooler,
-                        first_token_only=self.head.reads_pooler_only)
+        enc = self.bert(
+            input_ids,
+            attention_mask,
+            token_type_ids,
+            pool=self.head.uses_pooler,
+            first_token_only=self.head.reads_pooler_only,
+        )
         return self.head(enc, **targets)

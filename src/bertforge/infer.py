@@ -90,7 +90,9 @@ def embed(
         return torch.nn.functional.normalize(v, dim=-1) if normalize else v
 
     result = np.zeros((len(texts), model.config.hidden_size), dtype=np.float32)
-    batches = run_batches(model, tokenizer, encodings, fn, max_tokens=max_tokens, progress=progress, pool=pooling == "pooler")
+    batches = run_batches(
+        model, tokenizer, encodings, fn, max_tokens=max_tokens, progress=progress, pool=pooling == "pooler"
+    )
     for idx, vectors in batches:
         result[idx] = vectors.cpu().numpy()
     return result
@@ -133,7 +135,9 @@ class Embedder:
             texts,
             pooling=pooling or self.settings.pooling,
             normalize=self.settings.normalize if normalize is None else normalize,
-            max_length=max_length if max_length is not None else min(self.settings.max_length, self.model.config.max_position_embeddings),
+            max_length=max_length
+            if max_length is not None
+            else min(self.settings.max_length, self.model.config.max_position_embeddings),
             max_tokens=max_tokens,
             progress=progress,
         )
@@ -164,7 +168,9 @@ def load_for_inference(
         from .onnx import EXPORTABLE_HEADS, OnnxModel
 
         if device is not None and pick_device(device).type != "cpu":
-            raise BertforgeError(f"the onnx runtime runs on the CPU (onnxruntime's CPU provider); on {device} use --runtime torch")
+            raise BertforgeError(
+                f"the onnx runtime runs on the CPU (onnxruntime's CPU provider); on {device} use --runtime torch"
+            )
         if compile:
             raise BertforgeError("--compile is for the torch runtime; an ONNX graph is already compiled by onnxruntime")
         if precision not in ("fp32", "int8", "auto"):

@@ -63,7 +63,10 @@ def multilabel(true_sets: Sequence[set], pred_sets: Sequence[set], labels: Seque
         for lab in t - p:
             fn[lab] += 1
     micro = _prf(sum(tp.values()), sum(fp.values()), sum(fn.values()))
-    per = {str(lab): dict(zip(("precision", "recall", "f1"), _prf(tp[lab], fp[lab], fn[lab]), strict=True)) for lab in labels}
+    per = {
+        str(lab): dict(zip(("precision", "recall", "f1"), _prf(tp[lab], fp[lab], fn[lab]), strict=True))
+        for lab in labels
+    }
     return {
         "subset_accuracy": float(np.mean([t == p for t, p in zip(true_sets, pred_sets, strict=True)])),
         "micro_f1": micro[2],
@@ -236,7 +239,9 @@ def squad_v2(golds: Sequence[Sequence[str]], preds: Sequence[str]) -> dict:
     return out
 
 
-def squad_v2_best_threshold(golds: Sequence[Sequence[str]], span_answers: Sequence[str], null_odds: Sequence[float]) -> dict:
+def squad_v2_best_threshold(
+    golds: Sequence[Sequence[str]], span_answers: Sequence[str], null_odds: Sequence[float]
+) -> dict:
     """The null threshold that would have scored best (the official v2.0 script's best_exact/best_f1).
 
     Each question has its best non-empty answer and ``null_odds`` = null score - that answer's score;
@@ -267,6 +272,8 @@ def squad_v2_best_threshold(golds: Sequence[Sequence[str]], span_answers: Sequen
 
 # -- summarisation ------------------------------------------------------------------------------------
 ROUGE_TYPES = ("rouge1", "rouge2", "rougeL")
+
+
 class CharTokenizer:
     """ROUGE tokens for Chinese (and mixed) text: every CJK character is a token, other text is split
     into lowercase letter/digit runs as rouge-score does. rouge-score's own tokenizer deletes every

@@ -83,8 +83,10 @@ class ModelDir:
         tokenizer = Tokenizer.from_pretrained(self.path)
         size = max(tokenizer.get_vocab().values()) + 1
         if size > self.config.vocab_size:
-            raise BertforgeError(f"{self.path}: the tokenizer has {size} entries, more than config.json's vocab_size "
-                                 f"{self.config.vocab_size}: use the vocabulary the model was trained with")
+            raise BertforgeError(
+                f"{self.path}: the tokenizer has {size} entries, more than config.json's vocab_size "
+                f"{self.config.vocab_size}: use the vocabulary the model was trained with"
+            )
         return tokenizer
 
     @cached_property

@@ -81,8 +81,9 @@ def _quiet():
         logging.root.removeFilter(errors_only)
 
 
-def export_onnx(model: BertModel | BertWithHead, path: str | Path, int8: bool = False,
-                source: str | Path | None = None) -> Path:
+def export_onnx(
+    model: BertModel | BertWithHead, path: str | Path, int8: bool = False, source: str | Path | None = None
+) -> Path:
     """An ONNX graph with dynamic batch and length; ``int8`` quantizes its linear layers (onnxruntime).
     The graph records the sha256 of the weights in ``source`` (the model's directory), so that loading it
     for a directory whose weights have changed since fails instead of answering with the old ones."""
@@ -107,8 +108,14 @@ def export_onnx(model: BertModel | BertWithHead, path: str | Path, int8: bool = 
     try:
         with _quiet():
             program = torch.onnx.export(
-                graph, example, input_names=list(INPUTS), output_names=output_names(head),
-                dynamic_shapes=({0: batch, 1: seq},) * 3, dynamo=True, opset_version=18, verbose=False,
+                graph,
+                example,
+                input_names=list(INPUTS),
+                output_names=output_names(head),
+                dynamic_shapes=({0: batch, 1: seq},) * 3,
+                dynamo=True,
+                opset_version=18,
+                verbose=False,
             )
             if weights is not None:
                 program.model.metadata_props[WEIGHTS_SHA256] = weights  # (quantize_dynamic keeps it)
@@ -119,7 +126,10 @@ def export_onnx(model: BertModel | BertWithHead, path: str | Path, int8: bool = 
                 # the linear layers only, as in PyTorch int8: quantizing the embedding tables (Gather) as well
                 # costs accuracy for no speed
                 quantize_dynamic(
-                    str(fp32_path), str(path), weight_type=QuantType.QInt8, per_channel=True,
+                    str(fp32_path),
+                    str(path),
+                    weight_type=QuantType.QInt8,
+                    per_channel=True,
                     op_types_to_quantize=["MatMul", "Gemm"],
                 )
     except OSError as e:
@@ -144,8 +154,15 @@ class OnnxModel:
     outputs its head needs, its label count, and the weights it was exported from (``int8``: it was
     exported with --int8, for the advice the errors give)."""
 
-    def __init__(self, path: str | Path, config, head: str | None, threads: int | None = None,
-                 source: str | Path | None = None, int8: bool = False):
+    def __init__(
+        self,
+        path: str | Path,
+        config,
+        head: str | None,
+        threads: int | None = None,
+        source: str | Path | None = None,
+        int8: bool = False,
+    ):
         try:
             import onnxruntime as ort
         except ImportError:
@@ -186,10 +203,15 @@ class OnnxModel:
         if recorded is None:
             logging.getLogger("bertforge").warning(
                 "%s does not record which weights it was exported from (an older export), so it is not checked "
-                "against %s's; %s to have it checked", path, source, export
+                "against %s's; %s to have it checked",
+                path,
+                source,
+                export,
             )
         elif weights is not None and recorded != weights:
-            raise BertforgeError(f"{path} is older than the weights in {source} (exported from other weights); {export}")
+            raise BertforgeError(
+                f"{path} is older than the weights in {source} (exported from other weights); {export}"
+            )
 
     def eval(self) -> OnnxModel:
         return self
@@ -201,7 +223,9 @@ class OnnxModel:
             "attention_mask": (attention_mask if attention_mask is not None else torch.ones_like(input_ids)).numpy(),
             "token_type_ids": (token_type_ids if token_type_ids is not None else torch.zeros_like(input_ids)).numpy(),
         }
-        out = dict(zip(self.outputs, (torch.from_numpy(np.asarray(a)) for a in self.session.run(None, feed)), strict=True))
+        out = dict(
+            zip(self.outputs, (torch.from_numpy(np.asarray(a)) for a in self.session.run(None, feed)), strict=True)
+        )
         if self.head_name is None:
             return EncoderOutput(out["last_hidden_state"], out["pooler_output"])
         return HeadOutput(out["logits"], end_logits=out.get("end_logits"))

@@ -1,7 +1,7 @@
 """Predictions from Python: load a model directory's task once, validate inputs, predict.
 
-    >>> pipe = bertforge.pipeline("classify", "runs/sentiment")
-    >>> pipe("a great film"), pipe(["a", "b"]), pipe([("premise", "hypothesis")])
+>>> pipe = bertforge.pipeline("classify", "runs/sentiment")
+>>> pipe("a great film"), pipe(["a", "b"]), pipe([("premise", "hypothesis")])
 """
 
 from __future__ import annotations
@@ -21,8 +21,14 @@ class Pipeline:
     ``minilm-l6``) summarises without training: ``method`` centroid (default), cluster or lead."""
 
     def __init__(
-        self, task: str | None, model: str | Path | ModelDir, device: str | None = None, precision: str = "fp32",
-        runtime: str = "torch", compile: bool = False, **settings: Any,
+        self,
+        task: str | None,
+        model: str | Path | ModelDir,
+        device: str | None = None,
+        precision: str = "fp32",
+        runtime: str = "torch",
+        compile: bool = False,
+        **settings: Any,
     ):
         md = ModelDir.open(model)
         self.task = for_model(md, task, **settings)
@@ -49,5 +55,6 @@ class Pipeline:
 
 def pipeline(task: str | None, model: str | Path, device: str | None = None, **settings: Any) -> Pipeline:
     """``pipeline("classify", "runs/sentiment")("a great film")``,
-    ``pipeline("qa", "runs/squad")({"question": ..., "context": ...})``, ``pipeline("summarize", "minilm-l6")(text)``."""
+    ``pipeline("qa", "runs/squad")({"question": ..., "context": ...})``,
+    ``pipeline("summarize", "minilm-l6")(text)``."""
     return Pipeline(task, model, device, **settings)

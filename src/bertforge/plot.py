@@ -43,7 +43,9 @@ def plot_run(run: str | Path, out: str | Path | None = None) -> Path:
     rows = read_metrics(run)
     train = [r for r in rows if r.get("split") == "train"]
     evals = [r for r in rows if r.get("split") == "eval"]
-    metric_names = sorted({k for r in evals for k, v in r.items() if k not in ("step", "split") and isinstance(v, (int, float))})
+    metric_names = sorted(
+        {k for r in evals for k, v in r.items() if k not in ("step", "split") and isinstance(v, (int, float))}
+    )
     panels = [("training loss", "loss", train), ("learning rate", "lr", train)]
     panels += [(f"eval {m}", m, evals) for m in metric_names]
     cols = min(3, len(panels))
@@ -56,7 +58,7 @@ def plot_run(run: str | Path, out: str | Path | None = None) -> Path:
         ax.set_title(title)
         ax.set_xlabel("step")
         ax.grid(alpha=0.3)
-    for ax in list(axes.flat)[len(panels):]:
+    for ax in list(axes.flat)[len(panels) :]:
         ax.axis("off")
     fig.suptitle(run_title(run))
     fig.tight_layout()

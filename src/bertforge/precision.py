@@ -30,7 +30,9 @@ def encoders(model: nn.Module) -> list[BertModel]:
     return [m for m in model.modules() if isinstance(m, BertModel)]
 
 
-def prepare(model: nn.Module, precision: str = "fp32", device: str | torch.device | None = None, compile: bool = False) -> nn.Module:
+def prepare(
+    model: nn.Module, precision: str = "fp32", device: str | torch.device | None = None, compile: bool = False
+) -> nn.Module:
     """Put a loaded model in eval mode, on its device, at the given precision (and compiled)."""
     device = pick_device(device)
     precision = resolve_precision(precision, device)
@@ -205,4 +207,3 @@ def quantize_int8(model: nn.Module, smooth: bool = True) -> nn.Module:
     finally:
         torch.backends.quantized.engine = engine
     return model
-

@@ -248,7 +248,9 @@ class Tokenizer:
         for i, t in enumerate(texts):
             ok = isinstance(t, list) and all(isinstance(w, str) for w in t) if is_pretokenized else isinstance(t, str)
             if not ok:
-                raise BertforgeError(f"text {i} is {type(t).__name__}, not {'a list of words' if is_pretokenized else 'a string'}")
+                raise BertforgeError(
+                    f"text {i} is {type(t).__name__}, not {'a list of words' if is_pretokenized else 'a string'}"
+                )
         backend = self._variant(max_length, truncation, stride)
         if pairs is not None:
             if len(pairs) != len(texts):
@@ -266,7 +268,9 @@ class Tokenizer:
             if not isinstance(e, Exception) and type(e).__name__ != "PanicException":
                 raise
             said = str(e).split(" (note")[0]
-            raise BertforgeError(f"cannot encode with max_length={max_length}, truncation={truncation}, stride={stride}: {said}") from None
+            raise BertforgeError(
+                f"cannot encode with max_length={max_length}, truncation={truncation}, stride={stride}: {said}"
+            ) from None
 
     def tokenize(self, text: str) -> list[str]:
         return self.encode(text, add_special_tokens=False).tokens
@@ -274,9 +278,13 @@ class Tokenizer:
     def decode(self, ids: Iterable[int], skip_special_tokens: bool = True) -> str:
         return self._backend.decode(list(ids), skip_special_tokens=skip_special_tokens)
 
-    def to_tensors(self, encodings: Sequence[Encoding], pad_to_multiple_of: int | None = None) -> dict[str, torch.Tensor]:
+    def to_tensors(
+        self, encodings: Sequence[Encoding], pad_to_multiple_of: int | None = None
+    ) -> dict[str, torch.Tensor]:
         """Right-pad encodings into (B, T) input_ids, attention_mask and token_type_ids."""
-        return encoder_batch([e.ids for e in encodings], [e.type_ids for e in encodings], self.pad_id, pad_to_multiple_of)
+        return encoder_batch(
+            [e.ids for e in encodings], [e.type_ids for e in encodings], self.pad_id, pad_to_multiple_of
+        )
 
     # -- saving ---------------------------------------------------------------------------------------
     def save_vocab(self, path: str | Path) -> Path:
@@ -291,7 +299,13 @@ class Tokenizer:
         directory.mkdir(parents=True, exist_ok=True)
         self.save_vocab(directory / "vocab.txt")
         self._backend.save(str(directory / "tokenizer.json"))
-        specials = {"unk_token": "[UNK]", "sep_token": "[SEP]", "pad_token": "[PAD]", "cls_token": "[CLS]", "mask_token": "[MASK]"}
+        specials = {
+            "unk_token": "[UNK]",
+            "sep_token": "[SEP]",
+            "pad_token": "[PAD]",
+            "cls_token": "[CLS]",
+            "mask_token": "[MASK]",
+        }
         config = {
             "tokenizer_class": "BertTokenizer",
             "do_lower_case": self.lowercase,
@@ -346,7 +360,9 @@ def train_vocab(
             raise BertforgeError(f"{f}: no such file")
     if vocab_size < len(SPECIAL_TOKENS) + 10:
         raise BertforgeError(f"vocab size {vocab_size} is too small")
-    if not any(_has_text(Path(f)) for f in files):  # as prepare-pretrain says it: a vocabulary of the specials alone is no use
+    if not any(
+        _has_text(Path(f)) for f in files
+    ):  # as prepare-pretrain says it: a vocabulary of the specials alone is no use
         raise BertforgeError(f"{', '.join(map(str, files))}: no text (empty corpus)")
     # The trainer draws its bars on stderr, and only when that is a terminal, but ends each bar with a newline
     # on stdout (println!): shown on a terminal only, with those newlines sent to stderr beside the bars.

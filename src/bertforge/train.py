@@ -28,12 +28,12 @@ from typing import Any, Protocol
 
 import numpy as np
 import torch
-import torch.distributed as dist
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
-from .batch import token_batches
+from .batch import budget_parts
 from .device import default_max_tokens, model_device, pick_device
+from .distributed import Dist, Schedule, all_reduce, barrier, init_distributed
 from .errors import BertforgeError
 from .metrics import LOWER_IS_BETTER
 from .optim import make_optimizer, make_schedule
@@ -93,15 +93,24 @@ class TrainArgs:
     log_every: int = 10
     resume: bool = False
     device: str | None = None
-    select_metric: str | None = None  # keep the best checkpoint on this eval metric (the lowest in metrics.LOWER_IS_BETTER)
+    select_metric: str | None = (
+        None  # keep the best checkpoint on this eval metric (the lowest in metrics.LOWER_IS_BETTER)
+    )
     patience: int = 0  # evaluations without improvement before stopping; 0: never stop early
     progress: bool = True
 
     def __post_init__(self) -> None:
         """The settings a bad value of would crash the loop (a division by zero, torch's optimizer) once it has
         begun writing; the command line's options carry the same bounds."""
-        bounds = (("batch_size", 1), ("grad_accum", 1), ("max_tokens", 1), ("log_every", 1), ("lr", 0), ("weight_decay", 0),
-                  ("max_steps", 1))
+        bounds = (
+            ("batch_size", 1),
+            ("grad_accum", 1),
+            ("max_tokens", 1),
+            ("log_every", 1),
+            ("lr", 0),
+            ("weight_decay", 0),
+            ("max_steps", 1),
+        )
         for name, least in bounds:  # (None: max_steps by epochs, max_tokens by device)
             value = getattr(self, name)
             if value is not None and not value >= least:  # (NaN too)
@@ -120,72 +129,6 @@ class TrainState:
     bad_evals: int = 0
     history: list[dict] = field(default_factory=list)  # eval results
     is_main: bool = field(default=True, metadata={"transient": True})  # rank 0 (not saved)
-
-
-# -- distributed ---------------------------------------------------------------------------------------
-@dataclass
-class Dist:
-    rank: int = 0
-    world: int = 1
-    local_rank: int = 0
-
-    @property
-    def main(self) -> bool:
-        return self.rank == 0
-
-
-def init_distributed(device: torch.device) -> Dist:
-    """From torchrun's environment; gloo on CPU, nccl on GPU. A single process needs nothing."""
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    if world == 1:
-        return Dist()
-    if not dist.is_initialized():
-        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
-    return Dist(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", "0")))
-
-
-def _all_reduce(values: list[float], d: Dist) -> list[float]:
-    if d.world == 1:
-        return values
-    t = torch.tensor(values, dtype=torch.float64)
-    dist.all_reduce(t)
-    return t.tolist()
-
-
-# -- data order ----------------------------------------------------------------------------------------
-class Schedule:
-    """Which examples each rank sees at each micro-step: a seeded permutation per epoch, cut into
-    global micro-batches of ``batch_size / grad_accum``; rank r takes the r-th slice of each. The
-    position is a pure function of the step, so resuming needs no sampler state."""
-
-    def __init__(self, n: int, args: TrainArgs, d: Dist):
-        self.n, self.seed, self.d = n, args.seed, d
-        per_step = args.batch_size
-        if per_step % (args.grad_accum * d.world):
-            raise BertforgeError(
-                f"batch size {per_step} is not divisible by grad-accum {args.grad_accum} x {d.world} processes"
-            )
-        self.micro = per_step // args.grad_accum  # global micro-batch
-        self.local = self.micro // d.world
-        self.grad_accum = args.grad_accum
-        self.micro_per_epoch = n // self.micro
-        if self.micro_per_epoch == 0:
-            raise BertforgeError(f"{n} training examples are fewer than one batch of {self.micro}: lower --batch-size")
-        self.steps_per_epoch = max(1, self.micro_per_epoch // self.grad_accum)
-        self._perm: tuple[int, np.ndarray] | None = None
-
-    def _permutation(self, epoch: int) -> np.ndarray:
-        if self._perm is None or self._perm[0] != epoch:
-            self._perm = (epoch, np.random.default_rng([self.seed, epoch]).permutation(self.n))
-        return self._perm[1]
-
-    def micro_batch(self, step: int, k: int) -> tuple[int, int, list[int]]:
-        """(epoch, index of the global micro-batch, this rank's example indices) for micro-step k of ``step``."""
-        g = step * self.grad_accum + k
-        epoch, j = divmod(g, self.micro_per_epoch)
-        perm = self._permutation(epoch)
-        start = j * self.micro + self.d.rank * self.local
-        return epoch, g, perm[start : start + self.local].tolist()
 
 
 # -- checkpoints ----------------------------------------------------------------------------------------
@@ -210,7 +153,12 @@ def _rng_state() -> dict[str, Any]:
     version, internal, gauss_next = random.getstate()
     return {
         "torch": torch.get_rng_state(),
-        "numpy": {"keys": torch.from_numpy(keys.astype(np.int64)), "pos": pos, "has_gauss": has_gauss, "cached": cached},
+        "numpy": {
+            "keys": torch.from_numpy(keys.astype(np.int64)),
+            "pos": pos,
+            "has_gauss": has_gauss,
+            "cached": cached,
+        },
         "python": {"version": version, "internal": list(internal), "gauss_next": gauss_next},
     }
 
@@ -246,8 +194,18 @@ def save_checkpoint(
 
 
 # what a run learns from: changed on resume, the run is no longer the one it would have been
-RUN_SETTINGS = ("batch_size", "grad_accum", "lr", "warmup", "schedule", "weight_decay", "optimizer", "max_grad_norm",
-                "precision", "seed")
+RUN_SETTINGS = (
+    "batch_size",
+    "grad_accum",
+    "lr",
+    "warmup",
+    "schedule",
+    "weight_decay",
+    "optimizer",
+    "max_grad_norm",
+    "precision",
+    "seed",
+)
 
 
 def changed_settings(previous: Path, args: TrainArgs) -> str:
@@ -261,7 +219,8 @@ def changed_settings(previous: Path, args: TrainArgs) -> str:
 
 
 def resume_hint(path: Path) -> str:
-    """The way out of an unreadable checkpoint ``path`` (RUN/checkpoints/step-N): remove it, and resume from the one before."""
+    """The way out of an unreadable checkpoint ``path`` (RUN/checkpoints/step-N): remove it, and resume
+    from the one before."""
     earlier = [p for p in checkpoints(path.parent.parent) if p != path]
     if earlier:
         return f"remove {path} to resume from the checkpoint before it ({earlier[-1].name})"
@@ -285,8 +244,10 @@ def load_checkpoint(path: Path, model: nn.Module, optimizer, scheduler) -> Train
     # the head's rows are labels by position: resuming on data with other labels would pair them up wrongly
     current = getattr(getattr(model, "config", None), "id2label", None)
     if saved and current and saved != current:
-        raise BertforgeError(f"{path} was trained on labels {', '.join(saved.values())}; this data has "
-                             f"{', '.join(current.values())}: resume with the same labels, or choose another --out")
+        raise BertforgeError(
+            f"{path} was trained on labels {', '.join(saved.values())}; this data has "
+            f"{', '.join(current.values())}: resume with the same labels, or choose another --out"
+        )
     try:
         load_state(model, read_weights(path), str(path))
     except BertforgeError as e:
@@ -352,7 +313,9 @@ def train(model: nn.Module, task: Task, args: TrainArgs, on_eval: Callable[[dict
     device = pick_device(args.device)
     d = init_distributed(device)
     args = _fitted_batch(args, task.num_train(), d)
-    sched = Schedule(task.num_train(), args, d)  # (before anything is written: too little data is an error)
+    sched = Schedule(
+        task.num_train(), args.batch_size, args.grad_accum, args.seed, d
+    )  # (before anything is written: too little data is an error)
     max_tokens = args.max_tokens or default_max_tokens(device)  # a micro-batch over it runs in parts
     out = args.out
     if d.main:
@@ -374,30 +337,28 @@ def train(model: nn.Module, task: Task, args: TrainArgs, on_eval: Callable[[dict
 
     runner: nn.Module = model
     if d.world > 1:
-        runner = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+        runner = nn.parallel.DistributedDataParallel(
+            model, device_ids=[device.index] if device.type == "cuda" else None
+        )
     if args.compile:
         runner = torch.compile(runner)
     use_bf16 = args.precision == "bf16"
     eval_every = args.eval_every or sched.steps_per_epoch
 
     bar = progress_bar(d.main and args.progress, total=total_steps, initial=state.step, desc="training", unit="step")
-    window: dict[str, float] = {"loss": 0.0, "steps": 0, "tokens": 0, "time": 0.0}
+    window = _Window()
     stop = False
     release_memory = _release_memory()
     while state.step < total_steps and not stop:
         t0 = time.perf_counter()
         model.train()
-        batches = []
-        for k in range(args.grad_accum):
-            epoch, g, idx = sched.micro_batch(state.step, k)
-            rng = np.random.default_rng([args.seed, epoch, g, d.rank])
-            batches.extend(task.collate(part, rng) for part in budget_parts(task, idx, max_tokens))
+        batches = _micro_batches(task, sched, state.step, args, d, max_tokens)
         # counted on the CPU, before the copy: on a GPU, reading a count back would wait for the device
         counts = [task.counts(b) for b in batches]
         tokens = sum(task.tokens(b) for b in batches)
         batches = [{key: v.to(device, non_blocking=True) for key, v in b.items()} for b in batches]
         terms = sorted(counts[0])
-        totals = dict(zip(terms, _all_reduce([float(sum(c[t] for c in counts)) for t in terms], d), strict=True))
+        totals = dict(zip(terms, all_reduce([float(sum(c[t] for c in counts)) for t in terms], d), strict=True))
         step_loss = _backward(runner, task, batches, counts, totals, args.seed, state.step, d, device.type, use_bf16)
         grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), args.max_grad_norm or float("inf"))
         optimizer.step()
@@ -405,15 +366,12 @@ def train(model: nn.Module, task: Task, args: TrainArgs, on_eval: Callable[[dict
         optimizer.zero_grad(set_to_none=True)
         if device.type == "cpu" and state.step % 10 == 0:
             release_memory()
-        step_loss, tokens = _all_reduce([step_loss, float(tokens)], d)
+        step_loss, tokens = all_reduce([step_loss, float(tokens)], d)
         state.step += 1
         dt = time.perf_counter() - t0
         state.tokens += int(tokens)
         state.elapsed += dt
-        window["loss"] += step_loss
-        window["steps"] += 1
-        window["tokens"] += tokens
-        window["time"] += dt
+        window.add(step_loss, tokens, dt)
         lr = scheduler.get_last_lr()[0]
         if not math.isfinite(step_loss):
             raise BertforgeError(f"loss became {step_loss} at step {state.step}: lower --lr or use fp32")
@@ -421,16 +379,14 @@ def train(model: nn.Module, task: Task, args: TrainArgs, on_eval: Callable[[dict
             bar.update(1)
             bar.set_postfix(loss=f"{step_loss:.4f}", lr=f"{lr:.2e}", tok_s=f"{tokens / dt:,.0f}", refresh=False)
         if state.step % args.log_every == 0 or state.step == total_steps:
-            log.write({"step": state.step, "split": "train", "loss": window["loss"] / window["steps"], "lr": lr,
-                       "grad_norm": float(grad_norm), "tokens_per_s": window["tokens"] / max(window["time"], 1e-9),
-                       "tokens": state.tokens, "elapsed_s": round(state.elapsed, 2)})
-            window = {"loss": 0.0, "steps": 0, "tokens": 0, "time": 0.0}
+            log.write(window.row(state, lr, float(grad_norm)))
+            window = _Window()
         if state.step % eval_every == 0 or state.step == total_steps:
             stop = _evaluate(model, task, args, state, d, log, on_eval)
         if args.save_every and state.step % args.save_every == 0 and state.step < total_steps:
             if d.main:
                 save_checkpoint(out, model, optimizer, scheduler, state, task, args.keep_last)
-            _barrier(d)
+            barrier(d)
     bar.close()
     state.is_main = d.main
     if d.main:
@@ -438,7 +394,7 @@ def train(model: nn.Module, task: Task, args: TrainArgs, on_eval: Callable[[dict
         from .plot import plot_run
 
         plot_run(out)
-    _barrier(d)
+    barrier(d)
     return state
 
 
@@ -449,21 +405,50 @@ def _fitted_batch(args: TrainArgs, n: int, d: Dist) -> TrainArgs:
     unit = args.grad_accum * d.world
     fitted = n // unit * unit
     if fitted == 0:
-        raise BertforgeError(f"{n} training examples cannot fill {unit} micro-batches (--grad-accum {args.grad_accum} x "
-                             f"{d.world} processes): lower --grad-accum")
+        raise BertforgeError(
+            f"{n} training examples cannot fill {unit} micro-batches (--grad-accum {args.grad_accum} x "
+            f"{d.world} processes): lower --grad-accum"
+        )
     if d.main:
-        tqdm.write(f"bertforge: {n} training examples are fewer than one batch of {args.batch_size}: "
-                   f"training with batches of {fitted}")
+        tqdm.write(
+            f"bertforge: {n} training examples are fewer than one batch of {args.batch_size}: "
+            f"training with batches of {fitted}"
+        )
     return dataclasses.replace(args, batch_size=fitted)
 
 
-def budget_parts(task: Task, indices: list[int], max_tokens: int) -> list[list[int]]:
-    """One micro-batch's examples as parts of at most ``max_tokens`` padded tokens (one part when it fits)."""
-    sizes = [task.size(i) for i in indices]
-    if sum(r for r, _ in sizes) * max(t for _, t in sizes) <= max_tokens:
-        return [indices]
-    parts = token_batches([t for _, t in sizes], max_tokens, rows=[r for r, _ in sizes])
-    return [[indices[j] for j in part] for part in parts]
+def _micro_batches(task: Task, sched: Schedule, step: int, args: TrainArgs, d: Dist, max_tokens: int) -> list[dict]:
+    """This rank's micro-batches of ``step``, each run in parts of at most ``max_tokens`` padded tokens."""
+    batches = []
+    for k in range(args.grad_accum):
+        epoch, g, idx = sched.micro_batch(step, k)
+        rng = np.random.default_rng([args.seed, epoch, g, d.rank])
+        parts = budget_parts([task.size(i) for i in idx], max_tokens)
+        batches.extend(task.collate([idx[j] for j in part], rng) for part in parts)
+    return batches
+
+
+@dataclass
+class _Window:
+    """Training metrics since the last log line."""
+
+    loss: float = 0.0
+    steps: int = 0
+    tokens: float = 0.0
+    time: float = 0.0
+
+    def add(self, loss: float, tokens: float, seconds: float) -> None:
+        self.loss, self.steps, self.tokens, self.time = (
+            self.loss + loss,
+            self.steps + 1,
+            self.tokens + tokens,
+            self.time + seconds,
+        )
+
+    def row(self, state: TrainState, lr: float, grad_norm: float) -> dict:
+        return {"step": state.step, "split": "train", "loss": self.loss / self.steps, "lr": lr, "grad_norm": grad_norm,
+                "tokens_per_s": self.tokens / max(self.time, 1e-9), "tokens": state.tokens,
+                "elapsed_s": round(state.elapsed, 2)}  # fmt: skip
 
 
 def _resumed(existing: list[Path], model: nn.Module, optimizer, scheduler, args: TrainArgs, d: Dist) -> TrainState:
@@ -474,15 +459,27 @@ def _resumed(existing: list[Path], model: nn.Module, optimizer, scheduler, args:
         if d.main:
             tqdm.write(f"bertforge: resumed from {existing[-1]} (step {state.step})")
             if changes := changed_settings(args.out / "train_args.json", args):
-                tqdm.write(f"bertforge: warning: resuming with settings other than the run's ({changes}); the optimizer "
-                           "and the learning-rate schedule continue from the checkpoint")
+                tqdm.write(
+                    f"bertforge: warning: resuming with settings other than the run's ({changes}); the optimizer "
+                    "and the learning-rate schedule continue from the checkpoint"
+                )
     elif args.resume and d.main:  # a rerun after a preemption before the first checkpoint: start over, but say so
         tqdm.write(f"bertforge: no checkpoint in {args.out} to resume from: starting from step 0")
     return state
 
 
-def _backward(runner: nn.Module, task: Task, batches: list[dict], counts: list[dict], totals: dict[str, float],
-              seed: int, step: int, d: Dist, device_type: str, use_bf16: bool) -> float:
+def _backward(
+    runner: nn.Module,
+    task: Task,
+    batches: list[dict],
+    counts: list[dict],
+    totals: dict[str, float],
+    seed: int,
+    step: int,
+    d: Dist,
+    device_type: str,
+    use_bf16: bool,
+) -> float:
     """Gradients of one step's micro-batches; returns the step's loss. Each loss term is weighted to its
     share of the step's targets, so N micro-batches take the step one batch would."""
     step_loss = 0.0
@@ -507,7 +504,10 @@ def _evaluate(model, task: Task, args: TrainArgs, state: TrainState, d: Dist, lo
     stop = 0.0
     if d.main:
         model.eval()
-        with torch.no_grad(), torch.autocast(model_device(model).type, dtype=torch.bfloat16, enabled=args.precision == "bf16"):
+        with (
+            torch.no_grad(),
+            torch.autocast(model_device(model).type, dtype=torch.bfloat16, enabled=args.precision == "bf16"),
+        ):
             metrics = task.evaluate(model)
         model.train()
         row = {"step": state.step, "split": "eval", **metrics}
@@ -532,11 +532,8 @@ def _evaluate(model, task: Task, args: TrainArgs, state: TrainState, d: Dist, lo
             else:
                 state.bad_evals += 1
                 if args.patience and state.bad_evals >= args.patience:
-                    tqdm.write(f"bertforge: no {args.select_metric} improvement in {args.patience} evaluations: stopping")
+                    tqdm.write(
+                        f"bertforge: no {args.select_metric} improvement in {args.patience} evaluations: stopping"
+                    )
                     stop = 1.0
-    return bool(_all_reduce([stop], d)[0])
-
-
-def _barrier(d: Dist) -> None:
-    if d.world > 1:
-        dist.barrier()
+    return bool(all_reduce([stop], d)[0])

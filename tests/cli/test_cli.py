@@ -124,8 +124,10 @@ def test_similarity_errors_are_one_line(tmp_path):
     [
         (b"one\t\n", "line 1: expected two tab-separated sentences"),
         (b"one\ttwo\tmaybe\n", "line 1: unknown label 'maybe' (use 1/0, yes/no, same/different, true/false)"),
-        (b"one\ttwo\tTrue\nthree\tfour\t1\textra\n",
-         "line 2: 4 tab-separated columns; expected sentence A, sentence B and an optional gold label"),
+        (
+            b"one\ttwo\tTrue\nthree\tfour\t1\textra\n",
+            "line 2: 4 tab-separated columns; expected sentence A, sentence B and an optional gold label",
+        ),
         (b"# only a comment\n\n", "no sentence pairs"),
         (b"a\tb\n\xff\n", "line 2 is not UTF-8 text (byte 0xff)"),
     ],
@@ -144,7 +146,8 @@ def test_similarity_refuses_sentences_with_pairs_and_a_threshold_beyond_cosine(t
     pairs = tmp_path / "pairs.tsv"
     pairs.write_text("one\ttwo\n")
     assert _main_error(monkeypatch, capsys, "similarity", "--pairs", pairs, "a", "b") == (
-        "bertforge: error: give two sentences or --pairs FILE, not both")
+        "bertforge: error: give two sentences or --pairs FILE, not both"
+    )
     for value, bound in (("2", "less than or equal to 1"), ("-1.5", "greater than or equal to -1")):
         err = _main_error(monkeypatch, capsys, "similarity", "a", "b", "--threshold", value)
         assert f"Invalid value for '--threshold': Input should be {bound}" in err
@@ -171,7 +174,18 @@ def test_embed_writes_the_embedder_output(tmp_path, rotten_tomatoes, embedder):
     (tmp_path / "texts.txt").write_text("\n".join(texts) + "\n", encoding="utf-8")
     proc, _ = run_all(
         ["embed", "--model", "minilm-l6", "--input", tmp_path / "texts.txt", "--output", tmp_path / "out.npy"],
-        ["embed", "-m", "minilm-l6", "-i", tmp_path / "texts.txt", "-o", tmp_path / "out.jsonl", "--pooling", "cls", "--no-normalize"],
+        [
+            "embed",
+            "-m",
+            "minilm-l6",
+            "-i",
+            tmp_path / "texts.txt",
+            "-o",
+            tmp_path / "out.jsonl",
+            "--pooling",
+            "cls",
+            "--no-normalize",
+        ],
     )
     assert proc.stdout.strip() == f"wrote {tmp_path / 'out.npy'}: 20 x 384"
     vectors = np.load(tmp_path / "out.npy")
@@ -180,7 +194,9 @@ def test_embed_writes_the_embedder_output(tmp_path, rotten_tomatoes, embedder):
     assert not list(tmp_path.glob(".out.npy*.tmp"))
     records = [json.loads(line) for line in (tmp_path / "out.jsonl").read_text().splitlines()]
     assert [r["text"] for r in records] == texts
-    np.testing.assert_allclose(np.array([r["embedding"] for r in records]), embedder(texts, pooling="cls", normalize=False), atol=1e-6)
+    np.testing.assert_allclose(
+        np.array([r["embedding"] for r in records]), embedder(texts, pooling="cls", normalize=False), atol=1e-6
+    )
 
 
 def test_embed_errors(tmp_path):
@@ -216,13 +232,18 @@ def test_embed_refuses_a_vocabulary_larger_than_the_model(tmp_path, tiny_dir, mo
     with (model / "vocab.txt").open("a", encoding="utf-8") as f:
         f.write("zzqqxx\n")
     (tmp_path / "texts.txt").write_text("hello\n")  # no extra token in it: refused all the same
-    monkeypatch.setattr(sys, "argv", ["bertforge", "embed", "-m", str(model), "-i", str(tmp_path / "texts.txt"),
-                                      "-o", str(tmp_path / "out.npy")])
+    monkeypatch.setattr(
+        sys,
+        "argv",
+        ["bertforge", "embed", "-m", str(model), "-i", str(tmp_path / "texts.txt"), "-o", str(tmp_path / "out.npy")],
+    )
     with pytest.raises(SystemExit) as e:
         main()
     assert e.value.code == 2
-    assert capsys.readouterr().err == (f"bertforge: error: {model}: the tokenizer has 30523 entries, more than config.json's "
-                                       "vocab_size 30522: use the vocabulary the model was trained with\n")
+    assert capsys.readouterr().err == (
+        f"bertforge: error: {model}: the tokenizer has 30523 entries, more than config.json's "
+        "vocab_size 30522: use the vocabulary the model was trained with\n"
+    )
     assert not (tmp_path / "out.npy").exists()
 
 
@@ -251,8 +272,19 @@ def test_vocab_names_the_file_and_line_that_is_not_utf8(tmp_path, tiny_corpus, m
     """As prepare-pretrain says it; the trainer's own message names neither."""
     latin = tmp_path / "latin.txt"
     latin.write_bytes("hello world\ncaf\u00e9 au lait\n".encode("latin-1"))
-    err = _main_error(monkeypatch, capsys, "vocab", "--corpus", tiny_corpus, "--corpus", latin, "--vocab-size", "200",
-                      "--out", tmp_path / "v.txt")
+    err = _main_error(
+        monkeypatch,
+        capsys,
+        "vocab",
+        "--corpus",
+        tiny_corpus,
+        "--corpus",
+        latin,
+        "--vocab-size",
+        "200",
+        "--out",
+        tmp_path / "v.txt",
+    )
     assert err == f"bertforge: error: {latin}: line 2 is not UTF-8 text (byte 0xe9)"
     assert not (tmp_path / "v.txt").exists()
 
@@ -306,8 +338,9 @@ def test_vocab_stdout_is_the_wrote_line_alone(tmp_path, tiny_corpus, monkeypatch
     reader = threading.Thread(target=drain, daemon=True)
     reader.start()
     try:
-        on_terminal = subprocess.run([str(BERTFORGE), *map(str, cmd)], stdout=subprocess.PIPE, stderr=terminal,
-                                     text=True, timeout=300)
+        on_terminal = subprocess.run(
+            [str(BERTFORGE), *map(str, cmd)], stdout=subprocess.PIPE, stderr=terminal, text=True, timeout=300
+        )
     finally:
         os.close(terminal)
     reader.join(30)
@@ -347,9 +380,14 @@ def test_usage_errors_are_one_line_naming_the_help(monkeypatch, capsys):
     """click's usage errors (a missing option, a value of the wrong type, an unknown option) are one line,
     as every other error, with the way to the command's options."""
     assert _main_error(monkeypatch, capsys, "embed", "-m", "minilm-l6", "-o", "x.npy") == (
-        "bertforge: error: Missing option '--input' / '-i'; see 'bertforge embed --help'")
-    assert "Invalid value for '--batch-size'" in _main_error(monkeypatch, capsys, "finetune", "classify", "--batch-size", "x")
-    assert _main_error(monkeypatch, capsys, "nope") == "bertforge: error: No such command 'nope'; see 'bertforge --help'"
+        "bertforge: error: Missing option '--input' / '-i'; see 'bertforge embed --help'"
+    )
+    assert "Invalid value for '--batch-size'" in _main_error(
+        monkeypatch, capsys, "finetune", "classify", "--batch-size", "x"
+    )
+    assert (
+        _main_error(monkeypatch, capsys, "nope") == "bertforge: error: No such command 'nope'; see 'bertforge --help'"
+    )
     monkeypatch.setattr(sys, "argv", ["bertforge"])  # no command: the help, as before
     with pytest.raises(SystemExit):
         main()
@@ -357,15 +395,28 @@ def test_usage_errors_are_one_line_naming_the_help(monkeypatch, capsys):
 
 
 BAD_VALUES = {  # (option, value, what is said); each command is given what it needs to get past the parser
-    "pretrain": [("--batch-size", "0", "greater than or equal to 1"), ("--grad-accum", "0", "greater than or equal to 1"),
-                 ("--lr", "-1", "greater than or equal to 0"), ("--lr", "nan", "greater than or equal to 0"),
-                 ("--weight-decay", "-0.1", "greater than or equal to 0"), ("--log-every", "0", "greater than or equal to 1"),
-                 ("--dropout", "1.5", "less than or equal to 1"), ("--dropout", "-0.1", "greater than or equal to 0"),
-                 ("--config", "DIR", "file 'DIR' is a directory"), ("--max-steps", "0", "greater than or equal to 1")],
-    "finetune": [("--batch-size", "0", "greater than or equal to 1"), ("--grad-accum", "0", "greater than or equal to 1"),
-                 ("--lr", "-1", "greater than or equal to 0"), ("--weight-decay", "-0.1", "greater than or equal to 0"),
-                 ("--dropout", "1.5", "less than or equal to 1"), ("--train", "DIR", "file 'DIR' is a directory"),
-                 ("--valid", "DIR", "file 'DIR' is a directory"), ("--max-steps", "0", "greater than or equal to 1")],
+    "pretrain": [
+        ("--batch-size", "0", "greater than or equal to 1"),
+        ("--grad-accum", "0", "greater than or equal to 1"),
+        ("--lr", "-1", "greater than or equal to 0"),
+        ("--lr", "nan", "greater than or equal to 0"),
+        ("--weight-decay", "-0.1", "greater than or equal to 0"),
+        ("--log-every", "0", "greater than or equal to 1"),
+        ("--dropout", "1.5", "less than or equal to 1"),
+        ("--dropout", "-0.1", "greater than or equal to 0"),
+        ("--config", "DIR", "file 'DIR' is a directory"),
+        ("--max-steps", "0", "greater than or equal to 1"),
+    ],
+    "finetune": [
+        ("--batch-size", "0", "greater than or equal to 1"),
+        ("--grad-accum", "0", "greater than or equal to 1"),
+        ("--lr", "-1", "greater than or equal to 0"),
+        ("--weight-decay", "-0.1", "greater than or equal to 0"),
+        ("--dropout", "1.5", "less than or equal to 1"),
+        ("--train", "DIR", "file 'DIR' is a directory"),
+        ("--valid", "DIR", "file 'DIR' is a directory"),
+        ("--max-steps", "0", "greater than or equal to 1"),
+    ],
     "embed": [("--input", "DIR", "file 'DIR' is a directory")],
     "similarity": [("--pairs", "DIR", "file 'DIR' is a directory")],
     "vocab": [("--corpus", "DIR", "file 'DIR' is a directory")],
@@ -383,14 +434,20 @@ def test_bad_option_values_are_usage_errors_before_anything_is_written(tmp_path,
     file.write_text("a text\n")
     out = tmp_path / "out"
     needs = {
-        "pretrain": ["--data", directory, "--out", out], "finetune": ["classify", "-m", "minilm-l6", "--train", file, "--out", out],
-        "embed": ["-m", "minilm-l6", "-i", file, "-o", out / "e.npy"], "similarity": [], "vocab": ["--corpus", file, "--out", out / "v.txt"],
-        "evaluate": ["-m", "minilm-l6", "--data", file], "predict": ["-m", "minilm-l6", "-i", file, "-o", out / "p.jsonl"],
+        "pretrain": ["--data", directory, "--out", out],
+        "finetune": ["classify", "-m", "minilm-l6", "--train", file, "--out", out],
+        "embed": ["-m", "minilm-l6", "-i", file, "-o", out / "e.npy"],
+        "similarity": [],
+        "vocab": ["--corpus", file, "--out", out / "v.txt"],
+        "evaluate": ["-m", "minilm-l6", "--data", file],
+        "predict": ["-m", "minilm-l6", "-i", file, "-o", out / "p.jsonl"],
         "summarize": ["-i", file, "-o", out / "s.jsonl"],
     }
     for command, cases in BAD_VALUES.items():
         for option, value, said in cases:
             value, said = (directory, said.replace("DIR", str(directory))) if value == "DIR" else (value, said)
             err = _main_error(monkeypatch, capsys, command, *needs[command], option, value)
-            assert f"Invalid value for '{option}'" in err and said in err and f"see 'bertforge {command} --help'" in err, err
+            assert (
+                f"Invalid value for '{option}'" in err and said in err and f"see 'bertforge {command} --help'" in err
+            ), err
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a.txt", "adir"] and not list(directory.iterdir())

@@ -29,7 +29,9 @@ CORPUS_EN = ASSETS / "corpus_en.txt"
 CORPUS_ZH = ASSETS / "corpus_zh.txt"
 VOCAB_EN = ASSETS / "vocab_en.txt"
 VOCAB_ZH = ASSETS / "vocab_zh.txt"
-SMALL = PretrainDataConfig(max_seq_len=64, dupe_factor=10, seed=1, eval_fraction=0.1, chunk_documents=4, max_predictions_per_seq=10)
+SMALL = PretrainDataConfig(
+    max_seq_len=64, dupe_factor=10, seed=1, eval_fraction=0.1, chunk_documents=4, max_predictions_per_seq=10
+)
 
 
 def run(tmp: Path, name: str, corpus=(CORPUS_EN,), vocab=VOCAB_EN, workers: int = 1, **changes) -> PretrainShards:
@@ -57,7 +59,9 @@ def document_streams(corpus: Path, tok: Tokenizer, segment=None) -> list[tuple[n
     for doc in read_documents(corpus):
         encs = tok.encode_batch(doc, add_special_tokens=False)
         ids = np.array([i for e in encs for i in e.ids])
-        flags = np.array([f for s, e in zip(doc, encs, strict=True) for f in word_continues(s, e.tokens, e.offsets, segment)])
+        flags = np.array(
+            [f for s, e in zip(doc, encs, strict=True) for f in word_continues(s, e.tokens, e.offsets, segment)]
+        )
         streams.append((ids, flags))
     return streams
 
@@ -116,7 +120,9 @@ def test_documents_from_both_text_layouts(tmp):
 def test_jsonl_gives_the_same_shards_as_text(tmp):
     docs = list(read_documents(CORPUS_EN))
     jsonl = tmp / "corpus.jsonl"
-    jsonl.write_text("".join(json.dumps({"text": " ".join(d), "id": i}) + "\n" for i, d in enumerate(docs)), encoding="utf-8")
+    jsonl.write_text(
+        "".join(json.dumps({"text": " ".join(d), "id": i}) + "\n" for i, d in enumerate(docs)), encoding="utf-8"
+    )
     assert list(read_documents(jsonl)) == docs
     a = run(tmp, "from-text", dupe_factor=1)
     b = run(tmp, "from-jsonl", corpus=(jsonl,), dupe_factor=1)
@@ -139,7 +145,11 @@ def test_long_documents_are_read_in_pieces_with_the_same_result(tmp, monkeypatch
 def read_documents_unpatched(path: Path) -> list[list[str]]:
     """Documents split on blank lines, independently of the reader under test."""
     text = path.read_text(encoding="utf-8")
-    return [[s for line in block.split("\n") for s in split_sentences(line)] for block in text.split("\n\n") if block.strip()]
+    return [
+        [s for line in block.split("\n") for s in split_sentences(line)]
+        for block in text.split("\n\n")
+        if block.strip()
+    ]
 
 
 # -- masking ------------------------------------------------------------------------------------------------
@@ -174,7 +184,9 @@ def test_masking_statistics():
     seed=st.integers(0, 2**32 - 1),
 )
 def test_masking_properties(ids, continues, whole_word, seed):
-    rule = MaskingRule(mask_id=4, vocab_size=61, special_ids=(0, 1, 2, 3, 4), prob=0.15, max_predictions=5, whole_word=whole_word)
+    rule = MaskingRule(
+        mask_id=4, vocab_size=61, special_ids=(0, 1, 2, 3, 4), prob=0.15, max_predictions=5, whole_word=whole_word
+    )
     ids = np.array(ids)
     flags = np.array(continues[: len(ids)])
     out, pos, labels = mask_tokens(ids, rule, np.random.default_rng(seed), flags)
@@ -308,8 +320,20 @@ def test_whole_word_masking_english(tmp, tok_en):
 
 def test_chinese_end_to_end_whole_word_masking(tmp, jieba_segment):
     tok = Tokenizer.from_pretrained(VOCAB_ZH)
-    assert word_continues("这家酒店的位置非常方便", list("这家酒店的位置非常方便"), [(i, i + 1) for i in range(11)], jieba_segment) == [
-        False, True, False, True, False, False, True, False, True, False, True,  # 这家/酒店/的/位置/非常/方便
+    assert word_continues(
+        "这家酒店的位置非常方便", list("这家酒店的位置非常方便"), [(i, i + 1) for i in range(11)], jieba_segment
+    ) == [
+        False,
+        True,
+        False,
+        True,
+        False,
+        False,
+        True,
+        False,
+        True,
+        False,
+        True,  # 这家/酒店/的/位置/非常/方便
     ]
     shards = run(tmp, "zh", corpus=(CORPUS_ZH,), vocab=VOCAB_ZH, whole_word_mask=True)
     manifest = shards.manifest
@@ -417,7 +441,11 @@ def test_collate_pads_on_the_right(en, tok_en):
     items = [en[i] for i in idx]
     T = max(len(x["input_ids"]) for x in items)
     assert {k: tuple(v.shape) for k, v in batch.items()} == {
-        "input_ids": (3, T), "attention_mask": (3, T), "token_type_ids": (3, T), "labels": (3, T), "next_sentence_label": (3,),
+        "input_ids": (3, T),
+        "attention_mask": (3, T),
+        "token_type_ids": (3, T),
+        "labels": (3, T),
+        "next_sentence_label": (3,),
     }
     assert all(v.dtype == torch.int64 for v in batch.values())
     for r, x in enumerate(items):
@@ -436,8 +464,19 @@ def test_manifest_counts_equal_what_is_on_disk(en, tmp):
     m = en.manifest
     directory = tmp / "en"
     assert m["vocab_sha256"] == hashlib.sha256(VOCAB_EN.read_bytes()).hexdigest()
-    assert (m["max_seq_len"], m["nsp"], m["whole_word_mask"], m["dynamic_mask"], m["dupe_factor"], m["seed"]) == (64, True, False, False, 10, 1)
-    assert m["special_ids"] == {"pad": 0, "unk": 1, "cls": 2, "sep": 3, "mask": 4} and m["vocab_size"] == 400 and m["lowercase"] is True
+    assert (m["max_seq_len"], m["nsp"], m["whole_word_mask"], m["dynamic_mask"], m["dupe_factor"], m["seed"]) == (
+        64,
+        True,
+        False,
+        False,
+        10,
+        1,
+    )
+    assert (
+        m["special_ids"] == {"pad": 0, "unk": 1, "cls": 2, "sep": 3, "mask": 4}
+        and m["vocab_size"] == 400
+        and m["lowercase"] is True
+    )
     assert m["corpus"]["documents"] == 22 == m["splits"]["train"]["documents"] + m["splits"]["eval"]["documents"]
     assert m["splits"]["eval"]["documents"] == 2  # 10% of 22 documents
     for split in ("train", "eval"):
@@ -491,12 +530,32 @@ def test_bad_inputs_name_the_file(tmp):
 def test_cli_end_to_end(tmp):
     out = tmp / "cli"
     bertforge = Path(sys.executable).parent / "bertforge"
-    cmd = [str(bertforge), "prepare-pretrain", "--corpus", str(ASSETS / "corpus_e*.txt"), "--vocab", str(VOCAB_EN),
-           "--out", str(out), "--max-seq-len", "64", "--dupe-factor", "2", "--workers", "2", "--seed", "3"]
+    cmd = [
+        str(bertforge),
+        "prepare-pretrain",
+        "--corpus",
+        str(ASSETS / "corpus_e*.txt"),
+        "--vocab",
+        str(VOCAB_EN),
+        "--out",
+        str(out),
+        "--max-seq-len",
+        "64",
+        "--dupe-factor",
+        "2",
+        "--workers",
+        "2",
+        "--seed",
+        "3",
+    ]
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
     manifest = json.loads((out / "manifest.json").read_text(encoding="utf-8"))
-    assert manifest["corpus"]["files"] == [str(CORPUS_EN.resolve())] and manifest["dupe_factor"] == 2 and manifest["seed"] == 3
+    assert (
+        manifest["corpus"]["files"] == [str(CORPUS_EN.resolve())]
+        and manifest["dupe_factor"] == 2
+        and manifest["seed"] == 3
+    )
     train = manifest["splits"]["train"]["instances"]
     assert train > 0 and f"{train:,} train" in done.stdout and done.stdout.startswith(f"wrote {out}")
     bad = subprocess.run([*cmd[:3], str(tmp / "nope.txt"), *cmd[4:]], capture_output=True, text=True, timeout=120)
@@ -506,6 +565,8 @@ def test_cli_end_to_end(tmp):
 def test_the_reader_does_not_load_the_builder():
     """Training reads shards without the builder's code (jieba, the worker pool, the tokenizing stage)."""
     code = "import sys, bertforge.data.shards, bertforge.tasks.pretrain; print(' '.join(sys.modules))"
-    loaded = set(subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split())
+    loaded = set(
+        subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
+    )
     assert "bertforge.data.shards" in loaded
     assert not loaded & {"bertforge.data.pretrain", "bertforge.data.corpus", "bertforge.data.workers", "jieba"}

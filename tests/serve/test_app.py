@@ -56,7 +56,9 @@ class Server:
         self.out, self.err = logs / f"serve-{self.port}.out", logs / f"serve-{self.port}.err"
         with self.out.open("w") as out, self.err.open("w") as err:
             self.proc = subprocess.Popen(
-                [str(BERTFORGE), "serve", "--model", str(model), "--port", str(self.port), *args], stdout=out, stderr=err,
+                [str(BERTFORGE), "serve", "--model", str(model), "--port", str(self.port), *args],
+                stdout=out,
+                stderr=err,
             )
 
     def wait(self, timeout: float = 180) -> Server:
@@ -82,7 +84,9 @@ class Server:
 
 # -- models and servers ---------------------------------------------------------------------------------------
 def _args(out: Path, steps: int, batch_size: int = 16) -> TrainArgs:
-    return TrainArgs(out=out, max_steps=steps, batch_size=batch_size, lr=2e-3, warmup=0.1, eval_every=steps, progress=False)
+    return TrainArgs(
+        out=out, max_steps=steps, batch_size=batch_size, lr=2e-3, warmup=0.1, eval_every=steps, progress=False
+    )
 
 
 def _write_jsonl(path: Path, rows: list[dict]) -> Path:
@@ -96,7 +100,11 @@ def models(tmp_path_factory) -> dict[str, Path]:
     d = tmp_path_factory.mktemp("serve-models")
     tok = Tokenizer.from_pretrained(fetch("minilm-l6"))
     torch.manual_seed(0)
-    tiny = save_pretrained(BertModel(BertConfig.preset("tiny", vocab_size=tok.vocab_size, max_position_embeddings=128)), d / "tiny", tokenizer=tok)
+    tiny = save_pretrained(
+        BertModel(BertConfig.preset("tiny", vocab_size=tok.vocab_size, max_position_embeddings=128)),
+        d / "tiny",
+        tokenizer=tok,
+    )
     rnd = random.Random(0)
     rows = []
     for _ in range(320):
@@ -104,17 +112,37 @@ def models(tmp_path_factory) -> dict[str, Path]:
         words = rnd.sample(FILLER, 6) + [rnd.choice(POS if label == "positive" else NEG)]
         rnd.shuffle(words)
         rows.append({"text": " ".join(words), "label": label})
-    finetune("classify", tiny, _write_jsonl(d / "sentiment.jsonl", rows), d / "classify", args=_args(d / "classify" / "run", 60))
+    finetune(
+        "classify",
+        tiny,
+        _write_jsonl(d / "sentiment.jsonl", rows),
+        d / "classify",
+        args=_args(d / "classify" / "run", 60),
+    )
     tags = []
     for _ in range(300):
         n, p = rnd.choice(NAMES), rnd.choice(PLACES)
         text = f"{n} flew to {p} on Monday"
-        tags.append({"text": text, "entities": [{"start": 0, "end": len(n), "label": "PER"},
-                                                {"start": text.index(p), "end": text.index(p) + len(p), "label": "LOC"}]})
+        tags.append(
+            {
+                "text": text,
+                "entities": [
+                    {"start": 0, "end": len(n), "label": "PER"},
+                    {"start": text.index(p), "end": text.index(p) + len(p), "label": "LOC"},
+                ],
+            }
+        )
     finetune("tag", tiny, _write_jsonl(d / "ner.jsonl", tags), d / "tag", args=_args(d / "tag" / "run", 80))
     squad = fetch("squad-sample", quiet=True)
-    finetune("qa", tiny, squad, d / "qa", valid_file=squad, args=_args(d / "qa" / "run", 4, batch_size=4),
-             spec=TaskSpec("qa", max_length=128, extra={"max_query_length": 32, "doc_stride": 32}))
+    finetune(
+        "qa",
+        tiny,
+        squad,
+        d / "qa",
+        valid_file=squad,
+        args=_args(d / "qa" / "run", 4, batch_size=4),
+        spec=TaskSpec("qa", max_length=128, extra={"max_query_length": 32, "doc_stride": 32}),
+    )
     return {"classify": d / "classify", "tag": d / "tag", "qa": d / "qa"}
 
 
@@ -158,7 +186,7 @@ def parse_metrics(text: str) -> dict[tuple[str, frozenset], float]:
     for line in text.splitlines():
         if not line or line.startswith("#"):
             continue
-        m = re.fullmatch(r'([a-z_]+)(?:\{(.*)\})? (\S+)', line)
+        m = re.fullmatch(r"([a-z_]+)(?:\{(.*)\})? (\S+)", line)
         assert m, line
         out[m.group(1), frozenset(re.findall(r'(\w+)="((?:[^"\\]|\\.)*)"', m.group(2) or ""))] = float(m.group(3))
     return out
@@ -182,14 +210,23 @@ def test_health_tells_the_model_and_needs_no_key(servers):
     body = r.json()
     assert r.status_code == 200 and body["uptime_s"] > 0
     assert {k: v for k, v in body.items() if k != "uptime_s"} == {
-        "status": "ok", "model": "minilm-l6", "task": "encoder", "precision": "fp32", "runtime": "torch",
+        "status": "ok",
+        "model": "minilm-l6",
+        "task": "encoder",
+        "precision": "fp32",
+        "runtime": "torch",
         "endpoints": ["/v1/embed", "/v1/similarity", "/v1/summarize"],
     }
     assert servers["minilm"].out.read_text().startswith(f"bertforge: serving minilm-l6 on {servers['minilm'].url} ")
 
 
 def test_embed_equals_the_offline_embedder(minilm, offline):
-    texts = ["A gripping, beautifully shot film.", "Ünïcode and 中文 text", "/etc/passwd", "x " * 400]  # ("": 422, below)
+    texts = [
+        "A gripping, beautifully shot film.",
+        "Ünïcode and 中文 text",
+        "/etc/passwd",
+        "x " * 400,
+    ]  # ("": 422, below)
     r = minilm.post("/v1/embed", json={"texts": texts})
     assert r.status_code == 200, r.text
     got = np.array(r.json()["embeddings"])
@@ -212,7 +249,14 @@ def test_summarize_without_training_equals_the_offline_pipeline(minilm):
     docs = [
         "The council met on Monday. It approved the new budget for schools. Teachers welcomed the decision. "
         "Parents had asked for more funding. The vote was unanimous.",
-        {"sentences": ["Rain fell all week.", "Rivers rose across the region.", "Several roads closed.", "Cats slept."]},
+        {
+            "sentences": [
+                "Rain fell all week.",
+                "Rivers rose across the region.",
+                "Several roads closed.",
+                "Cats slept.",
+            ]
+        },
     ]
     r = minilm.post("/v1/summarize", json={"documents": docs})
     assert r.status_code == 200, r.text
@@ -227,7 +271,8 @@ def test_summarize_without_training_equals_the_offline_pipeline(minilm):
 def test_an_encoder_answers_404_for_task_endpoints(minilm):
     for path in ("/v1/classify", "/v1/tag", "/v1/qa"):
         assert error_of(minilm.post(path, json={"texts": ["x"]}), 404) == (
-            f"this server's model is an encoder: {path} is not available (it serves /v1/embed, /v1/similarity, /v1/summarize)"
+            f"this server's model is an encoder: {path} is not available (it serves /v1/embed, /v1/similarity, "
+            "/v1/summarize)"
         )
     assert error_of(minilm.post("/v1/nothing", json={}), 404) == "no such endpoint: /v1/nothing"
     assert error_of(minilm.get("/v1/embed"), 405) == "Method Not Allowed"
@@ -237,13 +282,23 @@ def test_api_key_is_required_on_v1_and_metrics(servers):
     url = servers["minilm"].url
     body = {"texts": ["hello"]}
     r = httpx.post(f"{url}/v1/embed", json=body)
-    assert error_of(r, 401) == "missing API key: send 'Authorization: Bearer KEY'" and r.headers["www-authenticate"] == "Bearer"
+    assert (
+        error_of(r, 401) == "missing API key: send 'Authorization: Bearer KEY'"
+        and r.headers["www-authenticate"] == "Bearer"
+    )
     for wrong in (f"Bearer {KEY}x", KEY, f"Bearer{KEY}", f"Bearer {KEY[:-1]}", "Bearer", "Basic czNjcmV0"):
-        assert error_of(httpx.post(f"{url}/v1/embed", json=body, headers={"Authorization": wrong}), 401) == "wrong API key"
+        assert (
+            error_of(httpx.post(f"{url}/v1/embed", json=body, headers={"Authorization": wrong}), 401) == "wrong API key"
+        )
     assert error_of(httpx.get(f"{url}/metrics"), 401) == "missing API key: send 'Authorization: Bearer KEY'"
-    assert error_of(httpx.post(f"{url}/v1/embed", content=b"{not json", headers={"Authorization": "x"}), 401) == "wrong API key"
+    assert (
+        error_of(httpx.post(f"{url}/v1/embed", content=b"{not json", headers={"Authorization": "x"}), 401)
+        == "wrong API key"
+    )
     assert httpx.post(f"{url}/v1/embed", json=body, headers=AUTH).status_code == 200
-    assert httpx.post(f"{url}/v1/embed", json=body, headers={"Authorization": f"bearer  {KEY}"}).status_code == 200  # RFC 7235
+    assert (
+        httpx.post(f"{url}/v1/embed", json=body, headers={"Authorization": f"bearer  {KEY}"}).status_code == 200
+    )  # RFC 7235
     assert "/v1/* and /metrics need 'Authorization: Bearer KEY'" in servers["minilm"].out.read_text()
     assert "API key" not in servers["classify"].out.read_text()  # on loopback, without a key: nothing to say
     assert httpx.get(f"{url}/openapi.json").status_code == 200
@@ -257,24 +312,43 @@ def test_docs_page_works_offline(servers):
     linked = re.findall(r'(?:src|href)="([^"]+)"', page.text)
     assert sorted(linked) == ["/docs/favicon-32x32.png", "/docs/swagger-ui-bundle.js", "/docs/swagger-ui.css"], linked
     assert "url: '/openapi.json'" in page.text and "http" not in " ".join(linked)
-    for path, kind, size in (("swagger-ui-bundle.js", "javascript", 500_000), ("swagger-ui.css", "css", 50_000), ("favicon-32x32.png", "png", 100)):
+    for path, kind, size in (
+        ("swagger-ui-bundle.js", "javascript", 500_000),
+        ("swagger-ui.css", "css", 50_000),
+        ("favicon-32x32.png", "png", 100),
+    ):
         r = httpx.get(f"{url}/docs/{path}")
-        assert r.status_code == 200 and kind in r.headers["content-type"] and len(r.content) > size, (path, r.status_code)
+        assert r.status_code == 200 and kind in r.headers["content-type"] and len(r.content) > size, (
+            path,
+            r.status_code,
+        )
     r = httpx.get(f"{url}/docs/swagger-ui.css", params={"content": "<script>", "media_type": "text/html"})
     assert "css" in r.headers["content-type"] and b"<script>" not in r.content  # nothing comes from the request
-    for other in ("/docs/index.html", "/docs/swagger-ui.js", "/docs/..%2F..%2F__init__.py", "/docs/%2e%2e/%2e%2e/__init__.py"):
+    for other in (
+        "/docs/index.html",
+        "/docs/swagger-ui.js",
+        "/docs/..%2F..%2F__init__.py",
+        "/docs/%2e%2e/%2e%2e/__init__.py",
+    ):
         assert httpx.get(f"{url}{other}").status_code in (401, 404), other  # nothing but the three files
     assert httpx.get(f"{url}/redoc").status_code in (401, 404)  # its script would come from a CDN
 
 
 def test_limits_answer_413_and_bad_requests_422(minilm):
     post = minilm.post
-    assert error_of(post("/v1/embed", json={"texts": ["a"] * 9}), 413) == "9 texts in one request; this server takes at most 8 (--max-texts)"
+    assert (
+        error_of(post("/v1/embed", json={"texts": ["a"] * 9}), 413)
+        == "9 texts in one request; this server takes at most 8 (--max-texts)"
+    )
     assert error_of(post("/v1/embed", json={"texts": ["ok", "y" * 1001]}), 413) == (
         "texts[1] has 1,001 characters; this server takes at most 1,000 (--max-chars)"
     )
-    assert error_of(post("/v1/similarity", json={"pairs": [["a", "b"], ["c", "d" * 1001]]}), 413).startswith("pairs[1][1] has 1,001")
-    assert error_of(post("/v1/similarity", json={"a": ["a"] * 9, "b": ["b"] * 9}), 413).startswith("9 pairs in one request")
+    assert error_of(post("/v1/similarity", json={"pairs": [["a", "b"], ["c", "d" * 1001]]}), 413).startswith(
+        "pairs[1][1] has 1,001"
+    )
+    assert error_of(post("/v1/similarity", json={"a": ["a"] * 9, "b": ["b"] * 9}), 413).startswith(
+        "9 pairs in one request"
+    )
     assert error_of(post("/v1/summarize", json={"documents": [{"sentences": ["z" * 600, "z" * 600]}]}), 413).startswith(
         "documents[0] has 1,201 characters"
     )
@@ -282,21 +356,35 @@ def test_limits_answer_413_and_bad_requests_422(minilm):
     assert error_of(post("/v1/embed", content=big, headers={"content-type": "application/json"}), 413) == (
         "request body over 4,194,304 bytes"
     )
-    assert error_of(post("/v1/embed", content=b'{"texts": ["a",', headers={"content-type": "application/json"}), 422).startswith(
-        "malformed JSON"
-    )
-    assert error_of(post("/v1/embed", content=b'{"texts": ["caf\xe9"]}', headers={"content-type": "application/json"}), 400) == (
+    assert error_of(
+        post("/v1/embed", content=b'{"texts": ["a",', headers={"content-type": "application/json"}), 422
+    ).startswith("malformed JSON")
+    assert error_of(
+        post("/v1/embed", content=b'{"texts": ["caf\xe9"]}', headers={"content-type": "application/json"}), 400
+    ) == (
         "the body is not UTF-8 text: send JSON in UTF-8"  # (latin-1)
     )
     assert error_of(post("/v1/embed", json={"texts": []}), 422) == "texts is empty"
     assert error_of(post("/v1/embed", json={}), 422) == "texts: Field required"
     assert error_of(post("/v1/embed", json={"texts": ["a", 3]}), 422) == "texts[1]: Input should be a valid string"
     assert error_of(post("/v1/embed", json={"texts": ["a"], "text": "b"}), 422) == "unknown field 'text'"
-    assert error_of(post("/v1/embed", json=["a"]), 422) == "the body must be a JSON object, sent with Content-Type: application/json"
-    assert error_of(post("/v1/embed", data={"texts": "a"}), 422) == "the body must be a JSON object, sent with Content-Type: application/json"
-    assert error_of(post("/v1/similarity", json={"a": ["x", "y"], "b": ["z"]}), 422) == "'a' has 2 texts but 'b' has 1: give as many"
+    assert (
+        error_of(post("/v1/embed", json=["a"]), 422)
+        == "the body must be a JSON object, sent with Content-Type: application/json"
+    )
+    assert (
+        error_of(post("/v1/embed", data={"texts": "a"}), 422)
+        == "the body must be a JSON object, sent with Content-Type: application/json"
+    )
+    assert (
+        error_of(post("/v1/similarity", json={"a": ["x", "y"], "b": ["z"]}), 422)
+        == "'a' has 2 texts but 'b' has 1: give as many"
+    )
     assert error_of(post("/v1/similarity", json={}), 422) == "give 'pairs', or 'a' and 'b'"
-    assert error_of(post("/v1/similarity", json={"a": ["x"]}), 422) == "b is missing: give 'a' and 'b' (as many texts each)"
+    assert (
+        error_of(post("/v1/similarity", json={"a": ["x"]}), 422)
+        == "b is missing: give 'a' and 'b' (as many texts each)"
+    )
     assert error_of(post("/v1/embed", json={"texts": ["ok", " \n "]}), 422) == "texts[1] is empty"
     assert error_of(post("/v1/similarity", json={"pairs": [["a", ""]]}), 422) == "pairs[0][1] is empty"
     assert error_of(post("/v1/summarize", json={"documents": [""]}), 422) == "documents[0] is empty"
@@ -305,8 +393,14 @@ def test_limits_answer_413_and_bad_requests_422(minilm):
         "texts[1] is not valid Unicode (it holds a lone surrogate)"
     )
     assert error_of(post("/v1/similarity", json={"pairs": [["only one"]]}), 422).startswith("pairs[0]")
-    assert error_of(post("/v1/summarize", json={"documents": [{"sentences": ["fine", "  "]}]}), 422) == "documents[0]: sentence 1 is empty"
-    assert error_of(post("/v1/summarize", json={"documents": [{"text": "x"}]}), 422) == "documents[0].sentences: Field required"
+    assert (
+        error_of(post("/v1/summarize", json={"documents": [{"sentences": ["fine", "  "]}]}), 422)
+        == "documents[0]: sentence 1 is empty"
+    )
+    assert (
+        error_of(post("/v1/summarize", json={"documents": [{"text": "x"}]}), 422)
+        == "documents[0].sentences: Field required"
+    )
     assert post("/v1/embed", json={"texts": ["still serving"]}).status_code == 200
 
 
@@ -370,19 +464,30 @@ def test_concurrent_load_is_batched_and_equals_offline(minilm, servers, offline,
         assert sum(pool.map(client, range(32))) == 1600
     assert failures == []
     after = parse_metrics(minilm.get("/metrics").text)
-    calls = metric(after, "bertforge_batch_requests_count", kind="embed") - metric(before, "bertforge_batch_requests_count", kind="embed")
-    merged = metric(after, "bertforge_batch_requests_sum", kind="embed") - metric(before, "bertforge_batch_requests_sum", kind="embed")
+    calls = metric(after, "bertforge_batch_requests_count", kind="embed") - metric(
+        before, "bertforge_batch_requests_count", kind="embed"
+    )
+    merged = metric(after, "bertforge_batch_requests_sum", kind="embed") - metric(
+        before, "bertforge_batch_requests_sum", kind="embed"
+    )
     assert merged == 1600 and calls < 800  # on average, two or more requests per model call
-    five_hundreds = sum(v for (n, labels), v in after.items() if n == "bertforge_requests_total" and dict(labels)["status"] >= "500")
+    five_hundreds = sum(
+        v for (n, labels), v in after.items() if n == "bertforge_requests_total" and dict(labels)["status"] >= "500"
+    )
     assert five_hundreds == 0
 
 
 def test_openapi_documents_what_this_model_serves(servers):
     schema = httpx.get(f"{servers['minilm'].url}/openapi.json").json()
     assert set(schema["paths"]) == {"/v1/embed", "/v1/similarity", "/v1/summarize", "/health", "/metrics"}
-    assert {"EmbedRequest", "EmbedResponse", "SimilarityRequest", "SummarizeRequest", "ErrorBody"} <= set(schema["components"]["schemas"])
+    assert {"EmbedRequest", "EmbedResponse", "SimilarityRequest", "SummarizeRequest", "ErrorBody"} <= set(
+        schema["components"]["schemas"]
+    )
     assert schema["components"]["securitySchemes"] == {"bearer": {"type": "http", "scheme": "bearer"}}
-    assert schema["paths"]["/v1/embed"]["post"]["security"] == [{"bearer": []}] and "security" not in schema["paths"]["/health"]["get"]
+    assert (
+        schema["paths"]["/v1/embed"]["post"]["security"] == [{"bearer": []}]
+        and "security" not in schema["paths"]["/health"]["get"]
+    )
     assert set(schema["paths"]["/v1/embed"]["post"]["responses"]) == {"200", "401", "413", "422"}
 
 
@@ -418,7 +523,10 @@ def test_classify_server_errors(servers):
             assert error_of(c.post(path, json={"texts": ["x"]}), 404) == (
                 f"this server's model is a classify model: {path} is not available (it serves /v1/classify)"
             )
-        assert error_of(c.post("/v1/classify", json={"pairs": [["a", "b"]]}), 422) == "this server's model reads single texts: send 'texts'"
+        assert (
+            error_of(c.post("/v1/classify", json={"pairs": [["a", "b"]]}), 422)
+            == "this server's model reads single texts: send 'texts'"
+        )
         assert error_of(c.post("/v1/classify", json={"texts": ["a"] * 257}), 413) == (
             "257 texts in one request; this server takes at most 256 (--max-texts)"
         )
@@ -426,7 +534,9 @@ def test_classify_server_errors(servers):
         assert error_of(c.post("/v1/classify", json={"texts": ["q" * 20_001]}), 413) == (
             "texts[0] has 20,001 characters; this server takes at most 20,000 (--max-chars)"
         )
-        assert c.post("/v1/classify", json={"texts": ["q " * 10_000]}).status_code == 200  # windows: long texts are read whole
+        assert (
+            c.post("/v1/classify", json={"texts": ["q " * 10_000]}).status_code == 200
+        )  # windows: long texts are read whole
 
 
 def test_the_batch_window_waits_for_company_only_where_requests_come_together(monkeypatch):
@@ -459,8 +569,12 @@ def test_the_batch_window_waits_for_company_only_where_requests_come_together(mo
     asyncio.run(scenario())
 
 
-TAG_TEXTS = ["Carol flew to Oslo on Monday", "Dave flew to Rome on Monday", "Alice flew to Paris on Monday",
-             "Bob flew to Berlin on Monday"]
+TAG_TEXTS = [
+    "Carol flew to Oslo on Monday",
+    "Dave flew to Rome on Monday",
+    "Alice flew to Paris on Monday",
+    "Bob flew to Berlin on Monday",
+]
 
 
 def burst(server: Server) -> list[httpx.Response]:
@@ -520,14 +634,17 @@ def test_qa_answers_one_or_many_questions_like_the_offline_pipeline(servers, mod
         assert many.status_code == 200 and one.status_code == 200, (many.text, one.text)
         for got, w in zip(many.json()["answers"] + one.json()["answers"], want + want[1:2], strict=True):
             assert (got["answer"], got["start"], got["end"]) == (w["answer"], w["start"], w["end"])
-            assert got["answer"] == paragraph["context"][got["start"] : got["end"]] and abs(got["score"] - w["score"]) < 1e-5
+            assert (
+                got["answer"] == paragraph["context"][got["start"] : got["end"]]
+                and abs(got["score"] - w["score"]) < 1e-5
+            )
         assert error_of(c.post("/v1/qa", json={"questions": [{"question": "Who?", "context": " "}]}), 422) == (
             "questions[0].context is empty"
         )
         assert error_of(c.post("/v1/qa", json={"question": "Who?"}), 422).startswith("give 'questions'")
-        assert error_of(c.post("/v1/qa", json={"questions": [{"question": "Who?", "context": "x", "file": "/etc/passwd"}]}), 422) == (
-            "unknown field 'questions[0].file'"
-        )
+        assert error_of(
+            c.post("/v1/qa", json={"questions": [{"question": "Who?", "context": "x", "file": "/etc/passwd"}]}), 422
+        ) == ("unknown field 'questions[0].file'")
         assert error_of(c.post("/v1/embed", json={"texts": ["x"]}), 404) == (
             "this server's model is a qa model: /v1/embed is not available (it serves /v1/qa)"
         )
@@ -545,7 +662,10 @@ def test_start_up_errors_are_one_line_and_exit_2(servers, tmp_path):
         return subprocess.run([str(BERTFORGE), "serve", *args], capture_output=True, text=True, timeout=120, env=env)
 
     port = servers["minilm"].port
-    assert _one_line_error(serve("--model", "minilm-l6", "--port", str(port))) == f"bertforge: error: port {port} on 127.0.0.1 is in use"
+    assert (
+        _one_line_error(serve("--model", "minilm-l6", "--port", str(port)))
+        == f"bertforge: error: port {port} on 127.0.0.1 is in use"
+    )
     assert _one_line_error(serve("--model", str(tmp_path / "none"), "--port", str(free_port()))).startswith(
         f"bertforge: error: {tmp_path / 'none'}: no such file or directory, and not a registry name"
     )
@@ -554,11 +674,13 @@ def test_start_up_errors_are_one_line_and_exit_2(servers, tmp_path):
         f"bertforge: error: {tmp_path / 'empty'}: not a model directory (no config.json)"
     )
     assert _one_line_error(serve("--model", "minilm-l6", "--port", str(free_port()), "--api-key", " ")) == (
-        "bertforge: error: the API key is empty (--api-key or BERTFORGE_API_KEY): give one, or leave both unset to serve without a key"
+        "bertforge: error: the API key is empty (--api-key or BERTFORGE_API_KEY): give one, or leave both unset to "
+        "serve without a key"
     )
     empty_variable = {**os.environ, "BERTFORGE_API_KEY": ""}  # a deploy whose secret went missing
     assert _one_line_error(serve("--model", "minilm-l6", "--port", str(free_port()), env=empty_variable)) == (
-        "bertforge: error: the API key is empty (--api-key or BERTFORGE_API_KEY): give one, or leave both unset to serve without a key"
+        "bertforge: error: the API key is empty (--api-key or BERTFORGE_API_KEY): give one, or leave both unset to "
+        "serve without a key"
     )
     assert _one_line_error(serve("--model", "minilm-l6", "--port", str(free_port()), "--max-body-mb", "0")) == (
         "bertforge: error: --max-body-mb must be above 0, not 0.0"
@@ -600,12 +722,21 @@ def test_sigterm_answers_requests_in_flight_then_exits_0(servers):
     server = servers["tag"]
     burst_in_one_call(server)  # so that the next request waits out the window
     result: dict = {}
-    thread = threading.Thread(target=lambda: result.update(r=httpx.post(f"{server.url}/v1/tag", json={"texts": ["Bob flew to Rome"]}, timeout=60)))
+    thread = threading.Thread(
+        target=lambda: result.update(
+            r=httpx.post(f"{server.url}/v1/tag", json={"texts": ["Bob flew to Rome"]}, timeout=60)
+        )
+    )
     thread.start()
     time.sleep(0.4)
     server.proc.send_signal(signal.SIGTERM)
     thread.join(60)
-    assert result["r"].status_code == 200 and result["r"].json()["predictions"][0]["tokens"] == ["Bob", "flew", "to", "Rome"]
+    assert result["r"].status_code == 200 and result["r"].json()["predictions"][0]["tokens"] == [
+        "Bob",
+        "flew",
+        "to",
+        "Rome",
+    ]
     assert server.proc.wait(timeout=60) == 0
     assert server.out.read_text().splitlines()[-1] == "bertforge: stopped"
     assert "Traceback" not in server.err.read_text()
@@ -618,6 +749,7 @@ def test_a_second_sigint_stops_at_once_without_a_traceback(models, tmp_path):
     server = Server(models["tag"], tmp_path, "--batch-window-ms", "3000").wait()
     try:
         burst_in_one_call(server)  # the next request waits out the 3 s window
+
         def post() -> None:
             with contextlib.suppress(httpx.HTTPError):  # the server stops without answering it
                 httpx.post(f"{server.url}/v1/tag", json={"texts": ["Bob flew"]}, timeout=60)
@@ -635,4 +767,3 @@ def test_a_second_sigint_stops_at_once_without_a_traceback(models, tmp_path):
         server.stop()
     assert server.out.read_text().splitlines()[-1] == "bertforge: stopped without answering the requests in flight"
     assert "Traceback" not in server.err.read_text()
-

@@ -22,10 +22,8 @@ from bertforge.cli import app
 from bertforge.config import BertConfig
 from bertforge.errors import BertforgeError
 from bertforge.heads import BertWithHead
-from bertforge.tasks import TaskSpec
-from bertforge.tasks.extsum import (
+from bertforge.summary import (
     Document,
-    ExtSumTask,
     cluster_select,
     greedy_oracle,
     join,
@@ -35,6 +33,8 @@ from bertforge.tasks.extsum import (
     select,
     summarize_untrained,
 )
+from bertforge.tasks import TaskSpec
+from bertforge.tasks.extsum import ExtSumTask
 
 SOLAR = [
     "The Sun is the star at the centre of the Solar System.",
@@ -92,8 +92,14 @@ def test_the_head_scores_sentences_across_windows_of_a_batch(tokenizer):
     assert batch["sentence_mask"].tolist() == [[True, True, True], [True, False, False]]
     assert batch["labels"].tolist() == [[0, 1, 0], [1, 0, 0]]
     assert t.counts(batch) == {"loss": 4}
-    config = BertConfig(vocab_size=tokenizer.vocab_size, hidden_size=32, num_hidden_layers=1, num_attention_heads=4,
-                        intermediate_size=64, extra={"extsum_inter_layers": 2})
+    config = BertConfig(
+        vocab_size=tokenizer.vocab_size,
+        hidden_size=32,
+        num_hidden_layers=1,
+        num_attention_heads=4,
+        intermediate_size=64,
+        extra={"extsum_inter_layers": 2},
+    )
     torch.manual_seed(0)
     model = BertWithHead(config, "extsum")
     out = model(**batch)
@@ -107,9 +113,16 @@ def test_the_head_scores_sentences_across_windows_of_a_batch(tokenizer):
 
 
 def test_the_saved_model_loads_here_and_its_encoder_in_transformers(tokenizer, tmp_path):
-    config = BertConfig(vocab_size=tokenizer.vocab_size, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
-                        intermediate_size=64, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0,
-                        extra={"extsum_inter_layers": 2})
+    config = BertConfig(
+        vocab_size=tokenizer.vocab_size,
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        intermediate_size=64,
+        hidden_dropout_prob=0.0,
+        attention_probs_dropout_prob=0.0,
+        extra={"extsum_inter_layers": 2},
+    )
     torch.manual_seed(0)
     model = BertWithHead(config, "extsum").eval()
     bertforge.save_pretrained(model, tmp_path)
@@ -159,11 +172,18 @@ def test_a_summary_joins_chinese_sentences_without_spaces():
 def test_rouge_uses_characters_for_chinese_and_stems_english():
     # 7 reference characters, 4 predicted, all 4 match: P 1, R 4/7; bigrams 3 of 6
     r = metrics.rouge(["我爱北京天安门"], ["我爱北京"])
-    assert (r["rouge1_f1"], r["rouge2_f1"], r["rougeL_f1"]) == (pytest.approx(800 / 11), pytest.approx(200 / 3), pytest.approx(800 / 11))
+    assert (r["rouge1_f1"], r["rouge2_f1"], r["rougeL_f1"]) == (
+        pytest.approx(800 / 11),
+        pytest.approx(200 / 3),
+        pytest.approx(800 / 11),
+    )
     # cats -> cat, running/runs -> run: 2 of 2 predicted tokens in 4 reference tokens
     assert metrics.rouge(["The cats are running"], ["cat runs"])["rouge1_f1"] == pytest.approx(200 / 3)
     assert metrics.selection_prf([[1, 0, 1, 0], [0, 1]], [[0, 1], [1]]) == {
-        "precision": pytest.approx(2 / 3), "recall": pytest.approx(2 / 3), "f1": pytest.approx(2 / 3)}
+        "precision": pytest.approx(2 / 3),
+        "recall": pytest.approx(2 / 3),
+        "f1": pytest.approx(2 / 3),
+    }
 
 
 # -- training-free --------------------------------------------------------------------------------------
@@ -208,21 +228,47 @@ def test_training_free_summaries_with_minilm(minilm_dir):
     assert lead3["selected"] == [0, 1, 2]
     with pytest.raises(BertforgeError, match="^extsum: give --top-k or --max-words$"):  # 0: no limit on the count
         bertforge.pipeline("summarize", minilm_dir, top_k=0)
-    assert len(bertforge.pipeline("summarize", minilm_dir, top_k=0, max_words=12)({"sentences": SOLAR})["selected"]) == 1
+    assert (
+        len(bertforge.pipeline("summarize", minilm_dir, top_k=0, max_words=12)({"sentences": SOLAR})["selected"]) == 1
+    )
 
 
 def test_summarize_command_scores_against_references(minilm_dir, tmp_path):
-    path = write_jsonl(tmp_path / "docs.jsonl", [
-        {"sentences": SOLAR, "labels": [1, 1, 0, 0, 0], "summary": SOLAR[0] + " " + SOLAR[1]},
-    ])
-    result = CliRunner().invoke(app, ["summarize", "--model", str(minilm_dir), "--input", str(path), "--output", str(tmp_path / "s.jsonl"),
-                                      "--method", "lead", "--top-k", "2"])
+    path = write_jsonl(
+        tmp_path / "docs.jsonl",
+        [
+            {"sentences": SOLAR, "labels": [1, 1, 0, 0, 0], "summary": SOLAR[0] + " " + SOLAR[1]},
+        ],
+    )
+    result = CliRunner().invoke(
+        app,
+        [
+            "summarize",
+            "--model",
+            str(minilm_dir),
+            "--input",
+            str(path),
+            "--output",
+            str(tmp_path / "s.jsonl"),
+            "--method",
+            "lead",
+            "--top-k",
+            "2",
+        ],
+    )
     assert result.exit_code == 0, result.output
     [row] = [json.loads(line) for line in (tmp_path / "s.jsonl").read_text().splitlines()]
-    assert row["selected"] == [0, 1] and row["summary"] == SOLAR[0] + " " + SOLAR[1] and row["labels"] == [1, 1, 0, 0, 0]
+    assert (
+        row["selected"] == [0, 1] and row["summary"] == SOLAR[0] + " " + SOLAR[1] and row["labels"] == [1, 1, 0, 0, 0]
+    )
     lines = dict(line.split() for line in result.stdout.splitlines() if line.startswith(("rouge", "f1", "precision")))
-    assert lines == {"rouge1": "100.0000", "rouge2": "100.0000", "rougeL": "100.0000",
-                     "precision": "1.0000", "f1": "1.0000"}
+    assert lines == {
+        "rouge1": "100.0000",
+        "rouge2": "100.0000",
+        "rougeL": "100.0000",
+        "precision": "1.0000",
+        "f1": "1.0000",
+    }
 
 
 # -- bad input -----------------------------------------------------------------------------------------
@@ -250,7 +296,9 @@ def test_bad_records_are_one_line_errors(tmp_path, record, message):
 
 def test_training_needs_labels_or_a_summary(tokenizer, tmp_path):
     t = extsum_task(tokenizer)
-    path = write_jsonl(tmp_path / "t.jsonl", [{"sentences": ["One.", "Two."], "labels": [0, 1]}, {"text": "Three. Four."}])
+    path = write_jsonl(
+        tmp_path / "t.jsonl", [{"sentences": ["One.", "Two."], "labels": [0, 1]}, {"text": "Three. Four."}]
+    )
     with pytest.raises(BertforgeError, match=r"line 2: needs 'labels' or 'summary' to learn from$"):
         t.fit_labels(t.read(path), path)
     with pytest.raises(BertforgeError) as e:
@@ -274,12 +322,15 @@ def test_summary_only_documents_get_oracle_labels_and_empty_ones_are_left_out(to
 def aclsum_records(parts: tuple[str, ...], limit: int | None = None) -> list[dict]:
     """aclsum's training papers (these parts of each), labelled with the 'approach' highlights."""
     rows = [json.loads(line) for line in (fetch("aclsum", quiet=True) / "train.jsonl").read_text().splitlines()][:limit]
-    return [{
-        "id": r["id"],
-        "sentences": [s for p in parts for s in r["sentences"][p]],
-        "labels": [y for p in parts for y in r["highlights"]["approach"][p]],
-        "summary": r["summary"]["approach"],
-    } for r in rows]
+    return [
+        {
+            "id": r["id"],
+            "sentences": [s for p in parts for s in r["sentences"][p]],
+            "labels": [y for p in parts for y in r["highlights"]["approach"][p]],
+            "summary": r["summary"]["approach"],
+        }
+        for r in rows
+    ]
 
 
 @pytest.fixture(scope="module")
@@ -297,10 +348,25 @@ def test_a_default_run_on_whole_aclsum_papers_stays_under_the_memory_bound(tmp_p
     """Batches of 32 whole papers (about 1,000 words, several 512-token windows each) run under the
     token budget; without it one step needed more than 24 GB."""
     train = write_jsonl(tmp_path / "train.jsonl", aclsum_records(("abstract", "introduction", "conclusion")))
-    cmd = [sys.executable, "-m", "bertforge", "finetune", "extsum", "--model", "minilm-l6", "--train", str(train),
-           "--out", str(tmp_path / "run"), "--max-steps", "1"]
-    measure = ("import resource, subprocess, sys; p = subprocess.run(sys.argv[1:]); "
-               "print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss); sys.exit(p.returncode)")
+    cmd = [
+        sys.executable,
+        "-m",
+        "bertforge",
+        "finetune",
+        "extsum",
+        "--model",
+        "minilm-l6",
+        "--train",
+        str(train),
+        "--out",
+        str(tmp_path / "run"),
+        "--max-steps",
+        "1",
+    ]
+    measure = (
+        "import resource, subprocess, sys; p = subprocess.run(sys.argv[1:]); "
+        "print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss); sys.exit(p.returncode)"
+    )
     proc = subprocess.run([sys.executable, "-c", measure, *cmd], capture_output=True, text=True, timeout=1200)
     assert proc.returncode == 0, proc.stderr[-2000:]
     peak_gb = int(proc.stdout.split()[-1]) / 2**20  # ru_maxrss is in KiB
@@ -312,10 +378,33 @@ def test_a_default_run_on_whole_aclsum_papers_stays_under_the_memory_bound(tmp_p
 def extsum_model(aclsum_files, tmp_path_factory) -> Path:
     train, valid = aclsum_files
     out = tmp_path_factory.mktemp("extsum") / "model"
-    result = CliRunner().invoke(app, [
-        "finetune", "extsum", "--model", "minilm-l6", "--train", str(train), "--valid", str(valid), "--out", str(out),
-        "--max-length", "256", "--max-steps", "4", "--batch-size", "2", "--lr", "1e-4", "--eval-every", "4", "--patience", "0",
-    ])
+    result = CliRunner().invoke(
+        app,
+        [
+            "finetune",
+            "extsum",
+            "--model",
+            "minilm-l6",
+            "--train",
+            str(train),
+            "--valid",
+            str(valid),
+            "--out",
+            str(out),
+            "--max-length",
+            "256",
+            "--max-steps",
+            "4",
+            "--batch-size",
+            "2",
+            "--lr",
+            "1e-4",
+            "--eval-every",
+            "4",
+            "--patience",
+            "0",
+        ],
+    )
     assert result.exit_code == 0, result.output
     assert "best validation (step 4): rouge1" in result.output
     return out
@@ -324,11 +413,26 @@ def extsum_model(aclsum_files, tmp_path_factory) -> Path:
 def test_fine_tuned_summarizer_predicts_and_evaluates(extsum_model, aclsum_files, tmp_path):
     _, valid = aclsum_files
     config = json.loads((extsum_model / "config.json").read_text())
-    assert config["architectures"] == ["BertForExtractiveSummarization"] and config["extsum_inter_layers"] == 2  # the default
+    assert (
+        config["architectures"] == ["BertForExtractiveSummarization"] and config["extsum_inter_layers"] == 2
+    )  # the default
     assert config["bertforge"]["task"] == "extsum" and config["bertforge"]["max_length"] == 256
     assert config["bertforge"]["extra"]["top_k"] == 3
 
-    result = CliRunner().invoke(app, ["predict", "--model", str(extsum_model), "--input", str(valid), "--output", str(tmp_path / "p.jsonl"), "--top-k", "2"])
+    result = CliRunner().invoke(
+        app,
+        [
+            "predict",
+            "--model",
+            str(extsum_model),
+            "--input",
+            str(valid),
+            "--output",
+            str(tmp_path / "p.jsonl"),
+            "--top-k",
+            "2",
+        ],
+    )
     assert result.exit_code == 0, result.output
     rows = [json.loads(line) for line in (tmp_path / "p.jsonl").read_text().splitlines()]
     for row in rows:
@@ -338,7 +442,9 @@ def test_fine_tuned_summarizer_predicts_and_evaluates(extsum_model, aclsum_files
         top = sorted(range(len(row["scores"])), key=lambda i: -row["scores"][i])
         assert top[0] in row["selected"]  # the best-scored sentence is always in
 
-    result = CliRunner().invoke(app, ["evaluate", "--model", str(extsum_model), "--data", str(valid), "--output", str(tmp_path / "m.json")])
+    result = CliRunner().invoke(
+        app, ["evaluate", "--model", str(extsum_model), "--data", str(valid), "--output", str(tmp_path / "m.json")]
+    )
     assert result.exit_code == 0, result.output
     scores = json.loads((tmp_path / "m.json").read_text())
     docs = read_documents(valid)
@@ -347,7 +453,9 @@ def test_fine_tuned_summarizer_predicts_and_evaluates(extsum_model, aclsum_files
     assert set(scores) == {"rouge1", "rouge2", "rougeL", "precision", "recall", "f1"}
     assert all(0 <= v <= 100 for v in scores.values())
     # `summarize` runs the untrained methods: on a trained summariser it points at predict, not past the scorer
-    result = CliRunner().invoke(app, ["summarize", "--model", str(extsum_model), "--input", str(valid), "--output", str(tmp_path / "s.jsonl")])
+    result = CliRunner().invoke(
+        app, ["summarize", "--model", str(extsum_model), "--input", str(valid), "--output", str(tmp_path / "s.jsonl")]
+    )
     assert isinstance(result.exception, BertforgeError) and "is a fine-tuned summariser" in str(result.exception)
     assert "bertforge predict --model" in str(result.exception) and not (tmp_path / "s.jsonl").exists()
 

@@ -21,10 +21,11 @@ from bertforge import metrics
 from bertforge.api import load_task, predict_file
 from bertforge.assets import fetch
 from bertforge.cli import app
+from bertforge.data.squad import GoldAnswer, QAExample, locate
 from bertforge.errors import BertforgeError
 from bertforge.heads import HeadOutput
 from bertforge.tasks import TaskSpec
-from bertforge.tasks.qa import GoldAnswer, QAExample, QATask, Window, best_spans, choose_answer, locate
+from bertforge.tasks.qa import QATask, Window, best_spans, choose_answer
 
 BERNADETTE = "To whom did the Virgin Mary allegedly appear in 1858 in Lourdes France?"
 
@@ -72,7 +73,7 @@ def test_chinese_answers_score_character_by_character():
     # Latin words inside Chinese text stay whole words
     assert metrics.squad_normalize("在 Google 工作") == "在 google 工 作"
     # every range BERT's tokenizer calls Chinese counts, Extension C included (one definition, text.CJK)
-    assert metrics.squad_f1("\U0002A700\U0002A701", "\U0002A700") == pytest.approx(2 / 3)
+    assert metrics.squad_f1("\U0002a700\U0002a701", "\U0002a700") == pytest.approx(2 / 3)
 
 
 def test_squad_v1_takes_the_best_gold_answer():
@@ -90,7 +91,11 @@ def test_squad_v2_splits_answerable_and_unanswerable():
     assert out["exact"] == pytest.approx(50.0)
     assert out["f1"] == pytest.approx(100 * (1 + 1 + 0 + 2 / 3) / 4)
     assert out["total"] == 4
-    assert (out["HasAns_exact"], out["HasAns_f1"], out["HasAns_total"]) == (pytest.approx(50.0), pytest.approx(100 * (1 + 2 / 3) / 2), 2)
+    assert (out["HasAns_exact"], out["HasAns_f1"], out["HasAns_total"]) == (
+        pytest.approx(50.0),
+        pytest.approx(100 * (1 + 2 / 3) / 2),
+        2,
+    )
     assert (out["NoAns_exact"], out["NoAns_f1"], out["NoAns_total"]) == (pytest.approx(50.0), pytest.approx(50.0), 2)
 
 
@@ -105,10 +110,15 @@ def test_best_null_threshold_is_the_best_of_every_threshold(seed):
     for name in ("exact", "f1"):
         # brute force: every threshold, predictions recomputed and scored by squad_v2
         candidates = [min(odds) - 1.0, *sorted(set(odds.tolist()))]
-        scores = [metrics.squad_v2(golds, ["" if o > t else a for o, a in zip(odds, spans, strict=True)])[name] for t in candidates]
+        scores = [
+            metrics.squad_v2(golds, ["" if o > t else a for o, a in zip(odds, spans, strict=True)])[name]
+            for t in candidates
+        ]
         assert got[f"best_{name}"] == pytest.approx(max(scores))
         t = got[f"best_{name}_thresh"]
-        assert metrics.squad_v2(golds, ["" if o > t else a for o, a in zip(odds, spans, strict=True)])[name] == pytest.approx(max(scores))
+        assert metrics.squad_v2(golds, ["" if o > t else a for o, a in zip(odds, spans, strict=True)])[
+            name
+        ] == pytest.approx(max(scores))
 
 
 # -- postprocessing against brute force -----------------------------------------------------------------
@@ -161,7 +171,9 @@ def test_choose_answer_is_the_best_valid_span_over_all_windows(seed):
         w_offsets = [(0, 0)] * 3 + [offsets[i] for i in toks]
         windows.append(Window(start, end, w_offsets, 3, T - 1))
         may_start = [False] * 3 + [home[i][1] == k for i in toks]
-        spans += [(sc, w_offsets[s][0], w_offsets[e][1]) for sc, s, e in brute_force_spans(start, end, 3, T - 1, 5, may_start)]
+        spans += [
+            (sc, w_offsets[s][0], w_offsets[e][1]) for sc, s, e in brute_force_spans(start, end, 3, T - 1, 5, may_start)
+        ]
     best = max(spans)
     got = choose_answer(context, windows, max_answer_length=5, n_best=20, version_2=False, null_threshold=0.0)
     assert (got["start"], got["end"]) == (best[1], best[2])
@@ -171,14 +183,24 @@ def test_choose_answer_is_the_best_valid_span_over_all_windows(seed):
     null = min(float(w.start[0] + w.end[0]) for w in windows)
     no = choose_answer(context, windows, 5, 20, version_2=True, null_threshold=null - best[0] - 1e-6)
     yes = choose_answer(context, windows, 5, 20, version_2=True, null_threshold=null - best[0] + 1e-6)
-    assert no == {"answer": "", "score": no["score"], "start": 0, "end": 0, "null_odds": no["null_odds"], "best_span": got["answer"]}
+    assert no == {
+        "answer": "",
+        "score": no["score"],
+        "start": 0,
+        "end": 0,
+        "null_odds": no["null_odds"],
+        "best_span": got["answer"],
+    }
     assert no["null_odds"] == pytest.approx(null - best[0], abs=1e-5)
     assert yes["answer"] == got["answer"]
 
 
 # -- features ---------------------------------------------------------------------------------------
 def test_training_targets_map_back_to_the_answer_in_every_window(tokenizer):
-    context = " ".join(f"Sentence number {i} says nothing much." for i in range(40)) + " The treasure is buried under the old oak tree."
+    context = (
+        " ".join(f"Sentence number {i} says nothing much." for i in range(40))
+        + " The treasure is buried under the old oak tree."
+    )
     answer = "under the old oak tree"
     ex = QAExample("q", "Where is the treasure buried?", context, [GoldAnswer(answer, context.index(answer))])
     t = qa_task(tokenizer, max_length=64, max_query_length=16, doc_stride=16)
@@ -201,12 +223,30 @@ def test_training_targets_map_back_to_the_answer_in_every_window(tokenizer):
 
 
 def test_unanswerable_questions_point_at_cls_and_make_a_v2_task(tokenizer, tmp_path):
-    path = write_jsonl(tmp_path / "v2.jsonl", [
-        {"id": "a", "question": "What colour?", "context": "The sky is blue today.", "answers": {"text": ["blue"], "answer_start": [11]}},
-        {"id": "b", "question": "Who won?", "context": "The sky is blue today.", "answers": {"text": [], "answer_start": []}},
-        {"id": "c", "question": "Who lost?", "context": "The sky is blue today.", "is_impossible": True,
-         "answers": [{"text": "sky", "answer_start": 4}]},
-    ])
+    path = write_jsonl(
+        tmp_path / "v2.jsonl",
+        [
+            {
+                "id": "a",
+                "question": "What colour?",
+                "context": "The sky is blue today.",
+                "answers": {"text": ["blue"], "answer_start": [11]},
+            },
+            {
+                "id": "b",
+                "question": "Who won?",
+                "context": "The sky is blue today.",
+                "answers": {"text": [], "answer_start": []},
+            },
+            {
+                "id": "c",
+                "question": "Who lost?",
+                "context": "The sky is blue today.",
+                "is_impossible": True,
+                "answers": [{"text": "sky", "answer_start": 4}],
+            },
+        ],
+    )
     t = qa_task(tokenizer)
     examples = t.read(path)
     assert [len(e.answers) for e in examples] == [1, 0, 0]
@@ -217,7 +257,9 @@ def test_unanswerable_questions_point_at_cls_and_make_a_v2_task(tokenizer, tmp_p
     assert feats[0].target != (0, 0)
     # scoring switches to the v2.0 script with the HasAns/NoAns split
     scores = t.score([{"answer": "blue"}, {"answer": ""}, {"answer": "sky"}], examples)
-    assert scores["HasAns_exact"] == 100.0 and scores["NoAns_exact"] == 50.0 and scores["exact"] == pytest.approx(200 / 3)
+    assert (
+        scores["HasAns_exact"] == 100.0 and scores["NoAns_exact"] == 50.0 and scores["exact"] == pytest.approx(200 / 3)
+    )
 
 
 class PeakModel(nn.Module):
@@ -278,12 +320,15 @@ def test_chinese_context_uses_character_offsets(chinese_vocab):
 # -- reading and bad input --------------------------------------------------------------------------
 def test_answers_not_at_their_offset_are_moved_or_counted(tokenizer, tmp_path, caplog):
     context = "Alpha beta gamma. Delta epsilon. Alpha again."
-    path = write_jsonl(tmp_path / "off.jsonl", [
-        {"id": "q1", "question": "First?", "context": context, "answers": {"text": ["beta"], "answer_start": [6]}},
-        {"id": "q2", "question": "Second?", "context": context, "answers": [{"text": "Delta", "answer_start": 2}]},
-        {"id": "q3", "question": "Third?", "context": context, "answers": [{"text": "Omega", "answer_start": 0}]},
-        {"id": "q4", "question": "Fourth?", "context": context, "answers": [{"text": "Alpha", "answer_start": 40}]},
-    ])
+    path = write_jsonl(
+        tmp_path / "off.jsonl",
+        [
+            {"id": "q1", "question": "First?", "context": context, "answers": {"text": ["beta"], "answer_start": [6]}},
+            {"id": "q2", "question": "Second?", "context": context, "answers": [{"text": "Delta", "answer_start": 2}]},
+            {"id": "q3", "question": "Third?", "context": context, "answers": [{"text": "Omega", "answer_start": 0}]},
+            {"id": "q4", "question": "Fourth?", "context": context, "answers": [{"text": "Alpha", "answer_start": 40}]},
+        ],
+    )
     t = qa_task(tokenizer)
     with caplog.at_level(logging.WARNING, logger="bertforge"):
         examples = t.read(path)
@@ -300,25 +345,48 @@ def test_answers_not_at_their_offset_are_moved_or_counted(tokenizer, tmp_path, c
 
 
 def test_answers_given_as_texts_are_found_in_the_context(tokenizer, tmp_path, caplog):
-    path = write_jsonl(tmp_path / "texts.jsonl", [
-        {"id": "q1", "question": "Who?", "context": "Denver Broncos won. The Denver Broncos!", "answers": ["Denver Broncos"]},
-        {"id": "q2", "question": "What?", "context": "a b c", "answers": {"text": ["b", "c"]}},
-        {"id": "q3", "question": "Where?", "context": "Oslo", "answers": [{"text": "Oslo"}, "Bergen"]},
-    ])
+    path = write_jsonl(
+        tmp_path / "texts.jsonl",
+        [
+            {
+                "id": "q1",
+                "question": "Who?",
+                "context": "Denver Broncos won. The Denver Broncos!",
+                "answers": ["Denver Broncos"],
+            },
+            {"id": "q2", "question": "What?", "context": "a b c", "answers": {"text": ["b", "c"]}},
+            {"id": "q3", "question": "Where?", "context": "Oslo", "answers": [{"text": "Oslo"}, "Bergen"]},
+        ],
+    )
     with caplog.at_level(logging.WARNING, logger="bertforge"):
         examples = qa_task(tokenizer).read(path, labelled=True)
     assert [[a.start for a in e.answers] for e in examples] == [[0], [2, 4], [0, None]]
     [message] = [r.getMessage() for r in caplog.records]  # only "Bergen", which is nowhere, is counted
     assert "1 of 5 answers" in message and "0 moved" in message and "1 not found" in message
     with pytest.raises(BertforgeError, match="each answer needs a 'text'"):
-        qa_task(tokenizer).read(write_jsonl(tmp_path / "bad.jsonl", [{"question": "Q?", "context": "c", "answers": [3]}]))
+        qa_task(tokenizer).read(
+            write_jsonl(tmp_path / "bad.jsonl", [{"question": "Q?", "context": "c", "answers": [3]}])
+        )
 
 
 def test_squad_file_with_a_missing_field_names_file_line_and_field(tokenizer, tmp_path):
-    squad = {"version": "1.1", "data": [{"title": "T", "paragraphs": [{"context": "Some context here.", "qas": [
-        {"id": "ok", "question": "Fine?", "answers": [{"text": "Some", "answer_start": 0}]},
-        {"id": "bad", "answers": [{"text": "context", "answer_start": 5}]},
-    ]}]}]}
+    squad = {
+        "version": "1.1",
+        "data": [
+            {
+                "title": "T",
+                "paragraphs": [
+                    {
+                        "context": "Some context here.",
+                        "qas": [
+                            {"id": "ok", "question": "Fine?", "answers": [{"text": "Some", "answer_start": 0}]},
+                            {"id": "bad", "answers": [{"text": "context", "answer_start": 5}]},
+                        ],
+                    }
+                ],
+            }
+        ],
+    }
     text = json.dumps(squad, indent=2)
     path = tmp_path / "broken.json"
     path.write_text(text, encoding="utf-8")
@@ -336,10 +404,13 @@ def test_squad_file_with_a_missing_field_names_file_line_and_field(tokenizer, tm
 
 
 def test_bad_records_fail_before_any_prediction_is_written(squad_model, tmp_path):
-    path = write_jsonl(tmp_path / "in.jsonl", [
-        {"question": "Who?", "context": "Ann met Bob."},
-        {"question": "What?", "context": "   "},
-    ])
+    path = write_jsonl(
+        tmp_path / "in.jsonl",
+        [
+            {"question": "Who?", "context": "Ann met Bob."},
+            {"question": "What?", "context": "   "},
+        ],
+    )
     out = tmp_path / "out.jsonl"
     with pytest.raises(BertforgeError) as e:
         predict_file(squad_model, path, out)
@@ -350,10 +421,25 @@ def test_bad_records_fail_before_any_prediction_is_written(squad_model, tmp_path
 
 
 def test_the_cli_reports_bad_input_in_one_line(tmp_path):
-    path = write_jsonl(tmp_path / "train.jsonl", [{"question": "Who?", "answers": {"text": ["x"], "answer_start": [0]}}])
+    path = write_jsonl(
+        tmp_path / "train.jsonl", [{"question": "Who?", "answers": {"text": ["x"], "answer_start": [0]}}]
+    )
     proc = subprocess.run(
-        [sys.executable, "-m", "bertforge", "finetune", "qa", "--model", "minilm-l6", "--train", str(path), "--out", str(tmp_path / "m")],
-        capture_output=True, text=True,
+        [
+            sys.executable,
+            "-m",
+            "bertforge",
+            "finetune",
+            "qa",
+            "--model",
+            "minilm-l6",
+            "--train",
+            str(path),
+            "--out",
+            str(tmp_path / "m"),
+        ],
+        capture_output=True,
+        text=True,
     )
     assert proc.returncode == 2
     assert proc.stderr.strip() == f"bertforge: error: {path}: line 1: no 'context' field"
@@ -366,8 +452,11 @@ def test_the_cli_reports_bad_input_in_one_line(tmp_path):
 def test_doc_stride_must_leave_room_to_advance(tokenizer):
     with pytest.raises(BertforgeError, match="doc stride 64 leaves no room to advance"):
         qa_task(tokenizer, max_length=128, max_query_length=64, doc_stride=64)
-    with pytest.raises(BertforgeError, match="^qa: windows of 64 tokens leave no room for context after questions of up to 64 tokens: "
-                                             "raise --max-length or lower --max-query-length$"):
+    with pytest.raises(
+        BertforgeError,
+        match="^qa: windows of 64 tokens leave no room for context after questions of up to 64 tokens: "
+        "raise --max-length or lower --max-query-length$",
+    ):
         qa_task(tokenizer, max_length=64, max_query_length=64, doc_stride=16)  # (the stride is not what is wrong)
 
 
@@ -408,11 +497,37 @@ def test_a_question_longer_than_the_window_is_cut(tokenizer):
 def squad_model(squad, tmp_path_factory) -> Path:
     """minilm-l6 fine-tuned on the 5 squad-sample questions until it answers them (an overfit check)."""
     out = tmp_path_factory.mktemp("qa") / "model"
-    result = CliRunner().invoke(app, [
-        "finetune", "qa", "--model", "minilm-l6", "--train", str(squad), "--valid", str(squad), "--out", str(out),
-        "--max-length", "128", "--max-query-length", "32", "--doc-stride", "32",
-        "--max-steps", "30", "--batch-size", "4", "--lr", "3e-4", "--eval-every", "30", "--patience", "0",
-    ])
+    result = CliRunner().invoke(
+        app,
+        [
+            "finetune",
+            "qa",
+            "--model",
+            "minilm-l6",
+            "--train",
+            str(squad),
+            "--valid",
+            str(squad),
+            "--out",
+            str(out),
+            "--max-length",
+            "128",
+            "--max-query-length",
+            "32",
+            "--doc-stride",
+            "32",
+            "--max-steps",
+            "30",
+            "--batch-size",
+            "4",
+            "--lr",
+            "3e-4",
+            "--eval-every",
+            "30",
+            "--patience",
+            "0",
+        ],
+    )
     assert result.exit_code == 0, result.output
     assert "best validation (step 30): exact_match 100.0000, f1 100.0000" in result.output
     return out
@@ -420,8 +535,9 @@ def squad_model(squad, tmp_path_factory) -> Path:
 
 def test_a_training_file_smaller_than_one_batch_trains_with_a_smaller_batch(squad, tmp_path):
     out = tmp_path / "m"
-    result = CliRunner().invoke(app, ["finetune", "qa", "--model", "minilm-l6", "--train", str(squad), "--out", str(out),
-                                      "--epochs", "1"])
+    result = CliRunner().invoke(
+        app, ["finetune", "qa", "--model", "minilm-l6", "--train", str(squad), "--out", str(out), "--epochs", "1"]
+    )
     assert result.exit_code == 0, result.output
     # 5 questions, one held out for validation, one 384-token window each: the default batch of 32 becomes 4
     assert "4 training examples are fewer than one batch of 32: training with batches of 4" in result.output
@@ -430,13 +546,22 @@ def test_a_training_file_smaller_than_one_batch_trains_with_a_smaller_batch(squa
 
 
 def test_fine_tuned_model_answers_its_training_questions(squad_model, squad, tmp_path):
-    result = CliRunner().invoke(app, ["evaluate", "--model", str(squad_model), "--data", str(squad), "--output", str(tmp_path / "m.json")])
+    result = CliRunner().invoke(
+        app, ["evaluate", "--model", str(squad_model), "--data", str(squad), "--output", str(tmp_path / "m.json")]
+    )
     assert result.exit_code == 0, result.output
     assert json.loads((tmp_path / "m.json").read_text()) == {"exact_match": 100.0, "f1": 100.0}
     spec = json.loads((squad_model / "config.json").read_text())["bertforge"]
     assert spec["task"] == "qa" and spec["max_length"] == 128
-    assert spec["extra"] == {"max_query_length": 32, "doc_stride": 32, "doc_step": None, "max_answer_length": 30,
-                             "n_best": 20, "null_threshold": 0.0, "version_2": False}
+    assert spec["extra"] == {
+        "max_query_length": 32,
+        "doc_stride": 32,
+        "doc_step": None,
+        "max_answer_length": 30,
+        "n_best": 20,
+        "null_threshold": 0.0,
+        "version_2": False,
+    }
 
 
 def test_fine_tuned_directory_loads_in_transformers_with_the_same_logits(squad_model, squad):
@@ -458,12 +583,22 @@ def test_fine_tuned_directory_loads_in_transformers_with_the_same_logits(squad_m
 
 def test_predict_writes_answers_with_character_offsets(squad_model, squad, tmp_path):
     data = json.loads(squad.read_text())
-    rows = [{"id": q["id"], "question": q["question"], "context": p["context"],
-             "answers": [x["text"] for x in q["answers"]]}  # plain texts: read, located, and echoed
-            for a in data["data"] for p in a["paragraphs"] for q in p["qas"]]
+    rows = [
+        {
+            "id": q["id"],
+            "question": q["question"],
+            "context": p["context"],
+            "answers": [x["text"] for x in q["answers"]],
+        }  # plain texts: read, located, and echoed
+        for a in data["data"]
+        for p in a["paragraphs"]
+        for q in p["qas"]
+    ]
     gold = {q["id"]: q["answers"][0]["text"] for a in data["data"] for p in a["paragraphs"] for q in p["qas"]}
     path = write_jsonl(tmp_path / "questions.jsonl", rows)
-    result = CliRunner().invoke(app, ["predict", "--model", str(squad_model), "--input", str(path), "--output", str(tmp_path / "p.jsonl")])
+    result = CliRunner().invoke(
+        app, ["predict", "--model", str(squad_model), "--input", str(path), "--output", str(tmp_path / "p.jsonl")]
+    )
     assert result.exit_code == 0, result.output
     preds = [json.loads(line) for line in (tmp_path / "p.jsonl").read_text().splitlines()]
     assert [p["id"] for p in preds] == [r["id"] for r in rows]
@@ -486,5 +621,10 @@ def test_pipeline_answers_from_a_late_window(squad_model, squad):
     qa = bertforge.pipeline("qa", squad_model)
     got = qa({"question": BERNADETTE, "context": paragraph})
     assert (got["answer"], got["start"], got["end"]) == ("Saint Bernadette Soubirous", start, start + 26)
-    both = qa([(BERNADETTE, paragraph), {"question": "What sits on top of the Main Building at Notre Dame?", "context": paragraph}])
+    both = qa(
+        [
+            (BERNADETTE, paragraph),
+            {"question": "What sits on top of the Main Building at Notre Dame?", "context": paragraph},
+        ]
+    )
     assert [b["answer"] for b in both] == ["Saint Bernadette Soubirous", "a golden statue of the Virgin Mary"]

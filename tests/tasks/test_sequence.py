@@ -65,7 +65,10 @@ def test_long_text_windows_not_truncated(sentiment_model):
     model, _ = sentiment_model
     task, net = load_task(model)
     filler = "the film was a story and " * 12  # ~75 tokens: the last word lands in the second window
-    examples = [TextExample(filler + " awful awful", None, None, 1), TextExample(filler + " superb superb", None, None, 2)]
+    examples = [
+        TextExample(filler + " awful awful", None, None, 1),
+        TextExample(filler + " superb superb", None, None, 2),
+    ]
     encs, owner = task.encode(examples)
     assert owner == [0, 0, 1, 1] if task.spec.max_length == 64 else owner.count(0) >= 1
     preds = task.predict(net, examples)
@@ -112,14 +115,20 @@ def test_multilabel_and_regression_and_pair(tiny_dir, tmp_path, caplog):
     pairs = []
     for _ in range(400):
         b = rnd.choice(POS + NEG)
-        pairs.append((" ".join(rnd.sample(FILLER, 5)), f"it is {b}", "yes" if b in POS else "no", 1.0 if b in POS else 0.0))
+        pairs.append(
+            (" ".join(rnd.sample(FILLER, 5)), f"it is {b}", "yes" if b in POS else "no", 1.0 if b in POS else 0.0)
+        )
     ptrain = write_csv(tmp_path / "pairs.csv", ["text", "text_pair", "label", "score"], pairs)
     m = finetune("pair", tiny_dir, ptrain, tmp_path / "pair", args=quick_args(tmp_path / "pair" / "run", 100))
     assert m["accuracy"] > 0.9
     assert pipeline("pair", tmp_path / "pair")(("the plot and the music", "it is great"))["label"] == "yes"
     # no --text-pair-column: the training file's text_pair column makes a regression over pairs
-    rspec = TaskSpec("regress", label_column="score", max_length=600)  # past the model's 128 positions: said, then capped
-    m = finetune("regress", tiny_dir, ptrain, tmp_path / "reg", spec=rspec, args=quick_args(tmp_path / "reg" / "run", 100))
+    rspec = TaskSpec(
+        "regress", label_column="score", max_length=600
+    )  # past the model's 128 positions: said, then capped
+    m = finetune(
+        "regress", tiny_dir, ptrain, tmp_path / "reg", spec=rspec, args=quick_args(tmp_path / "reg" / "run", 100)
+    )
     assert m["pearson"] > 0.7 and "spearman" in m
     assert "pairs.csv: each example is a pair (column 'text_pair'); the model will read pairs" in caplog.text
     assert "has 128 positions: sequences of at most 128 tokens, not 600" in caplog.text
@@ -132,10 +141,21 @@ def test_multilabel_and_regression_and_pair(tiny_dir, tmp_path, caplog):
         pipeline("regress", tmp_path / "reg")([["it is great", " "]])
     # pairs in any record, not only the first: the records without one are then named
     mixed = tmp_path / "mixed.jsonl"
-    mixed.write_text(json.dumps({"text": "a", "score": 1.0}) + "\n" + json.dumps({"text": "b", "text_pair": "c", "score": 0.0}) + "\n")
+    mixed.write_text(
+        json.dumps({"text": "a", "score": 1.0})
+        + "\n"
+        + json.dumps({"text": "b", "text_pair": "c", "score": 0.0})
+        + "\n"
+    )
     with pytest.raises(BertforgeError, match=r"mixed.jsonl: no column 'text_pair' \(columns: text, score\)"):
-        finetune("regress", tiny_dir, mixed, tmp_path / "mixed", spec=TaskSpec("regress", label_column="score"),
-                 args=quick_args(tmp_path / "mixed" / "run", 2))
+        finetune(
+            "regress",
+            tiny_dir,
+            mixed,
+            tmp_path / "mixed",
+            spec=TaskSpec("regress", label_column="score"),
+            args=quick_args(tmp_path / "mixed" / "run", 2),
+        )
 
 
 def test_multilabel_cells_read_as_json_lists_separators_or_nothing(tmp_path):

@@ -24,7 +24,9 @@ def test_tagging_chinese_characters_and_transformers(tiny_dir, tmp_path):
     (tmp_path / "train.conll").write_text("\n\n".join(lines) + "\n", encoding="utf-8")
     zh = Tokenizer.from_pretrained(fetch("chinese-vocab"))
     torch.manual_seed(0)
-    zdir = bertforge.save_pretrained(BertModel(BertConfig.preset("tiny", vocab_size=zh.vocab_size)), tmp_path / "zh", tokenizer=zh)
+    zdir = bertforge.save_pretrained(
+        BertModel(BertConfig.preset("tiny", vocab_size=zh.vocab_size)), tmp_path / "zh", tokenizer=zh
+    )
     m = finetune("tag", zdir, tmp_path / "train.conll", tmp_path / "ner", args=quick_args(tmp_path / "ner" / "run", 40))
     assert {"f1", "precision", "recall", "token_accuracy"} <= set(m)
     from transformers import AutoModelForTokenClassification
@@ -50,10 +52,19 @@ def test_tag_jsonl_text_with_entity_spans(tiny_dir, tmp_path):
     for _ in range(300):
         n, p = rnd.choice(names), rnd.choice(places)
         text = f"{n} flew to {p} on Monday"
-        rows.append({"text": text, "entities": [{"start": 0, "end": len(n), "label": "PER"},
-                                                {"start": text.index(p), "end": text.index(p) + len(p), "label": "LOC"}]})
+        rows.append(
+            {
+                "text": text,
+                "entities": [
+                    {"start": 0, "end": len(n), "label": "PER"},
+                    {"start": text.index(p), "end": text.index(p) + len(p), "label": "LOC"},
+                ],
+            }
+        )
     (tmp_path / "t.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
-    m = finetune("tag", tiny_dir, tmp_path / "t.jsonl", tmp_path / "tagm", args=quick_args(tmp_path / "tagm" / "run", 80))
+    m = finetune(
+        "tag", tiny_dir, tmp_path / "t.jsonl", tmp_path / "tagm", args=quick_args(tmp_path / "tagm" / "run", 80)
+    )
     assert m["f1"] > 0.9
     out = pipeline("tag", tmp_path / "tagm")("Carol flew to Oslo on Monday")
     assert [(e["label"], e["text"]) for e in out["entities"]] == [("PER", "carol"), ("LOC", "oslo")] or [

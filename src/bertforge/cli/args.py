@@ -31,7 +31,9 @@ def typed(name: str, annotation: Any, default: Any = REQUIRED) -> inspect.Parame
     return inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=default, annotation=annotation)
 
 
-def option(name: str, kind: Any, default: Any = REQUIRED, help: str | None = None, **settings: Any) -> inspect.Parameter:
+def option(
+    name: str, kind: Any, default: Any = REQUIRED, help: str | None = None, **settings: Any
+) -> inspect.Parameter:
     """One ``--name`` option of type ``kind`` (``param_decls`` for other names); a bool that defaults to
     None or True gets ``--no-name`` too."""
     decls = list(settings.pop("param_decls", None) or [flag(name)])
@@ -40,8 +42,14 @@ def option(name: str, kind: Any, default: Any = REQUIRED, help: str | None = Non
     return typed(name, Annotated[kind, typer.Option(*decls, help=help, **settings)], default)
 
 
-def field_options(cls: type, table: dict[str, tuple[Any, str] | str] | None = None, *, optional: bool = False,
-                  key: str = "help", bounds: dict[str, dict] | None = None) -> list[inspect.Parameter]:
+def field_options(
+    cls: type,
+    table: dict[str, tuple[Any, str] | str] | None = None,
+    *,
+    optional: bool = False,
+    key: str = "help",
+    bounds: dict[str, dict] | None = None,
+) -> list[inspect.Parameter]:
     """Options for the fields of dataclass ``cls``: those in ``table`` (name -> help, or (default, help)),
     else those whose metadata has ``key`` (its help). ``optional``: every default None (given or not)."""
     hints = typing.get_type_hints(cls)

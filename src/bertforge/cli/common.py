@@ -22,12 +22,19 @@ app = typer.Typer(
 )
 
 Model = Annotated[str, typer.Option("--model", "-m", help="Model directory or registry name (e.g. minilm-l6).")]
-Precision = Annotated[str, typer.Option("--precision", help="fp32 | bf16 (AVX512-BF16/AMX CPUs, GPUs) | fp16 (GPUs) | int8 (CPU) | auto.")]
+Precision = Annotated[
+    str, typer.Option("--precision", help="fp32 | bf16 (AVX512-BF16/AMX CPUs, GPUs) | fp16 (GPUs) | int8 (CPU) | auto.")
+]
 Runtime = Annotated[str, typer.Option("--runtime", help="torch | onnx (the graph written by `bertforge export onnx`).")]
 Device = Annotated[str | None, typer.Option("--device", help="cpu, cuda, cuda:1 ... (default: cuda if present).")]
 BATCH_BUDGET = "Padded tokens per model batch (default: 2048 on a CPU, 32768 on a GPU)."  # device.CPU/GPU_MAX_TOKENS
 MaxTokens = Annotated[int | None, typer.Option("--max-tokens", help=BATCH_BUDGET)]
-Compile = Annotated[bool, typer.Option("--compile", help="Run the model through torch.compile: faster once its first pass has compiled (~30 s).")]
+Compile = Annotated[
+    bool,
+    typer.Option(
+        "--compile", help="Run the model through torch.compile: faster once its first pass has compiled (~30 s)."
+    ),
+]
 
 
 def read_lines(path: Path) -> list[str]:

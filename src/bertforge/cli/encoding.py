@@ -42,10 +42,16 @@ def fetch(
 
 @app.command()
 def vocab(
-    corpus: Annotated[list[Path], typer.Option("--corpus", dir_okay=False, help="Text file(s) to learn from; repeat the option.")],
-    vocab_size: Annotated[int, typer.Option("--vocab-size", help="Entries in the vocabulary, specials included.")] = 30522,
+    corpus: Annotated[
+        list[Path], typer.Option("--corpus", dir_okay=False, help="Text file(s) to learn from; repeat the option.")
+    ],
+    vocab_size: Annotated[
+        int, typer.Option("--vocab-size", help="Entries in the vocabulary, specials included.")
+    ] = 30522,
     out: Annotated[Path, typer.Option("--out", help="Where to write vocab.txt.")] = Path("vocab.txt"),
-    cased: Annotated[bool, typer.Option("--cased", help="Keep case and accents (default: lowercase, strip accents).")] = False,
+    cased: Annotated[
+        bool, typer.Option("--cased", help="Keep case and accents (default: lowercase, strip accents).")
+    ] = False,
     min_frequency: Annotated[int, typer.Option("--min-frequency", help="Ignore words seen fewer times.")] = 2,
 ) -> None:
     """Train a WordPiece vocabulary (English, Chinese or mixed text) with BERT's normalisation."""
@@ -55,8 +61,9 @@ def vocab(
 
     check_output(out, *corpus)  # before the training, which can take minutes
     try:
-        tok = train_vocab(corpus, vocab_size, lowercase=not cased, min_frequency=min_frequency,
-                          show_progress=progress_enabled())
+        tok = train_vocab(
+            corpus, vocab_size, lowercase=not cased, min_frequency=min_frequency, show_progress=progress_enabled()
+        )
     except BertforgeError:
         for path in corpus:  # the trainer names neither the file nor the line of a byte it cannot read
             check_utf8(path)
@@ -71,8 +78,12 @@ def embed(
     model: Model,
     input: Annotated[Path, typer.Option("--input", "-i", dir_okay=False, help="Text file, one text a line.")],
     output: Annotated[Path, typer.Option("--output", "-o", help=".npy (float32 matrix) or .jsonl.")],
-    pooling: Annotated[str | None, typer.Option(help="mean | cls | pooler (default: the checkpoint's, else mean).")] = None,
-    normalize: Annotated[bool | None, typer.Option("--normalize/--no-normalize", help="L2-normalise (default: the checkpoint's).")] = None,
+    pooling: Annotated[
+        str | None, typer.Option(help="mean | cls | pooler (default: the checkpoint's, else mean).")
+    ] = None,
+    normalize: Annotated[
+        bool | None, typer.Option("--normalize/--no-normalize", help="L2-normalise (default: the checkpoint's).")
+    ] = None,
     max_length: Annotated[int | None, typer.Option(help="Truncate texts to this many tokens.")] = None,
     max_tokens: MaxTokens = None,
     precision: Precision = "fp32",
@@ -93,7 +104,9 @@ def embed(
         raise BertforgeError(f"{output}: output must end in .npy or .jsonl")
     check_output(output, input)
     embedder = Embedder.from_pretrained(model, device, precision, runtime, compile)
-    vectors = embedder(texts, pooling=pooling, normalize=normalize, max_length=max_length, max_tokens=max_tokens, progress=True)
+    vectors = embedder(
+        texts, pooling=pooling, normalize=normalize, max_length=max_length, max_tokens=max_tokens, progress=True
+    )
     with atomic_open(output, "wb" if output.suffix == ".npy" else "w") as f:
         if output.suffix == ".npy":
             np.save(f, vectors)
@@ -117,8 +130,10 @@ def read_pairs(path: Path) -> tuple[list[str], list[str], list[bool | None]]:
         if len(cols) < 2 or not cols[0].strip() or not cols[1].strip():
             raise BertforgeError(f"{path}: line {n}: expected two tab-separated sentences")
         if len(cols) > 3:
-            raise BertforgeError(f"{path}: line {n}: {len(cols)} tab-separated columns; expected sentence A, "
-                                 "sentence B and an optional gold label")
+            raise BertforgeError(
+                f"{path}: line {n}: {len(cols)} tab-separated columns; expected sentence A, "
+                "sentence B and an optional gold label"
+            )
         label = cols[2].strip().lower() if len(cols) > 2 else ""
         if label and label not in _GOLD:
             raise BertforgeError(f"{path}: line {n}: unknown label {cols[2].strip()!r} (use {GOLD_HELP})")
@@ -134,8 +149,15 @@ def read_pairs(path: Path) -> tuple[list[str], list[str], list[bool | None]]:
 def similarity(
     model: Model = "minilm-l6",
     sentences: Annotated[list[str] | None, typer.Argument(help="Two sentences.")] = None,
-    pairs: Annotated[Path | None, typer.Option("--pairs", dir_okay=False, help=f"TSV: sentence A, sentence B[, gold: {GOLD_HELP}]; prints a table.")] = None,
-    threshold: Annotated[float, typer.Option(min=-1, max=1, help="Cosine at or above which the verdict is 'same'.")] = SAME_MEANING_THRESHOLD,
+    pairs: Annotated[
+        Path | None,
+        typer.Option(
+            "--pairs", dir_okay=False, help=f"TSV: sentence A, sentence B[, gold: {GOLD_HELP}]; prints a table."
+        ),
+    ] = None,
+    threshold: Annotated[
+        float, typer.Option(min=-1, max=1, help="Cosine at or above which the verdict is 'same'.")
+    ] = SAME_MEANING_THRESHOLD,
     precision: Precision = "fp32",
     device: Device = None,
 ) -> None:
@@ -164,11 +186,18 @@ def similarity(
         return s if len(s) <= width else s[: width - 1] + "…"
 
     has_gold = any(g is not None for g in gold)
-    typer.echo(f"{'cosine':>6}  {'same?':5}  {'gold':4}  {'sentence A':{width}}  sentence B" if has_gold else
-               f"{'cosine':>6}  {'same?':5}  {'sentence A':{width}}  sentence B")
+    typer.echo(
+        f"{'cosine':>6}  {'same?':5}  {'gold':4}  {'sentence A':{width}}  sentence B"
+        if has_gold
+        else f"{'cosine':>6}  {'same?':5}  {'sentence A':{width}}  sentence B"
+    )
     for s, v, g, x, y in zip(scores, verdicts, gold, a, b, strict=True):
         g_txt = "" if g is None else ("yes" if g else "no")
-        cols = [f"{s:6.3f}", f"{'yes' if v else 'no':5}"] + ([f"{g_txt:4}"] if has_gold else []) + [f"{cut(x):{width}}", cut(y)]
+        cols = (
+            [f"{s:6.3f}", f"{'yes' if v else 'no':5}"]
+            + ([f"{g_txt:4}"] if has_gold else [])
+            + [f"{cut(x):{width}}", cut(y)]
+        )
         typer.echo("  ".join(cols))
     if has_gold:
         judged = [(v, g) for v, g in zip(verdicts, gold, strict=True) if g is not None]

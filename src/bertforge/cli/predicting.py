@@ -17,8 +17,13 @@ def _inference_options() -> list:
     """What evaluate and predict share: how to run the model, and the task settings they may override."""
     from ..tasks import TASKS
 
-    return [typed("precision", Precision, "fp32"), typed("runtime", Runtime, "torch"), typed("compile", Compile, False),
-            typed("device", Device, None), *settings_options(TASKS.values(), "predict")]
+    return [
+        typed("precision", Precision, "fp32"),
+        typed("runtime", Runtime, "torch"),
+        typed("compile", Compile, False),
+        typed("device", Device, None),
+        *settings_options(TASKS.values(), "predict"),
+    ]
 
 
 COLUMNS = {"text_column": (None, "Default: as in training."), "text_pair_column": (None, None)}
@@ -33,13 +38,34 @@ def evaluate() -> None:
     """
 
 
-def _evaluate(model: str, data: Path, output: Path | None, text_column: str | None, text_pair_column: str | None,
-              label_column: str | None, precision: str, runtime: str, compile: bool, device: str | None, **settings) -> None:
+def _evaluate(
+    model: str,
+    data: Path,
+    output: Path | None,
+    text_column: str | None,
+    text_pair_column: str | None,
+    label_column: str | None,
+    precision: str,
+    runtime: str,
+    compile: bool,
+    device: str | None,
+    **settings,
+) -> None:
     from ..api import evaluate_file
 
-    result = evaluate_file(model, data, output, precision=precision, runtime=runtime, compile=compile, device=device,
-                           text_column=text_column, text_pair_column=text_pair_column, label_column=label_column,
-                           extra=task_settings(None, settings))
+    result = evaluate_file(
+        model,
+        data,
+        output,
+        precision=precision,
+        runtime=runtime,
+        compile=compile,
+        device=device,
+        text_column=text_column,
+        text_pair_column=text_pair_column,
+        label_column=label_column,
+        extra=task_settings(None, settings),
+    )
     for k, v in result.items():
         if isinstance(v, float):
             typer.echo(f"{k:18} {v:.4f}")
@@ -55,10 +81,15 @@ def _evaluate(model: str, data: Path, output: Path | None, text_column: str | No
 
 
 def _evaluate_command():
-    params = [typed("model", Model), option("data", Path, help="Labelled file in the task's format.", dir_okay=False),
-              option("output", Path | None, None, "Write the metrics as JSON here."),
-              option("text_column", str | None, None, "Default: as in training."), option("text_pair_column", str | None, None),
-              option("label_column", str | None, None), *_inference_options()]
+    params = [
+        typed("model", Model),
+        option("data", Path, help="Labelled file in the task's format.", dir_okay=False),
+        option("output", Path | None, None, "Write the metrics as JSON here."),
+        option("text_column", str | None, None, "Default: as in training."),
+        option("text_pair_column", str | None, None),
+        option("label_column", str | None, None),
+        *_inference_options(),
+    ]
     return build(_evaluate, params, evaluate.__doc__)
 
 
@@ -68,24 +99,56 @@ def predict() -> None:
     (qa: answer, score, start, end in the context's characters) or summaries (extsum: summary, selected)."""
 
 
-def _predict(model: str, input: Path, output: Path, text_column: str | None, text_pair_column: str | None,
-             precision: str, runtime: str, compile: bool, device: str | None, **settings) -> None:
+def _predict(
+    model: str,
+    input: Path,
+    output: Path,
+    text_column: str | None,
+    text_pair_column: str | None,
+    precision: str,
+    runtime: str,
+    compile: bool,
+    device: str | None,
+    **settings,
+) -> None:
     from ..api import predict_file
 
-    n = predict_file(model, input, output, precision=precision, runtime=runtime, compile=compile, device=device,
-                     text_column=text_column, text_pair_column=text_pair_column, label_column=None,
-                     extra=task_settings(None, settings))
+    n = predict_file(
+        model,
+        input,
+        output,
+        precision=precision,
+        runtime=runtime,
+        compile=compile,
+        device=device,
+        text_column=text_column,
+        text_pair_column=text_pair_column,
+        label_column=None,
+        extra=task_settings(None, settings),
+    )
     typer.echo(f"wrote {output} ({count(n, 'prediction')})")
 
 
 def _predict_command():
-    params = [typed("model", Model),
-              option("input", Path, help="Texts in the task's format (labels not needed).", dir_okay=False,
-                     param_decls=("--input", "-i")),
-              option("output", Path, help="JSONL: the input's fields plus the prediction (an input field of the same "
-                     "name kept as input_NAME).", param_decls=("--output", "-o")),
-              option("text_column", str | None, None, "Default: as in training."), option("text_pair_column", str | None, None),
-              *_inference_options()]
+    params = [
+        typed("model", Model),
+        option(
+            "input",
+            Path,
+            help="Texts in the task's format (labels not needed).",
+            dir_okay=False,
+            param_decls=("--input", "-i"),
+        ),
+        option(
+            "output",
+            Path,
+            help="JSONL: the input's fields plus the prediction (an input field of the same name kept as input_NAME).",
+            param_decls=("--output", "-o"),
+        ),
+        option("text_column", str | None, None, "Default: as in training."),
+        option("text_pair_column", str | None, None),
+        *_inference_options(),
+    ]
     return build(_predict, params, predict.__doc__)
 
 
@@ -94,13 +157,25 @@ Deferred.builders.update(evaluate=_evaluate_command, predict=_predict_command)
 
 @app.command()
 def summarize(
-    input: Annotated[Path, typer.Option("--input", "-i", dir_okay=False, help="JSONL documents: 'sentences' (a list) or 'text'.")],
-    output: Annotated[Path, typer.Option("--output", "-o", help="JSONL: the input's fields plus summary and selected.")],
+    input: Annotated[
+        Path, typer.Option("--input", "-i", dir_okay=False, help="JSONL documents: 'sentences' (a list) or 'text'.")
+    ],
+    output: Annotated[
+        Path, typer.Option("--output", "-o", help="JSONL: the input's fields plus summary and selected.")
+    ],
     model: Model = "minilm-l6",
     method: Annotated[str, typer.Option(help="centroid | cluster | lead")] = "centroid",
     top_k: Annotated[int | None, typer.Option("--top-k", help="Sentences per summary (default 3).")] = None,
-    max_words: Annotated[int | None, typer.Option("--max-words", help="Length budget in words (a CJK character is a word), instead of or with --top-k.")] = None,
-    trigram_blocking: Annotated[bool, typer.Option("--trigram-blocking/--no-trigram-blocking", help="centroid: skip sentences repeating a trigram.")] = True,
+    max_words: Annotated[
+        int | None,
+        typer.Option(
+            "--max-words", help="Length budget in words (a CJK character is a word), instead of or with --top-k."
+        ),
+    ] = None,
+    trigram_blocking: Annotated[
+        bool,
+        typer.Option("--trigram-blocking/--no-trigram-blocking", help="centroid: skip sentences repeating a trigram."),
+    ] = True,
     text_column: Annotated[str, typer.Option("--text-column", help="Column (JSONL field) holding the text.")] = "text",
     device: Device = None,
 ) -> None:
@@ -116,14 +191,16 @@ def summarize(
     from ..infer import Embedder
     from ..modeldir import ModelDir
     from ..outputs import atomic_open, check_output
+    from ..summary import read_documents, score_summaries, summarize_untrained
     from ..tasks import EncoderTask, for_model
-    from ..tasks.extsum import read_documents, score_summaries, summarize_untrained
 
     check_output(output, input)
     if method != "lead" and not isinstance(for_model(ModelDir.open(model), "summarize"), EncoderTask):
         # a fine-tuned summariser: its trained scorer would sit unused
-        raise BertforgeError(f"{model}: is a fine-tuned summariser; summarize runs the untrained methods: "
-                             f"use `bertforge predict --model {model}` (or `evaluate`)")
+        raise BertforgeError(
+            f"{model}: is a fine-tuned summariser; summarize runs the untrained methods: "
+            f"use `bertforge predict --model {model}` (or `evaluate`)"
+        )
     documents = read_documents(input, text_column)
     if top_k is None:
         top_k = None if max_words is not None else 3
@@ -153,16 +230,28 @@ def serve(
     compile: Compile = False,
     max_batch_tokens: Annotated[int | None, typer.Option("--max-batch-tokens", help=BATCH_BUDGET)] = None,
     device: Device = None,
-    api_key: Annotated[str | None, typer.Option(
-        "--api-key", envvar="BERTFORGE_API_KEY",
-        help="Require 'Authorization: Bearer KEY' on /v1/* and /metrics (or set BERTFORGE_API_KEY: not shown by ps).",
-    )] = None,
-    max_texts: Annotated[int, typer.Option("--max-texts", help="Texts (pairs, questions, documents) per request; more: 413.")] = 256,
+    api_key: Annotated[
+        str | None,
+        typer.Option(
+            "--api-key",
+            envvar="BERTFORGE_API_KEY",
+            help="Require 'Authorization: Bearer KEY' on /v1/* and /metrics (or set BERTFORGE_API_KEY: not shown by "
+            "ps).",
+        ),
+    ] = None,
+    max_texts: Annotated[
+        int, typer.Option("--max-texts", help="Texts (pairs, questions, documents) per request; more: 413.")
+    ] = 256,
     max_chars: Annotated[int, typer.Option("--max-chars", help="Characters per text; more: 413.")] = 20_000,
     max_body_mb: Annotated[float, typer.Option("--max-body-mb", help="Request body size in MiB; more: 413.")] = 4.0,
-    batch_window_ms: Annotated[float, typer.Option(
-        "--batch-window-ms", help="How long an idle server waits for concurrent requests to batch together (only once requests have come together: a lone client's wait once at most, right after a burst).",
-    )] = 5.0,
+    batch_window_ms: Annotated[
+        float,
+        typer.Option(
+            "--batch-window-ms",
+            help="How long an idle server waits for concurrent requests to batch together (only once requests have "
+            "come together: a lone client's wait once at most, right after a burst).",
+        ),
+    ] = 5.0,
 ) -> None:
     """Serve a model over HTTP (FastAPI): the endpoints its task supports, /health, /metrics, /docs.
 
@@ -179,9 +268,22 @@ def serve(
         api_key = ""  # refused below: a deploy whose secret went missing must not serve openly
     if not max_body_mb > 0:
         raise BertforgeError(f"--max-body-mb must be above 0, not {max_body_mb}")
-    run(model, host=host, port=port, echo=typer.echo, device=device, precision=precision, runtime=runtime, max_batch_tokens=max_batch_tokens,
-        api_key=api_key, max_texts=max_texts, max_chars=max_chars, max_body_bytes=int(max_body_mb * 2**20),
-        batch_window_ms=batch_window_ms, compile=compile)
+    run(
+        model,
+        host=host,
+        port=port,
+        echo=typer.echo,
+        device=device,
+        precision=precision,
+        runtime=runtime,
+        max_batch_tokens=max_batch_tokens,
+        api_key=api_key,
+        max_texts=max_texts,
+        max_chars=max_chars,
+        max_body_bytes=int(max_body_mb * 2**20),
+        batch_window_ms=batch_window_ms,
+        compile=compile,
+    )
 
 
 export_app = typer.Typer(help="Export a model to another format.", no_args_is_help=True)
@@ -191,8 +293,17 @@ app.add_typer(export_app, name="export")
 @export_app.command("onnx")
 def export_onnx(
     model: Model,
-    out: Annotated[Path | None, typer.Option("--out", help="A FILE.onnx, or else a directory DIR (made if missing) for DIR/model.onnx (DIR/model.int8.onnx with --int8). Default: MODEL.")] = None,
-    int8: Annotated[bool, typer.Option("--int8", help="Quantize the linear layers to int8 (onnxruntime dynamic quantization).")] = False,
+    out: Annotated[
+        Path | None,
+        typer.Option(
+            "--out",
+            help="A FILE.onnx, or else a directory DIR (made if missing) for DIR/model.onnx (DIR/model.int8.onnx with "
+            "--int8). Default: MODEL.",
+        ),
+    ] = None,
+    int8: Annotated[
+        bool, typer.Option("--int8", help="Quantize the linear layers to int8 (onnxruntime dynamic quantization).")
+    ] = False,
 ) -> None:
     """Export an encoder, or a classify, pair, regress, tag or qa model (not extsum), to ONNX with
     dynamic batch and length.

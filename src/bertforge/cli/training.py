@@ -19,19 +19,44 @@ def prepare_pretrain(
     corpus: Annotated[list[str], typer.Option("--corpus", help="Text or JSONL file(s) or globs; repeat the option.")],
     vocab: Annotated[str, typer.Option("--vocab", help="vocab.txt, tokenizer.json, model directory or registry name.")],
     out: Annotated[Path, typer.Option("--out", help="Directory for the shards and manifest.json.")],
-    max_seq_len: Annotated[int, typer.Option("--max-seq-len", help="Tokens per instance, [CLS] and [SEP] included.")] = 128,
-    nsp: Annotated[bool, typer.Option("--nsp/--no-nsp", help="Sentence pairs with next-sentence labels, or each document cut into single segments of up to --max-seq-len tokens (MLM only).")] = True,
-    whole_word_mask: Annotated[bool, typer.Option("--whole-word-mask", help="Mask whole words (Chinese: words from --zh-segmenter).")] = False,
-    dynamic_mask: Annotated[bool, typer.Option("--dynamic-mask", help="Store no masks; draw them per batch at training time.")] = False,
-    dupe_factor: Annotated[int, typer.Option("--dupe-factor", help="Passes over the data, each with fresh pairs and masks.")] = 5,
-    seed: Annotated[int, typer.Option("--seed", help="Seeds the sentence pairs, the masks and the held-out documents.")] = 0,
-    eval_fraction: Annotated[float, typer.Option("--eval-fraction", help="Documents held out for evaluation (at least 1 of 2+).")] = 0.01,
+    max_seq_len: Annotated[
+        int, typer.Option("--max-seq-len", help="Tokens per instance, [CLS] and [SEP] included.")
+    ] = 128,
+    nsp: Annotated[
+        bool,
+        typer.Option(
+            "--nsp/--no-nsp",
+            help="Sentence pairs with next-sentence labels, or each document cut into single segments of up to "
+            "--max-seq-len tokens (MLM only).",
+        ),
+    ] = True,
+    whole_word_mask: Annotated[
+        bool, typer.Option("--whole-word-mask", help="Mask whole words (Chinese: words from --zh-segmenter).")
+    ] = False,
+    dynamic_mask: Annotated[
+        bool, typer.Option("--dynamic-mask", help="Store no masks; draw them per batch at training time.")
+    ] = False,
+    dupe_factor: Annotated[
+        int, typer.Option("--dupe-factor", help="Passes over the data, each with fresh pairs and masks.")
+    ] = 5,
+    seed: Annotated[
+        int, typer.Option("--seed", help="Seeds the sentence pairs, the masks and the held-out documents.")
+    ] = 0,
+    eval_fraction: Annotated[
+        float, typer.Option("--eval-fraction", help="Documents held out for evaluation (at least 1 of 2+).")
+    ] = 0.01,
     masked_lm_prob: Annotated[float, typer.Option("--masked-lm-prob", help="Fraction of tokens to predict.")] = 0.15,
-    max_predictions_per_seq: Annotated[int, typer.Option("--max-predictions-per-seq", help="Cap on masked tokens per instance.")] = 20,
-    short_seq_prob: Annotated[float, typer.Option("--short-seq-prob", help="Documents that aim for a random shorter length.")] = 0.1,
+    max_predictions_per_seq: Annotated[
+        int, typer.Option("--max-predictions-per-seq", help="Cap on masked tokens per instance.")
+    ] = 20,
+    short_seq_prob: Annotated[
+        float, typer.Option("--short-seq-prob", help="Documents that aim for a random shorter length.")
+    ] = 0.1,
     shard_size: Annotated[int, typer.Option("--shard-size", help="Instances per shard file.")] = 100_000,
     workers: Annotated[int | None, typer.Option("--workers", help="Processes (default: all cores).")] = None,
-    zh_segmenter: Annotated[str, typer.Option("--zh-segmenter", help="Chinese word boundaries for --whole-word-mask: jieba | none.")] = "jieba",
+    zh_segmenter: Annotated[
+        str, typer.Option("--zh-segmenter", help="Chinese word boundaries for --whole-word-mask: jieba | none.")
+    ] = "jieba",
 ) -> None:
     """Turn text corpora into masked-LM / next-sentence instances on disk, for `bertforge pretrain`.
 
@@ -43,9 +68,18 @@ def prepare_pretrain(
     from ..data.pretrain import PretrainDataConfig, prepare
 
     config = PretrainDataConfig(
-        max_seq_len=max_seq_len, nsp=nsp, whole_word_mask=whole_word_mask, dynamic_mask=dynamic_mask,
-        masked_lm_prob=masked_lm_prob, max_predictions_per_seq=max_predictions_per_seq, short_seq_prob=short_seq_prob,
-        dupe_factor=dupe_factor, seed=seed, eval_fraction=eval_fraction, shard_size=shard_size, zh_segmenter=zh_segmenter,
+        max_seq_len=max_seq_len,
+        nsp=nsp,
+        whole_word_mask=whole_word_mask,
+        dynamic_mask=dynamic_mask,
+        masked_lm_prob=masked_lm_prob,
+        max_predictions_per_seq=max_predictions_per_seq,
+        short_seq_prob=short_seq_prob,
+        dupe_factor=dupe_factor,
+        seed=seed,
+        eval_fraction=eval_fraction,
+        shard_size=shard_size,
+        zh_segmenter=zh_segmenter,
     )
     start = time.perf_counter()
     manifest = prepare(corpus, vocab, out, config, workers=workers)
@@ -59,14 +93,26 @@ def prepare_pretrain(
 
 
 # -- the training arguments: TrainArgs' fields, with each command's defaults and help -------------------
-TRAIN_BOUNDS = {"max_steps": {"min": 1}, "batch_size": {"min": 1}, "grad_accum": {"min": 1}, "max_tokens": {"min": 1}, "lr": {"min": 0},
-                "weight_decay": {"min": 0}, "log_every": {"min": 1}, "select_metric": {"param_decls": ("--metric",)}}
+TRAIN_BOUNDS = {
+    "max_steps": {"min": 1},
+    "batch_size": {"min": 1},
+    "grad_accum": {"min": 1},
+    "max_tokens": {"min": 1},
+    "lr": {"min": 0},
+    "weight_decay": {"min": 0},
+    "log_every": {"min": 1},
+    "select_metric": {"param_decls": ("--metric",)},
+}
 DECAY = "AdamW weight decay (not on biases and LayerNorms)."
 PRETRAIN_ARGS = {
     "max_steps": (10000, "Optimizer steps."),
     "batch_size": (128, "Sequences per step, over all processes."),
     "grad_accum": (1, "Micro-batches per step."),
-    "max_tokens": (None, "Padded tokens per forward pass; a bigger micro-batch runs in parts, same step (default 2048 on a CPU, 32768 on a GPU)."),
+    "max_tokens": (
+        None,
+        "Padded tokens per forward pass; a bigger micro-batch runs in parts, same step (default 2048 on a CPU, 32768 "
+        "on a GPU).",
+    ),
     "lr": (1e-4, "Peak learning rate."),
     "warmup": (0.05, "Warmup steps (>= 1) or fraction of steps (< 1)."),
     "schedule": ("linear", "linear | cosine | constant decay after warmup."),
@@ -87,7 +133,11 @@ FINETUNE_ARGS = {
     "lr": (5e-5, "Peak learning rate (AdamW; linear warmup, then linear decay)."),
     "batch_size": (32, "Examples (windows) per optimizer step, over all processes."),
     "grad_accum": (1, "Split each step into N micro-batches (same result, less memory)."),
-    "max_tokens": (None, "Padded tokens per forward pass; a bigger micro-batch runs in parts, same step (default 2048 on a CPU, 32768 on a GPU)."),
+    "max_tokens": (
+        None,
+        "Padded tokens per forward pass; a bigger micro-batch runs in parts, same step (default 2048 on a CPU, 32768 "
+        "on a GPU).",
+    ),
     "warmup": (0.1, "Warmup steps (>= 1) or fraction (< 1)."),
     "weight_decay": (0.01, DECAY),
     "eval_every": (0, "Validate every N steps (0: every epoch)."),
@@ -101,7 +151,11 @@ FINETUNE_ARGS = {
 # TaskSpec's fields that finetune takes (max_length None: the task's default)
 SPEC_ARGS = {
     "text_column": ("text", "Column (JSONL field) holding the text."),
-    "text_pair_column": (None, "Second text's column (pair: default text_pair; classify and regress read pairs when the training file has a text_pair column)."),
+    "text_pair_column": (
+        None,
+        "Second text's column (pair: default text_pair; classify and regress read pairs when the training file has a "
+        "text_pair column).",
+    ),
     "label_column": ("label", "Column holding the label (regress: the number)."),
     "multi_label": (False, "classify: several labels per text (a JSON list or 'a|b'; an empty cell: none of them)."),
     "max_length": (None, "Tokens per window (default 128; qa 384, extsum 512)."),
@@ -123,8 +177,16 @@ def pretrain() -> None:
     """
 
 
-def _pretrain(data: Path, out: Path, preset: str, config: Path | None, init: str | None, dropout: float | None,
-              device: str | None, **train_args) -> None:
+def _pretrain(
+    data: Path,
+    out: Path,
+    preset: str,
+    config: Path | None,
+    init: str | None,
+    dropout: float | None,
+    device: str | None,
+    **train_args,
+) -> None:
     from ..api import pretrain as run
     from ..train import TrainArgs
 
@@ -141,17 +203,29 @@ def _pretrain_command():
         option("out", Path, help="Run directory: checkpoints/, metrics.jsonl, curves.png, final/."),
         option("preset", str, "mini", "Model size: tiny, mini, small, medium, base, large or L{n}-H{m}."),
         option("config", Path | None, None, "A config.json instead of a preset.", dir_okay=False),
-        option("init", str | None, None, "Start from this model's weights (continued or domain-adaptive pretraining); "
-               "its vocabulary must be the shards'."),
+        option(
+            "init",
+            str | None,
+            None,
+            "Start from this model's weights (continued or domain-adaptive pretraining); "
+            "its vocabulary must be the shards'.",
+        ),
         *field_options(TrainArgs, PRETRAIN_ARGS, bounds=TRAIN_BOUNDS),
-        dropout_option("Hidden and attention dropout (default: the preset's, 0.1 as in BERT; short runs learn faster with 0)."),
+        dropout_option(
+            "Hidden and attention dropout (default: the preset's, 0.1 as in BERT; short runs learn faster with 0)."
+        ),
         typed("device", Device, None),
     ]
     return build(_pretrain, params, pretrain.__doc__)
 
 
 @app.command()
-def plot(run: Annotated[Path, typer.Argument(help="A run directory with metrics.jsonl (pretrain --out), or a finetune --out (its run/).")]) -> None:
+def plot(
+    run: Annotated[
+        Path,
+        typer.Argument(help="A run directory with metrics.jsonl (pretrain --out), or a finetune --out (its run/)."),
+    ],
+) -> None:
     """Plot a run's training and evaluation curves to RUN/curves.png."""
     from ..plot import plot_run
 
@@ -167,8 +241,16 @@ def finetune() -> None:
     """
 
 
-def _finetune(task: str, model: str, train: Path, out: Path, valid: Path | None, dropout: float | None,
-              device: str | None, **values) -> None:
+def _finetune(
+    task: str,
+    model: str,
+    train: Path,
+    out: Path,
+    valid: Path | None,
+    dropout: float | None,
+    device: str | None,
+    **values,
+) -> None:
     from ..api import finetune as run
     from ..tasks import TASKS, TaskSpec
     from ..train import TrainArgs
@@ -182,8 +264,10 @@ def _finetune(task: str, model: str, train: Path, out: Path, valid: Path | None,
     args = TrainArgs(out=out / "run", device=device, **train_values)
     best = run(task, model, train, out, valid, spec=spec, args=args, dropout=dropout)
     if best:
-        typer.echo(f"best validation (step {best.get('step')}): " + ", ".join(
-            f"{k} {v:.4f}" for k, v in best.items() if k != "step" and isinstance(v, float)))
+        typer.echo(
+            f"best validation (step {best.get('step')}): "
+            + ", ".join(f"{k} {v:.4f}" for k, v in best.items() if k != "step" and isinstance(v, float))
+        )
         typer.echo(f"wrote {out}")
 
 
@@ -192,12 +276,24 @@ def _finetune_command():
     from ..train import TrainArgs
 
     params = [
-        inspect.Parameter("task", inspect.Parameter.POSITIONAL_OR_KEYWORD, annotation=Annotated[
-            str, typer.Argument(help=" | ".join(TASKS))]),
+        inspect.Parameter(
+            "task",
+            inspect.Parameter.POSITIONAL_OR_KEYWORD,
+            annotation=Annotated[str, typer.Argument(help=" | ".join(TASKS))],
+        ),
         typed("model", Model),
-        option("train", Path, help="Training data: CSV, TSV or JSONL (tag: also CoNLL; qa: also SQuAD JSON).", dir_okay=False),
-        option("out", Path, help="Output model directory (Hugging Face format): new, empty or a previous run's; "
-               "the run goes to OUT/run."),
+        option(
+            "train",
+            Path,
+            help="Training data: CSV, TSV or JSONL (tag: also CoNLL; qa: also SQuAD JSON).",
+            dir_okay=False,
+        ),
+        option(
+            "out",
+            Path,
+            help="Output model directory (Hugging Face format): new, empty or a previous run's; "
+            "the run goes to OUT/run.",
+        ),
         option("valid", Path | None, None, "Validation data (default: 10% of --train, seeded).", dir_okay=False),
         *field_options(TaskSpec, SPEC_ARGS),
         *field_options(TrainArgs, FINETUNE_ARGS, bounds=TRAIN_BOUNDS),

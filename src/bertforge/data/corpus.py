@@ -22,7 +22,10 @@ from .workers import fork_pool, ordered
 _TASK_PIECES = 512  # pieces per tokenization task (any value gives the same output)
 _TASK_CHARS = 1 << 19  # ... or fewer when they are long
 
-def word_continues(text: str, tokens: Sequence[str], offsets: Sequence[tuple[int, int]], segment: Callable | None) -> list[bool]:
+
+def word_continues(
+    text: str, tokens: Sequence[str], offsets: Sequence[tuple[int, int]], segment: Callable | None
+) -> list[bool]:
     """Per token of ``text``: does it continue the previous token's word?
 
     ``##`` pieces continue their word. Chinese characters are tokens of their own; with a segmenter
@@ -64,7 +67,9 @@ class _TokenStore:
 
     def __init__(self, directory: Path, token_dtype: np.dtype):
         self.directory = directory
-        self.files = {name: (directory / f"{name}.bin").open("wb") for name in ("tokens", "word_continues", "sentence_lengths")}
+        self.files = {
+            name: (directory / f"{name}.bin").open("wb") for name in ("tokens", "word_continues", "sentence_lengths")
+        }
         self.dtype = token_dtype
         self.document_sentences = array.array("q")  # 8 bytes a document: small next to its tokens
         self.open_document = 0  # sentences of the document still being read
@@ -88,7 +93,9 @@ class _TokenStore:
         np.frombuffer(self.document_sentences, dtype=np.int64).tofile(self.directory / "document_sentences.bin")
         for lengths, offsets in (("sentence_lengths", "sentence_offsets"), ("document_sentences", "document_offsets")):
             counts = np.fromfile(self.directory / f"{lengths}.bin", dtype=np.int64)
-            cumulative = np.lib.format.open_memmap(self.directory / f"{offsets}.npy", "w+", np.int64, (len(counts) + 1,))
+            cumulative = np.lib.format.open_memmap(
+                self.directory / f"{offsets}.npy", "w+", np.int64, (len(counts) + 1,)
+            )
             cumulative[0] = 0
             np.cumsum(counts, out=cumulative[1:])
             cumulative.flush()
@@ -137,7 +144,11 @@ def _tokenize(pieces: list[tuple[list[str], bool]]) -> _Tokenized:
     continues = None
     if whole_word:
         continues = np.fromiter(
-            (c for s, e in zip(sentences, encodings, strict=True) for c in word_continues(s, e.tokens, e.offsets, segment)),
+            (
+                c
+                for s, e in zip(sentences, encodings, strict=True)
+                for c in word_continues(s, e.tokens, e.offsets, segment)
+            ),
             dtype=np.uint8,
             count=len(tokens),
         )
@@ -165,15 +176,24 @@ def _tokenize_tasks(files: Sequence[Path], bar: tqdm) -> Iterator[list[tuple[lis
 
 
 def tokenize_corpus(
-    files: Sequence[Path], store_dir: Path, tokenizer: Tokenizer, segment: Callable | None, token_dtype: np.dtype,
-    whole_word: bool, workers: int, progress: bool,
+    files: Sequence[Path],
+    store_dir: Path,
+    tokenizer: Tokenizer,
+    segment: Callable | None,
+    token_dtype: np.dtype,
+    whole_word: bool,
+    workers: int,
+    progress: bool,
 ) -> Corpus:
     """Read and tokenize every file into the token store in ``store_dir``; return it memory-mapped."""
     _STATE["tokenize"] = (tokenizer, segment, whole_word)
     try:
         store = _TokenStore(store_dir, token_dtype)
         total_bytes = sum(p.stat().st_size for p in files)
-        with fork_pool(workers) as pool, progress_bar(progress, total=total_bytes, unit="B", unit_scale=True, desc="tokenizing") as bar:
+        with (
+            fork_pool(workers) as pool,
+            progress_bar(progress, total=total_bytes, unit="B", unit_scale=True, desc="tokenizing") as bar,
+        ):
             for part in ordered(pool, _tokenize, _tokenize_tasks(files, bar), 2 * workers):
                 store.add(part)
         store.finish()

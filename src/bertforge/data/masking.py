@@ -63,7 +63,9 @@ def mask_tokens(
     if rule.whole_word and word_continues is not None and len(positions):
         previous_maskable = np.concatenate(([False], maskable[:-1]))
         starts = maskable & ~(np.asarray(word_continues, dtype=bool) & previous_maskable)
-        bounds = np.append(np.flatnonzero(starts[positions]), len(positions))  # word w: positions[bounds[w]:bounds[w+1]]
+        bounds = np.append(
+            np.flatnonzero(starts[positions]), len(positions)
+        )  # word w: positions[bounds[w]:bounds[w+1]]
         chosen: list[np.ndarray] = []
         taken = 0
         for w in rng.permutation(len(bounds) - 1):

@@ -68,7 +68,10 @@ class PretrainDataConfig:
             (self.dupe_factor < 1, f"dupe_factor {self.dupe_factor} must be >= 1"),
             (not 0 <= self.eval_fraction < 1, f"eval_fraction {self.eval_fraction} must be in [0, 1)"),
             (self.shard_size < 1, f"shard_size {self.shard_size} must be >= 1"),
-            (self.zh_segmenter not in SEGMENTERS, f"unknown zh_segmenter {self.zh_segmenter!r} ({' | '.join(SEGMENTERS)})"),
+            (
+                self.zh_segmenter not in SEGMENTERS,
+                f"unknown zh_segmenter {self.zh_segmenter!r} ({' | '.join(SEGMENTERS)})",
+            ),
             (self.chunk_documents < 1, f"chunk_documents {self.chunk_documents} must be >= 1"),
         ]
         for bad, message in problems:
@@ -151,7 +154,9 @@ def _truncate_pair(a: list[int], b: list[int], max_tokens: int, rng: np.random.G
         span[1] -= k - front
 
 
-def _document_spans(work: _Work, split: str, position: int, rng: np.random.Generator) -> Iterator[tuple[list[int], list[int] | None, int]]:
+def _document_spans(
+    work: _Work, split: str, position: int, rng: np.random.Generator
+) -> Iterator[tuple[list[int], list[int] | None, int]]:
     """(A span, B span or None, NSP label) for each instance of one document, in corpus token indices.
 
     ``position`` is the document's index within its split. NSP: google-research/bert's
@@ -296,12 +301,14 @@ class _ShardWriter:
         for field_name, values in arrays.items():
             if values is not None:
                 np.save(self.directory / f"{name}.{field_name}.npy", np.ascontiguousarray(values))
-        self.shards.append({
-            "name": name,
-            "instances": len(x),
-            "tokens": int(x.lengths.sum()),
-            "masked_tokens": None if x.mask_counts is None else int(x.mask_counts.sum()),
-        })
+        self.shards.append(
+            {
+                "name": name,
+                "instances": len(x),
+                "tokens": int(x.lengths.sum()),
+                "masked_tokens": None if x.mask_counts is None else int(x.mask_counts.sum()),
+            }
+        )
 
 
 # -- the pipeline ---------------------------------------------------------------------------------------
@@ -355,7 +362,16 @@ def prepare(
             raise BertforgeError(f"{', '.join(map(str, files))}: no text (empty corpus)")
         splits = _split_documents(n_docs, config)
         every = np.arange(n_docs, dtype=np.int64)
-        _STATE["work"] = _Work(config, corpus_data, _masking_rule(tokenizer, config), tokenizer.cls_id, tokenizer.sep_id, token_dtype, splits, every)
+        _STATE["work"] = _Work(
+            config,
+            corpus_data,
+            _masking_rule(tokenizer, config),
+            tokenizer.cls_id,
+            tokenizer.sep_id,
+            token_dtype,
+            splits,
+            every,
+        )
         shards = _write_instances(_STATE["work"], staging, workers, progress)
         stats = {
             "files": [str(p.resolve()) for p in files],
@@ -436,11 +452,13 @@ def _manifest(config, tokenizer, vocab_path, token_dtype, stats, splits, shards)
         "vocab_size": tokenizer.vocab_size,
         "lowercase": tokenizer.lowercase,
         "special_ids": {
-            "pad": tokenizer.pad_id, "unk": tokenizer.unk_id, "cls": tokenizer.cls_id,
-            "sep": tokenizer.sep_id, "mask": tokenizer.mask_id,
+            "pad": tokenizer.pad_id,
+            "unk": tokenizer.unk_id,
+            "cls": tokenizer.cls_id,
+            "sep": tokenizer.sep_id,
+            "mask": tokenizer.mask_id,
         },
         "token_dtype": token_dtype.name,
         "corpus": stats,
         "splits": per_split,
     }
-

@@ -76,12 +76,16 @@ def check_vocab(directory: str | Path, manifest: dict[str, Any]) -> None:
         digest = sha256(path)
     except OSError as e:
         reason = "no such file" if isinstance(e, FileNotFoundError) else f"cannot be read ({type(e).__name__})"
-        raise BertforgeError(f"{path}: {reason}; it is the vocabulary the shards in {directory} were made with "
-                             f"({shards}): restore it, or re-run prepare-pretrain with another") from None
+        raise BertforgeError(
+            f"{path}: {reason}; it is the vocabulary the shards in {directory} were made with "
+            f"({shards}): restore it, or re-run prepare-pretrain with another"
+        ) from None
     if digest != manifest["vocab_sha256"]:
-        raise BertforgeError(f"{path}: changed since prepare-pretrain made the shards in {directory} (its sha256 is not "
-                             f"the one in {shards}): re-run prepare-pretrain with this vocabulary, or restore the one "
-                             "the shards were made with")
+        raise BertforgeError(
+            f"{path}: changed since prepare-pretrain made the shards in {directory} (its sha256 is not "
+            f"the one in {shards}): re-run prepare-pretrain with this vocabulary, or restore the one "
+            "the shards were made with"
+        )
 
 
 class PretrainShards:
@@ -110,7 +114,9 @@ class PretrainShards:
             whole_word=bool(self.manifest["whole_word_mask"]),
         )
         self._shards = [s["name"] for s in self.manifest["splits"][split]["shards"]]
-        self._starts = offsets_of(np.array([s["instances"] for s in self.manifest["splits"][split]["shards"]], dtype=np.int64))
+        self._starts = offsets_of(
+            np.array([s["instances"] for s in self.manifest["splits"][split]["shards"]], dtype=np.int64)
+        )
         self._open: dict[int, dict[str, np.ndarray]] = {}
 
     def __len__(self) -> int:
@@ -179,5 +185,7 @@ class PretrainShards:
             labels[r, positions] = originals
         batch["labels"] = torch.from_numpy(labels)
         if self.nsp:
-            batch["next_sentence_label"] = torch.tensor([int(x["next_sentence_label"]) for x in items], dtype=torch.int64)
+            batch["next_sentence_label"] = torch.tensor(
+                [int(x["next_sentence_label"]) for x in items], dtype=torch.int64
+            )
         return batch

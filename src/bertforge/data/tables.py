@@ -51,7 +51,9 @@ def read_records(path: str | Path, formats: tuple[str, ...] = FORMATS) -> list[R
     elif suffix in (".csv", ".tsv", ".tab"):
         records = _delimited(path, text, "\t" if suffix != ".csv" else ",")
     else:
-        raise BertforgeError(f"{path}: unknown file type {suffix or '(none)'}: use {', '.join(formats[:-1])} or {formats[-1]}")
+        raise BertforgeError(
+            f"{path}: unknown file type {suffix or '(none)'}: use {', '.join(formats[:-1])} or {formats[-1]}"
+        )
     if not records:
         raise BertforgeError(f"{path}: no records")
     return records

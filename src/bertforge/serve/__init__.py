@@ -28,7 +28,9 @@ def bind(host: str, port: int) -> socket.socket:
     if not 0 <= port <= 65535:
         raise BertforgeError(f"port {port} is not a port number (0-65535)")
     try:
-        family, kind, proto, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)[0]
+        family, kind, proto, _, address = socket.getaddrinfo(
+            host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+        )[0]
     except socket.gaierror:
         raise BertforgeError(f"cannot listen on {host}: not an address of this machine") from None
     sock = socket.socket(family, kind, proto)
@@ -51,8 +53,10 @@ def access_line(address: str, api_key: str | None) -> str | None:
     if api_key:
         return "bertforge: /v1/* and /metrics need 'Authorization: Bearer KEY'"
     if not ipaddress.ip_address(address.split("%")[0]).is_loopback:
-        return (f"bertforge: warning: no API key, and listening on {address}: anyone who can reach this machine can use "
-                "the model (--api-key or BERTFORGE_API_KEY)")
+        return (
+            f"bertforge: warning: no API key, and listening on {address}: anyone who can reach this machine can use "
+            "the model (--api-key or BERTFORGE_API_KEY)"
+        )
     return None
 
 

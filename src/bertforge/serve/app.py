@@ -40,13 +40,21 @@ DEFAULT_MAX_CHARS = 20_000
 DEFAULT_MAX_BODY_BYTES = 4 * 2**20
 DEFAULT_BATCH_WINDOW_MS = 5.0  # long enough for concurrent requests to meet, short next to a model call
 
+
 # -- the model behind the endpoints ---------------------------------------------------------------------------
 class ServedModel:
     """The loaded model and the tasks it serves, by endpoint (a fine-tuned model's task, or every use of
     a bare encoder, sharing one Embedder); ``run`` is the one function the batcher's thread calls."""
 
-    def __init__(self, model: str | Path, device: str | None, precision: str, runtime: str, max_batch_tokens: int | None,
-                 compile: bool = False):
+    def __init__(
+        self,
+        model: str | Path,
+        device: str | None,
+        precision: str,
+        runtime: str,
+        max_batch_tokens: int | None,
+        compile: bool = False,
+    ):
         md = ModelDir.open(model)
         tasks = served(md)
         self.tasks = {t.endpoint: t for t in tasks}
@@ -56,8 +64,9 @@ class ServedModel:
         self.task = tasks[0].name if isinstance(tasks[0], FinetuneTask) else None  # None: an encoder
         net = self.model.model if isinstance(self.model, Embedder) else self.model
         # "auto" is reported as what it chose: an ONNX graph knows its own; torch's is resolved as it was
-        self.precision = net.precision if isinstance(net, OnnxModel) else resolve_precision(
-            precision, model_device(net), warn=False)
+        self.precision = (
+            net.precision if isinstance(net, OnnxModel) else resolve_precision(precision, model_device(net), warn=False)
+        )
         self.endpoints = tuple(self.tasks)
 
     @property
@@ -113,7 +122,10 @@ class Endpoints:
         """Every text: not empty (or only spaces), within --max-chars, valid Unicode."""
         for where, text in named:
             if len(text) > self.max_chars:
-                raise _error(413, f"{where} has {len(text):,} characters; this server takes at most {self.max_chars:,} (--max-chars)")
+                raise _error(
+                    413,
+                    f"{where} has {len(text):,} characters; this server takes at most {self.max_chars:,} (--max-chars)",
+                )
             if not text.strip():
                 raise _error(422, f"{where} is empty")
             try:
@@ -141,10 +153,11 @@ async def _invalid(request: Request, exc: RequestValidationError) -> JSONRespons
 
 
 async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
-    message = {(404, "Not Found"): f"no such endpoint: {request.url.path}",
-               # what FastAPI answers for a body it cannot decode (JSON's own errors are 422s)
-               (400, "There was an error parsing the body"): "the body is not UTF-8 text: send JSON in UTF-8"}.get(
-        (exc.status_code, exc.detail), exc.detail)
+    message = {
+        (404, "Not Found"): f"no such endpoint: {request.url.path}",
+        # what FastAPI answers for a body it cannot decode (JSON's own errors are 422s)
+        (400, "There was an error parsing the body"): "the body is not UTF-8 text: send JSON in UTF-8",
+    }.get((exc.status_code, exc.detail), exc.detail)
     return JSONResponse({"error": message}, status_code=exc.status_code, headers=getattr(exc, "headers", None))
 
 
@@ -153,13 +166,26 @@ async def _crashed(request: Request, exc: Exception) -> JSONResponse:
     return JSONResponse({"error": f"internal error ({type(exc).__name__})"}, status_code=500)
 
 
-def _check_settings(api_key: str | None, max_batch_tokens: int | None, max_texts: int, max_chars: int,
-                    max_body_bytes: int, batch_window_ms: float) -> None:
+def _check_settings(
+    api_key: str | None,
+    max_batch_tokens: int | None,
+    max_texts: int,
+    max_chars: int,
+    max_body_bytes: int,
+    batch_window_ms: float,
+) -> None:
     if api_key is not None and not api_key.strip():
-        raise BertforgeError("the API key is empty (--api-key or BERTFORGE_API_KEY): give one, or leave both unset to serve without a key")
-    for name, value, least in (("--max-batch-tokens", max_batch_tokens, 1), ("--max-texts", max_texts, 1),
-                               ("--max-chars", max_chars, 1), ("max_body_bytes", max_body_bytes, 1),
-                               ("--batch-window-ms", batch_window_ms, 0)):
+        raise BertforgeError(
+            "the API key is empty (--api-key or BERTFORGE_API_KEY): give one, or leave both unset to serve without a "
+            "key"
+        )
+    for name, value, least in (
+        ("--max-batch-tokens", max_batch_tokens, 1),
+        ("--max-texts", max_texts, 1),
+        ("--max-chars", max_chars, 1),
+        ("max_body_bytes", max_body_bytes, 1),
+        ("--batch-window-ms", batch_window_ms, 0),
+    ):
         if value is not None and value < least:
             raise BertforgeError(f"{name} must be at least {least}, not {value}")
 
@@ -182,8 +208,12 @@ def create_app(
     a bad setting raises BertforgeError here, not at the first request."""
     _check_settings(api_key, max_batch_tokens, max_texts, max_chars, max_body_bytes, batch_window_ms)
     served = ServedModel(model, device, precision, runtime, max_batch_tokens, compile)
-    name = str(model) if not Path(model).exists() else Path(model).resolve().name  # not the full path: /health is public
-    metrics = Metrics({"model": name, "task": served.task or "encoder", "precision": served.precision, "runtime": runtime})
+    name = (
+        str(model) if not Path(model).exists() else Path(model).resolve().name
+    )  # not the full path: /health is public
+    metrics = Metrics(
+        {"model": name, "task": served.task or "encoder", "precision": served.precision, "runtime": runtime}
+    )
     batcher = Batcher(served.run, batch_window_ms / 1000, metrics)
     metrics.queue_depth = batcher.depth
 
@@ -195,7 +225,7 @@ def create_app(
     app = FastAPI(
         title="bertforge",
         version=_version(),
-        description=f"Serving **{name}** ({served.kind}). Errors are `{{\"error\": \"...\"}}`.",
+        description=f'Serving **{name}** ({served.kind}). Errors are `{{"error": "..."}}`.',
         lifespan=lifespan,
         docs_url=None,  # see _local_docs
         redoc_url=None,  # see DOCS_FILES
@@ -211,11 +241,17 @@ def create_app(
     @app.get("/health", response_model=Health)
     async def health() -> JSONResponse:
         """The model served and how: for load balancers and people (no API key needed)."""
-        return JSONResponse({
-            "status": "ok", "model": name, "task": served.task or "encoder",
-            "endpoints": [f"/v1/{e}" for e in served.endpoints], "precision": served.precision, "runtime": runtime,
-            "uptime_s": round(time.monotonic() - metrics.started, 3),
-        })
+        return JSONResponse(
+            {
+                "status": "ok",
+                "model": name,
+                "task": served.task or "encoder",
+                "endpoints": [f"/v1/{e}" for e in served.endpoints],
+                "precision": served.precision,
+                "runtime": runtime,
+                "uptime_s": round(time.monotonic() - metrics.started, 3),
+            }
+        )
 
     @app.get("/metrics", response_class=PlainTextResponse, responses=_errors(*auth))
     async def prometheus() -> PlainTextResponse:
@@ -230,27 +266,40 @@ def create_app(
 def _unavailable(served: ServedModel, path: str):
     async def unavailable() -> JSONResponse:
         served_paths = ", ".join(f"/v1/{e}" for e in served.endpoints)
-        return JSONResponse({"error": f"this server's model is {served.kind}: {path} is not available (it serves {served_paths})"},
-                            status_code=404)
+        return JSONResponse(
+            {"error": f"this server's model is {served.kind}: {path} is not available (it serves {served_paths})"},
+            status_code=404,
+        )
 
     return unavailable
 
 
 def _local_docs(app: FastAPI) -> None:
     """/docs with Swagger UI's files served by this server (``DOCS_FILES``)."""
+
     def static(content: bytes, media_type: str):
         async def send() -> Response:  # (no parameters: FastAPI would read any from the query string)
             return Response(content, media_type=media_type)
+
         return send
 
     for name, media_type in DOCS_FILES.items():
-        app.add_api_route(f"/docs/{name}", static((swagger_ui_path / name).read_bytes(), media_type), methods=["GET"],
-                          include_in_schema=False)
+        app.add_api_route(
+            f"/docs/{name}",
+            static((swagger_ui_path / name).read_bytes(), media_type),
+            methods=["GET"],
+            include_in_schema=False,
+        )
 
     @app.get("/docs", include_in_schema=False)
     async def docs() -> HTMLResponse:
-        return get_swagger_ui_html(openapi_url=app.openapi_url, title=f"{app.title} API", swagger_js_url="/docs/swagger-ui-bundle.js",
-                                   swagger_css_url="/docs/swagger-ui.css", swagger_favicon_url="/docs/favicon-32x32.png")
+        return get_swagger_ui_html(
+            openapi_url=app.openapi_url,
+            title=f"{app.title} API",
+            swagger_js_url="/docs/swagger-ui-bundle.js",
+            swagger_css_url="/docs/swagger-ui.css",
+            swagger_favicon_url="/docs/favicon-32x32.png",
+        )
 
 
 def _document_bearer(app: FastAPI) -> None:
@@ -274,4 +323,3 @@ def _version() -> str:
     from .. import __version__
 
     return __version__
-

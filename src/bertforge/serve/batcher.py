@@ -27,7 +27,9 @@ class Batcher:
     """One worker that runs ``run(key, items) -> results`` (a sequence as long as items) in one thread,
     merging queued jobs of the same key into one call and giving each job its slice of the results."""
 
-    def __init__(self, run: Callable[[tuple, list], Sequence], window_s: float, metrics: Metrics, max_items: int = MAX_CALL_ITEMS):
+    def __init__(
+        self, run: Callable[[tuple, list], Sequence], window_s: float, metrics: Metrics, max_items: int = MAX_CALL_ITEMS
+    ):
         self.run, self.window_s, self.metrics, self.max_items = run, window_s, metrics, max_items
         self.queue: deque[_Job] = deque()
         self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="bertforge-model")

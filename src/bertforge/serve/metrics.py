@@ -54,9 +54,15 @@ class Metrics:
         self.model_errors = 0
         self.in_flight = 0
         self.queue_depth: Callable[[], int] = lambda: 0
-        self.latency = Histogram("bertforge_request_duration_seconds", "Time from request to response.", LATENCY_BUCKETS)
-        self.batch_size = Histogram("bertforge_batch_size", "Inputs (texts, pairs' texts, documents, questions) per model call.", BATCH_BUCKETS)
-        self.batch_requests = Histogram("bertforge_batch_requests", "Requests merged into one model call.", BATCH_BUCKETS)
+        self.latency = Histogram(
+            "bertforge_request_duration_seconds", "Time from request to response.", LATENCY_BUCKETS
+        )
+        self.batch_size = Histogram(
+            "bertforge_batch_size", "Inputs (texts, pairs' texts, documents, questions) per model call.", BATCH_BUCKETS
+        )
+        self.batch_requests = Histogram(
+            "bertforge_batch_requests", "Requests merged into one model call.", BATCH_BUCKETS
+        )
 
     def request(self, path: str, status: int, seconds: float) -> None:
         endpoint = path if path in KNOWN_PATHS else "other"
@@ -67,20 +73,35 @@ class Metrics:
 
     def render(self) -> str:
         lines = [
-            "# HELP bertforge_info The model served.", "# TYPE bertforge_info gauge",
+            "# HELP bertforge_info The model served.",
+            "# TYPE bertforge_info gauge",
             f"bertforge_info{_labels(tuple(self.info.items()))} 1",
-            "# HELP bertforge_uptime_seconds Seconds since the server started.", "# TYPE bertforge_uptime_seconds gauge",
+            "# HELP bertforge_uptime_seconds Seconds since the server started.",
+            "# TYPE bertforge_uptime_seconds gauge",
             f"bertforge_uptime_seconds {time.monotonic() - self.started:.3f}",
-            "# HELP bertforge_requests_total Requests answered, by endpoint and status.", "# TYPE bertforge_requests_total counter",
-            *(f"bertforge_requests_total{_labels((('endpoint', e), ('status', s)))} {n}" for (e, s), n in sorted(self.requests.items())),
-            "# HELP bertforge_errors_total Requests answered with an error (status >= 400).", "# TYPE bertforge_errors_total counter",
-            *(f"bertforge_errors_total{_labels((('endpoint', e), ('status', s)))} {n}" for (e, s), n in sorted(self.errors.items())),
-            "# HELP bertforge_model_errors_total Model calls that raised.", "# TYPE bertforge_model_errors_total counter",
+            "# HELP bertforge_requests_total Requests answered, by endpoint and status.",
+            "# TYPE bertforge_requests_total counter",
+            *(
+                f"bertforge_requests_total{_labels((('endpoint', e), ('status', s)))} {n}"
+                for (e, s), n in sorted(self.requests.items())
+            ),
+            "# HELP bertforge_errors_total Requests answered with an error (status >= 400).",
+            "# TYPE bertforge_errors_total counter",
+            *(
+                f"bertforge_errors_total{_labels((('endpoint', e), ('status', s)))} {n}"
+                for (e, s), n in sorted(self.errors.items())
+            ),
+            "# HELP bertforge_model_errors_total Model calls that raised.",
+            "# TYPE bertforge_model_errors_total counter",
             f"bertforge_model_errors_total {self.model_errors}",
-            "# HELP bertforge_queue_depth Requests waiting for the model.", "# TYPE bertforge_queue_depth gauge",
+            "# HELP bertforge_queue_depth Requests waiting for the model.",
+            "# TYPE bertforge_queue_depth gauge",
             f"bertforge_queue_depth {self.queue_depth()}",
-            "# HELP bertforge_requests_in_flight Requests being answered.", "# TYPE bertforge_requests_in_flight gauge",
+            "# HELP bertforge_requests_in_flight Requests being answered.",
+            "# TYPE bertforge_requests_in_flight gauge",
             f"bertforge_requests_in_flight {self.in_flight}",
-            *self.latency.render(), *self.batch_size.render(), *self.batch_requests.render(),
+            *self.latency.render(),
+            *self.batch_size.render(),
+            *self.batch_requests.render(),
         ]
         return "\n".join(lines) + "\n"

@@ -33,8 +33,12 @@ class ErrorBody(BaseModel):
 
 
 def _errors(*codes: int) -> dict[int, dict]:
-    what = {401: "Missing or wrong API key", 404: "Not served by this model", 413: "Too many texts, too long a text, too big a body",
-            422: "Malformed or invalid request"}
+    what = {
+        401: "Missing or wrong API key",
+        404: "Not served by this model",
+        413: "Too many texts, too long a text, too big a body",
+        422: "Malformed or invalid request",
+    }
     return {c: {"model": ErrorBody, "description": what[c]} for c in codes}
 
 

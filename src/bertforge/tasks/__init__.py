@@ -19,7 +19,9 @@ from .qa import QATask
 from .sequence import PairTask, RegressTask, SequenceTask
 from .tag import TagTask
 
-TASKS: dict[str, type[FinetuneTask]] = {t.name: t for t in (SequenceTask, PairTask, RegressTask, TagTask, QATask, ExtSumTask)}
+TASKS: dict[str, type[FinetuneTask]] = {
+    t.name: t for t in (SequenceTask, PairTask, RegressTask, TagTask, QATask, ExtSumTask)
+}
 ENCODER_TASKS: dict[str, type[EncoderTask]] = {t.name: t for t in (EmbedTask, SimilarityTask, SummarizeTask)}
 ALIASES = {"summarize": "extsum", "question-answering": "qa"}
 
@@ -47,7 +49,9 @@ def saved_spec(md: ModelDir) -> TaskSpec | None:
             return None
         spec = TaskSpec(task, max_length=TASKS[task].default_max_length)
     if spec.task not in TASKS:
-        raise BertforgeError(f"{md.path / 'config.json'}: unknown bertforge.task {spec.task!r} (choose from {', '.join(TASKS)})")
+        raise BertforgeError(
+            f"{md.path / 'config.json'}: unknown bertforge.task {spec.task!r} (choose from {', '.join(TASKS)})"
+        )
     return spec
 
 
@@ -63,10 +67,14 @@ def fine_tuned(md: ModelDir, **overrides: Any) -> FinetuneTask:
     (None: as saved; ``extra``: the task's own settings)."""
     saved = saved_spec(md)
     if saved is None:
-        raise BertforgeError(f"{md.path}: has no task head ({md.architecture}); fine-tune it first with `bertforge finetune`")
+        raise BertforgeError(
+            f"{md.path}: has no task head ({md.architecture}); fine-tune it first with `bertforge finetune`"
+        )
     given = {k: v for k, v in (overrides.pop("extra", None) or {}).items() if v is not None}
     extra = {**saved.extra, **given}
-    spec = TaskSpec.from_dict({**saved.to_dict(), **{k: v for k, v in overrides.items() if v is not None}, "extra": extra})
+    spec = TaskSpec.from_dict(
+        {**saved.to_dict(), **{k: v for k, v in overrides.items() if v is not None}, "extra": extra}
+    )
     return TASKS[spec.task](spec, md.tokenizer, md.config.id2label)
 
 
@@ -100,5 +108,18 @@ def served(md: ModelDir) -> list[FinetuneTask | EncoderTask]:
     return [encoder_task(name) for name in ENCODER_TASKS]
 
 
-__all__ = ["ARCHITECTURE_TASKS", "ENCODER_TASKS", "TASKS", "EncoderTask", "FinetuneTask", "TaskSpec",
-           "encoder_task", "endpoints", "fine_tuned", "finetune_task", "for_model", "saved_spec", "served"]
+__all__ = [
+    "ARCHITECTURE_TASKS",
+    "ENCODER_TASKS",
+    "TASKS",
+    "EncoderTask",
+    "FinetuneTask",
+    "TaskSpec",
+    "encoder_task",
+    "endpoints",
+    "fine_tuned",
+    "finetune_task",
+    "for_model",
+    "saved_spec",
+    "served",
+]

@@ -34,8 +34,9 @@ class Feature:
     example: int  # index of the example it came from (several windows share one)
 
 
-def unknown_labels_error(path: Path, kind: str, unknown: dict[str, int], known: set[str],
-                         held_out: float | None) -> BertforgeError:
+def unknown_labels_error(
+    path: Path, kind: str, unknown: dict[str, int], known: set[str], held_out: float | None
+) -> BertforgeError:
     """The error for labels (``kind``: label, tag) the model does not know, each with its first line;
     with ``held_out`` they are in the training file, but only in the share held out for validation."""
     shown = ", ".join(f"{lab!r} (line {n})" for lab, n in list(unknown.items())[:5])
@@ -43,8 +44,10 @@ def unknown_labels_error(path: Path, kind: str, unknown: dict[str, int], known: 
         return BertforgeError(f"{path}: {kind}s the model does not know: {shown}; it knows {', '.join(sorted(known))}")
     one = len(unknown) == 1
     what = f"{kind} {shown} occurs" if one else f"{kind}s {shown} occur"
-    return BertforgeError(f"{path}: {what} only in the {held_out:.0%} held out for validation: "
-                          f"add examples of {'it' if one else 'them'}, or pass --valid")
+    return BertforgeError(
+        f"{path}: {what} only in the {held_out:.0%} held out for validation: "
+        f"add examples of {'it' if one else 'them'}, or pass --valid"
+    )
 
 
 def settings_of(cls: type, given: dict[str, Any], task: str, keep_none: bool = False) -> Any:
@@ -89,7 +92,9 @@ class FinetuneTask:
         self.tokenizer = tokenizer
         self.id2label = id2label or {}
         self.settings: Any = None  # an instance of the task's Settings, where it has them
-        self.max_tokens: int | None = None  # padded tokens per inference batch (serve's --max-batch-tokens); None: the device's
+        self.max_tokens: int | None = (
+            None  # padded tokens per inference batch (serve's --max-batch-tokens); None: the device's
+        )
         self.train_features: list[Feature] = []
         self.valid_examples: list = []
 
@@ -98,7 +103,9 @@ class FinetuneTask:
         return {v: k for k, v in self.id2label.items()}
 
     # -- the faces: one input from Python or HTTP, predictions to a response ------------------------------
-    def load(self, md, device: str | None = None, precision: str = "fp32", runtime: str = "torch", compile: bool = False):
+    def load(
+        self, md, device: str | None = None, precision: str = "fp32", runtime: str = "torch", compile: bool = False
+    ):
         """The fine-tuned model of ``md`` (a ModelDir) ready to predict, at a precision or as its ONNX graph."""
         return load_for_inference(md, self.head, device, precision, runtime, compile)
 

@@ -11,15 +11,8 @@ from pydantic import BaseModel, Field
 
 from ..errors import BertforgeError
 from ..infer import Embedder
-from .extsum import (
-    METHODS,
-    Document,
-    SummarizeRequest,
-    document_input,
-    documents_from_request,
-    summarize_untrained,
-    summary_limits,
-)
+from ..summary import METHODS, Document, document_input, summarize_untrained, summary_limits
+from .extsum import SummarizeRequest, documents_from_request
 from .schemas import Request, SummarizeResponse
 
 
@@ -51,12 +44,16 @@ class EncoderTask:
 
 # -- embed ----------------------------------------------------------------------------------------------
 class EmbedRequest(Request):
-    model_config = Request.model_config | {"json_schema_extra": {"examples": [{"texts": ["A gripping film.", "Dull."]}]}}
+    model_config = Request.model_config | {
+        "json_schema_extra": {"examples": [{"texts": ["A gripping film.", "Dull."]}]}
+    }
     texts: list[str] = Field(min_length=1, description="Texts to embed (at most --max-texts).")
 
 
 class EmbedResponse(BaseModel):
-    embeddings: list[list[float]] = Field(description="One vector per text, in order, normalised as the checkpoint says.")
+    embeddings: list[list[float]] = Field(
+        description="One vector per text, in order, normalised as the checkpoint says."
+    )
 
 
 class EmbedTask(EncoderTask):
@@ -84,9 +81,14 @@ class EmbedTask(EncoderTask):
 
 # -- similarity -------------------------------------------------------------------------------------------
 class SimilarityRequest(Request):
-    model_config = Request.model_config | {"json_schema_extra": {"examples": [
-        {"pairs": [["A cat sits on the mat.", "A cat is on a mat."]]},
-        {"a": ["A cat sits on the mat."], "b": ["The stock market fell."]}]}}
+    model_config = Request.model_config | {
+        "json_schema_extra": {
+            "examples": [
+                {"pairs": [["A cat sits on the mat.", "A cat is on a mat."]]},
+                {"a": ["A cat sits on the mat."], "b": ["The stock market fell."]},
+            ]
+        }
+    }
     pairs: list[tuple[str, str]] | None = Field(None, min_length=1, description="[text, text] pairs.")
     a: list[str] | None = Field(None, min_length=1, description="First texts (with b, as long).")
     b: list[str] | None = Field(None, min_length=1, description="Second texts.")
@@ -121,7 +123,9 @@ class SimilarityTask(EncoderTask):
         if len(body.a) != len(body.b):
             raise BertforgeError(f"'a' has {len(body.a)} texts but 'b' has {len(body.b)}: give as many")
         limits.check_count(len(body.a), "pairs")
-        limits.check_chars([*((f"a[{i}]", t) for i, t in enumerate(body.a)), *((f"b[{i}]", t) for i, t in enumerate(body.b))])
+        limits.check_chars(
+            [*((f"a[{i}]", t) for i, t in enumerate(body.a)), *((f"b[{i}]", t) for i, t in enumerate(body.b))]
+        )
         return list(zip(body.a, body.b, strict=True))
 
     def predict(self, embedder: Embedder, examples: list[tuple[str, str]]) -> np.ndarray:
@@ -136,7 +140,10 @@ class SimilarityTask(EncoderTask):
 class SummarizeSettings:
     method: str = field(default="centroid", metadata={"help": "centroid | cluster | lead"})
     top_k: int | None = field(default=3, metadata={"help": "Sentences per summary (default 3)."})
-    max_words: int | None = field(default=None, metadata={"help": "Length budget in words (a CJK character is a word), instead of or with --top-k."})
+    max_words: int | None = field(
+        default=None,
+        metadata={"help": "Length budget in words (a CJK character is a word), instead of or with --top-k."},
+    )
     trigram_blocking: bool = field(default=True, metadata={"help": "centroid: skip sentences repeating a trigram."})
 
     def __post_init__(self) -> None:

@@ -70,7 +70,11 @@ class PretrainTask:
                 nsp_correct += float((out.nsp_logits.argmax(-1) == nsp_labels).sum())
                 seqs += nsp_labels.numel()
         mlm_loss = loss_sum / max(masked, 1)
-        metrics = {"mlm_loss": mlm_loss, "mlm_accuracy": correct / max(masked, 1), "perplexity": math.exp(min(mlm_loss, 50))}
+        metrics = {
+            "mlm_loss": mlm_loss,
+            "mlm_accuracy": correct / max(masked, 1),
+            "perplexity": math.exp(min(mlm_loss, 50)),
+        }
         if seqs:
             metrics["nsp_accuracy"] = nsp_correct / seqs
         return metrics

@@ -2,8 +2,8 @@
 
 Preprocessing. The question, cut to ``max_query_length`` tokens, is paired with the context, which is
 read in windows of ``max_length`` tokens overlapping by ``doc_stride`` tokens (transformers' meaning;
-``doc_step`` sets the step between window starts instead, Google's meaning), so any context is covered. A window's training
-target is the first and last token of the answer when the whole answer lies inside it, else [CLS]
+``doc_step`` sets the step between window starts instead, Google's meaning), so any context is covered.
+A window's training target is the first and last token of the answer when the whole answer lies inside it, else [CLS]
 (position 0); an unanswerable question (v2.0) points at [CLS] in every window.
 
 Postprocessing. In each window the ``n_best`` highest-scoring spans (start logit + end logit) that lie
@@ -19,17 +19,12 @@ also carry ``null_odds`` (null score - best span score) and ``best_span`` (the b
 and evaluation reports the threshold that would have scored best (``best_f1_thresh``), as the
 official v2.0 script does: pass it back as ``--null-threshold``.
 
-Data: SQuAD JSON (data / paragraphs / qas), or JSONL of ``{id?, question, context, answers?}`` with
-``answers`` as ``{"text": [...], "answer_start": [...]}``, a list of ``{text, answer_start}`` or of texts; an
-empty answer list, or ``is_impossible``, makes a question unanswerable. An answer whose text is not
-at its ``answer_start`` is moved to the nearest occurrence of its text in the context; one whose text
-does not occur is left out of training. Both are counted in one warning, never dropped silently.
+Data: SQuAD JSON or JSONL questions, read by ``data.squad``.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -43,7 +38,7 @@ from torch import Tensor, nn
 
 from .. import metrics
 from ..batch import flatten_windows
-from ..data import tables
+from ..data.squad import GoldAnswer, QAExample, check_offsets, input_question, read_questions
 from ..errors import BertforgeError
 from ..infer import run_batches
 from .base import Feature, FinetuneTask, request_examples, settings_of
@@ -57,204 +52,29 @@ class QASettings:
     """Google's run_squad.py defaults, kept by every BERT QA recipe since."""
 
     max_query_length: int = field(default=64, metadata={"help": "qa: question tokens kept (default 64)."})
-    doc_stride: int = field(default=128, metadata={  # the overlap, as transformers means doc_stride
-        "help": "qa: context tokens shared by consecutive windows, as in transformers (default 128)."})
-    doc_step: int | None = field(default=None, metadata={  # Google's run_squad.py calls this doc_stride
-        "help": "qa: context tokens between the starts of consecutive windows, as Google's run_squad.py's "
-                "doc_stride means it; replaces --doc-stride."})
+    doc_stride: int = field(
+        default=128,
+        metadata={  # the overlap, as transformers means doc_stride
+            "help": "qa: context tokens shared by consecutive windows, as in transformers (default 128)."
+        },
+    )
+    doc_step: int | None = field(
+        default=None,
+        metadata={  # Google's run_squad.py calls this doc_stride
+            "help": "qa: context tokens between the starts of consecutive windows, as Google's run_squad.py's "
+            "doc_stride means it; replaces --doc-stride."
+        },
+    )
     max_answer_length: int = field(default=30, metadata={"help": "qa: longest answer in tokens (default 30)."})
     n_best: int = 20  # spans kept per window
-    null_threshold: float = field(default=0.0, metadata={
-        "help": "qa (SQuAD 2.0): answer '' when null score > best span + this (default 0).",
-        "predict": "qa: default as in training."})
+    null_threshold: float = field(
+        default=0.0,
+        metadata={
+            "help": "qa (SQuAD 2.0): answer '' when null score > best span + this (default 0).",
+            "predict": "qa: default as in training.",
+        },
+    )
     version_2: bool | None = None  # unanswerable questions allowed; None: decided by the training data
-
-
-@dataclass
-class GoldAnswer:
-    text: str
-    start: int | None  # character offset in the context; None: not given (before check_offsets) or not in it
-
-
-@dataclass
-class QAExample:
-    id: str
-    question: str
-    context: str
-    answers: list[GoldAnswer] | None  # None: unlabelled; []: unanswerable
-    line: int | None = None  # 1-based line in a JSONL file (None for SQuAD JSON: see ``id``)
-    fields: dict = field(default_factory=dict)  # what a prediction line repeats of the input
-
-    @property
-    def where(self) -> str:
-        return f"line {self.line}" if self.line is not None else f"question {self.id!r}"
-
-
-# -- reading -----------------------------------------------------------------------------------------
-class _Missing(Exception):
-    """A problem in a SQuAD file, before its line is known."""
-
-    def __init__(self, obj: Any, message: str):
-        super().__init__(message)
-        self.obj, self.message = obj, message
-
-
-def _object_starts(text: str) -> tuple[Any, dict[int, int]]:
-    """The parsed JSON and, for every object in it, the character where it starts (keyed by ``id``).
-    A pure-Python parse, so slow: it runs only to place an error."""
-    starts: dict[int, int] = {}
-    decoder = json.JSONDecoder()
-
-    def parse_object(s_and_end, *args):
-        obj, end = json.decoder.JSONObject(s_and_end, *args)
-        starts[id(obj)] = s_and_end[1] - 1
-        return obj, end
-
-    decoder.parse_object = parse_object
-    decoder.scan_once = json.scanner.py_make_scanner(decoder)
-    return decoder.decode(text), starts
-
-
-def _field(obj: Any, name: str, kind: type, what: str = "") -> Any:
-    """``obj[name]``, checked: a missing field, a wrong type or empty text is a ``_Missing``."""
-    where = f"{what}: " if what else ""
-    if not isinstance(obj, dict):
-        raise _Missing(obj, f"{where}{type(obj).__name__}, not an object")
-    if name not in obj:
-        raise _Missing(obj, f"{where}no {name!r} field")
-    value = obj[name]
-    if not isinstance(value, kind) or (kind is str and not value.strip()):
-        shown = "empty" if isinstance(value, str) else type(value).__name__
-        raise _Missing(obj, f"{where}{name!r} is {shown}, not {'text' if kind is str else kind.__name__}")
-    return value
-
-
-def _answers(raw: Any, is_impossible: bool, where: Any) -> list[GoldAnswer] | None:
-    """Answers as SQuAD JSON or HF datasets write them, or as plain texts (found in the context later);
-    ``where`` is the object errors point at."""
-    if raw is None:
-        return [] if is_impossible else None
-    if isinstance(raw, dict):
-        texts, starts = raw.get("text"), raw.get("answer_start")
-        if starts is None and isinstance(texts, list):
-            starts = [None] * len(texts)
-        if not isinstance(texts, list) or not isinstance(starts, list) or len(texts) != len(starts):
-            raise _Missing(where, "'answers' needs lists 'text' and 'answer_start' of the same length")
-        pairs = list(zip(texts, starts, strict=True))
-    elif isinstance(raw, list):
-        pairs = []
-        for a in raw:
-            if isinstance(a, str):
-                pairs.append((a, None))
-            elif isinstance(a, dict) and "text" in a:
-                pairs.append((a["text"], a.get("answer_start")))
-            else:
-                raise _Missing(where, "each answer needs a 'text' (and an 'answer_start'), or is a text")
-    else:
-        raise _Missing(where, "'answers' must be {text: [...], answer_start: [...]}, a list of {text, answer_start} "
-                              "or a list of texts")
-    out = []
-    for text, start in pairs:
-        if not isinstance(text, str) or isinstance(start, bool) or not isinstance(start, int | None):
-            raise _Missing(where, f"answer {text!r} at {start!r}: 'text' must be text and 'answer_start' an integer")
-        out.append(GoldAnswer(text, start))
-    return [] if is_impossible else out
-
-
-def _squad_examples(top: Any) -> list[QAExample]:
-    examples = []
-    for a, article in enumerate(_field(top, "data", list, "the file")):
-        for p, paragraph in enumerate(_field(article, "paragraphs", list, f"article {a}")):
-            context = _field(paragraph, "context", str, f"paragraph {p} of article {a}")
-            for q, qa in enumerate(_field(paragraph, "qas", list, f"paragraph {p} of article {a}")):
-                what = f"question {q} of paragraph {p} of article {a}"
-                qid = _field(qa, "id", object, what)
-                if not isinstance(qid, (str, int)) or isinstance(qid, bool):
-                    raise _Missing(qa, f"{what}: 'id' is {type(qid).__name__}, not text")
-                qid = str(qid)
-                question = _field(qa, "question", str, what)
-                answers = _answers(qa.get("answers"), bool(qa.get("is_impossible", False)), qa)
-                examples.append(QAExample(qid, question, context, answers, None, {"id": qid, "question": question}))
-    return examples
-
-
-def read_squad(path: Path, text: str) -> list[QAExample]:
-    """SQuAD JSON. A problem is reported with the line of the object it is in."""
-    try:
-        obj = json.loads(text)
-    except json.JSONDecodeError as e:
-        raise BertforgeError(f"{path}: not valid JSON (line {e.lineno}: {e.msg})") from None
-    try:
-        return _squad_examples(obj)
-    except _Missing:
-        located, starts = _object_starts(text)
-        try:
-            _squad_examples(located)
-        except _Missing as e:
-            pos = starts.get(id(e.obj))
-            where = f"line {text.count(chr(10), 0, pos) + 1}: " if pos is not None else ""
-            raise BertforgeError(f"{path}: {where}{e.message}") from None
-        raise AssertionError("a SQuAD problem that went away on re-reading") from None
-
-
-FORMATS = (*tables.FORMATS[:-1], ".json (SQuAD, or a list of records)")
-
-
-def read_jsonl(path: Path) -> list[QAExample]:
-    examples = []
-    for r in tables.read_records(path, FORMATS):
-        f = r.fields
-        try:
-            question = _field(f, "question", str)
-            context = _field(f, "context", str)
-            answers = _answers(f.get("answers"), bool(f.get("is_impossible", False)), f)
-        except _Missing as e:
-            raise BertforgeError(f"{path}: line {r.line}: {e.message}") from None
-        qid = str(f["id"]) if f.get("id") is not None else str(r.line)
-        examples.append(QAExample(qid, question, context, answers, r.line, dict(f)))
-    return examples
-
-
-def _is_squad(path: Path, text: str) -> bool:
-    return path.suffix.lower() == ".json" and text.lstrip().startswith("{") and '"paragraphs"' in text
-
-
-def locate(context: str, text: str, start: int | None) -> int | None:
-    """Where ``text`` is in ``context``: at ``start`` if it is there, else its nearest occurrence
-    (the first, without ``start``)."""
-    if start is None:
-        start = 0
-    elif text and start >= 0 and context.startswith(text, start):
-        return start
-    best, pos = None, context.find(text) if text else -1
-    while pos != -1:
-        if best is None or abs(pos - start) < abs(best - start):
-            best = pos
-        pos = context.find(text, pos + 1)
-    return best
-
-
-def check_offsets(examples: list[QAExample], path: Path) -> None:
-    """Move answers that are not at their offset to the nearest occurrence of their text; warn once
-    with the counts (and the first ids) of those moved and of those not found at all."""
-    moved: list[str] = []
-    missing: list[str] = []
-    for e in examples:
-        for a in e.answers or []:
-            found = locate(e.context, a.text, a.start)
-            if found is None:
-                missing.append(e.id)
-            elif a.start is not None and found != a.start:  # (a bare text has no offset to miss)
-                moved.append(e.id)
-            a.start = found
-    if moved or missing:
-        total = sum(len(e.answers or []) for e in examples)
-        first = list(dict.fromkeys(moved + missing))[:3]
-        log.warning(
-            "%s: %d of %d answers are not at their answer_start: %d moved to the nearest occurrence of their "
-            "text, %d not found in the context (not trained on); first question ids: %s",
-            path, len(moved) + len(missing), total, len(moved), len(missing), ", ".join(first),
-        )
 
 
 # -- postprocessing (pure functions) -------------------------------------------------------------------
@@ -318,7 +138,9 @@ def choose_answer(
     home = max_context_windows(windows)
     for k, w in enumerate(windows):
         null = min(null, float(w.start[0] + w.end[0]))
-        may_start = np.array([home.get(w.offsets[i][0]) == k if w.lo <= i <= w.hi else False for i in range(len(w.offsets))])
+        may_start = np.array(
+            [home.get(w.offsets[i][0]) == k if w.lo <= i <= w.hi else False for i in range(len(w.offsets))]
+        )
         for score, s, e in best_spans(w.start, w.end, w.lo, w.hi, max_answer_length, n_best, may_start):
             span = (w.offsets[s][0], w.offsets[e][1])
             candidates[span] = max(score, candidates.get(span, -np.inf))
@@ -342,9 +164,14 @@ class Question(Request):
 
 
 class QARequest(Request):
-    model_config = Request.model_config | {"json_schema_extra": {"examples": [
-        {"question": "Who flew?", "context": "Carol flew to Oslo."},
-        {"questions": [{"question": "Where to?", "context": "Carol flew to Oslo."}]}]}}
+    model_config = Request.model_config | {
+        "json_schema_extra": {
+            "examples": [
+                {"question": "Who flew?", "context": "Carol flew to Oslo."},
+                {"questions": [{"question": "Where to?", "context": "Carol flew to Oslo."}]},
+            ]
+        }
+    }
     questions: list[Question] | None = Field(None, min_length=1, description="Questions, each with its context.")
     question: str | None = Field(None, description="One question (with context), instead of questions.")
     context: str | None = None
@@ -402,10 +229,7 @@ class QATask(FinetuneTask):
     # -- reading ------------------------------------------------------------------------------------
     def read(self, path: Path, labelled: bool = False) -> list[QAExample]:
         path = Path(path)
-        text = tables.read_text(path)
-        examples = read_squad(path, text) if _is_squad(path, text) else read_jsonl(path)
-        if not examples:
-            raise BertforgeError(f"{path}: no questions")
+        examples = read_questions(path)
         unlabelled = next((e for e in examples if e.answers is None), None)
         if labelled and unlabelled is not None:
             raise BertforgeError(f"{path}: {unlabelled.where}: no 'answers'")
@@ -430,8 +254,10 @@ class QATask(FinetuneTask):
         """Questions cut to ``max_query_length`` tokens (at the end of the last kept token), and their lengths."""
         limit = self.settings.max_query_length
         encs = self.tokenizer.encode_batch([e.question for e in examples], add_special_tokens=False)
-        texts = [e.question[: enc.offsets[limit - 1][1]] if len(enc.ids) > limit else e.question
-                 for e, enc in zip(examples, encs, strict=True)]
+        texts = [
+            e.question[: enc.offsets[limit - 1][1]] if len(enc.ids) > limit else e.question
+            for e, enc in zip(examples, encs, strict=True)
+        ]
         return texts, [min(len(enc.ids), limit) for enc in encs]
 
     def _strides(self, lengths: list[int]) -> list[int]:
@@ -447,10 +273,17 @@ class QATask(FinetuneTask):
         encs: list[Encoding | None] = [None] * len(examples)
         for stride in sorted(set(strides)):  # one batch per overlap (a single one with doc_stride)
             rows = [i for i, st in enumerate(strides) if st == stride]
-            for i, enc in zip(rows, self.tokenizer.encode_batch(
-                [questions[i] for i in rows], [examples[i].context for i in rows],
-                max_length=self.spec.max_length, truncation="only_second", stride=stride,
-            ), strict=True):
+            for i, enc in zip(
+                rows,
+                self.tokenizer.encode_batch(
+                    [questions[i] for i in rows],
+                    [examples[i].context for i in rows],
+                    max_length=self.spec.max_length,
+                    truncation="only_second",
+                    stride=stride,
+                ),
+                strict=True,
+            ):
                 encs[i] = enc
         return flatten_windows(encs)
 
@@ -481,7 +314,8 @@ class QATask(FinetuneTask):
     def features(self, examples: list[QAExample], train: bool) -> list[Feature]:
         """Every window of every labelled example whose answer could be located (or that has none)."""
         usable = [
-            i for i, e in enumerate(examples)
+            i
+            for i, e in enumerate(examples)
             if e.answers is not None and (not e.answers or any(a.start is not None for a in e.answers))
         ]
         encs, owner = self.encode([examples[i] for i in usable])
@@ -509,7 +343,9 @@ class QATask(FinetuneTask):
         def fn(out, batch):
             return torch.stack([out.logits, out.end_logits], dim=-1).float()  # (B, T, 2)
 
-        for idx, logits in run_batches(model, self.tokenizer, encs, fn, progress=progress, max_tokens=self.max_tokens, desc="answering"):
+        for idx, logits in run_batches(
+            model, self.tokenizer, encs, fn, progress=progress, max_tokens=self.max_tokens, desc="answering"
+        ):
             logits = logits.cpu().numpy()
             for row, i in enumerate(idx):
                 enc = encs[i]
@@ -553,12 +389,7 @@ class QATask(FinetuneTask):
             x = {"question": x[0], "context": x[1]}
         if not isinstance(x, dict):
             raise BertforgeError("a qa model takes {'question': ..., 'context': ...} or (question, context)")
-        try:
-            question = _field(x, "question", str, "the input")
-            context = _field(x, "context", str, "the input")
-        except _Missing as e:
-            raise BertforgeError(e.message) from None
-        return QAExample(str(x.get("id", "")), question, context, None)
+        return input_question(x)
 
     def from_request(self, body: QARequest, limits) -> list[QAExample]:
         """``questions``, or one ``question`` and ``context``."""
@@ -571,8 +402,11 @@ class QATask(FinetuneTask):
         else:
             raise BertforgeError("give 'questions' ([{question, context}, ...]), or 'question' and 'context'")
         limits.check_count(len(questions), "questions")
-        limits.check_chars((f"{name}[{i}].{k}" if name else k, getattr(q, k))
-                           for i, q in enumerate(questions) for k in ("question", "context"))
+        limits.check_chars(
+            (f"{name}[{i}].{k}" if name else k, getattr(q, k))
+            for i, q in enumerate(questions)
+            for k in ("question", "context")
+        )
         return request_examples(self, [q.model_dump() for q in questions], name or "questions")
 
     def respond(self, predictions: list[dict]) -> dict:

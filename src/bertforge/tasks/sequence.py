@@ -81,8 +81,10 @@ class SequenceTask(FinetuneTask):
         """A text, or a (text, text_pair) pair for a pair model: as the model was trained."""
         pair = isinstance(x, (tuple, list)) and len(x) == 2 and all(isinstance(t, str) for t in x)
         if not (pair if self.is_pair else isinstance(x, str)):
-            raise BertforgeError(f"this model reads {'(text, text_pair) pairs' if self.is_pair else 'single texts'}; "
-                                 f"got {type(x).__name__}{f' of {len(x)}' if isinstance(x, (tuple, list)) else ''}")
+            raise BertforgeError(
+                f"this model reads {'(text, text_pair) pairs' if self.is_pair else 'single texts'}; "
+                f"got {type(x).__name__}{f' of {len(x)}' if isinstance(x, (tuple, list)) else ''}"
+            )
         if pair and not all(t.strip() for t in x):
             raise BertforgeError(f"{where}: an empty text")
         return TextExample(x[0], x[1], None, 0) if pair else TextExample(x, None, None, 0)
@@ -104,7 +106,12 @@ class SequenceTask(FinetuneTask):
     # -- reading ------------------------------------------------------------------------------------
     def read(self, path: Path, labelled: bool = False) -> list[TextExample]:
         records = tables.read_records(path)
-        if labelled and not self.id2label and self.spec.text_pair_column is None and any(PAIR_COLUMN in r.fields for r in records):
+        if (
+            labelled
+            and not self.id2label
+            and self.spec.text_pair_column is None
+            and any(PAIR_COLUMN in r.fields for r in records)
+        ):
             # the training file of a model yet to be fitted holds pairs: learn from both texts, not the first alone
             self.spec.text_pair_column = PAIR_COLUMN
             log.warning("%s: each example is a pair (column %r); the model will read pairs", path, PAIR_COLUMN)
@@ -122,7 +129,9 @@ class SequenceTask(FinetuneTask):
                 try:
                     value = json.loads(value)
                 except json.JSONDecodeError:
-                    raise BertforgeError(f"{path}: line {line}: {self.spec.label_column!r} is not a JSON list: {value[:60]!r}") from None
+                    raise BertforgeError(
+                        f"{path}: line {line}: {self.spec.label_column!r} is not a JSON list: {value[:60]!r}"
+                    ) from None
             items = value if isinstance(value, list) else str(value).split(self.spec.label_separator)
             return sorted({str(v).strip() for v in items if str(v).strip()})
         if isinstance(value, str) and not value.strip():
@@ -189,7 +198,13 @@ class SequenceTask(FinetuneTask):
         out = np.zeros((len(examples), model.config.num_labels if self.head == "classify" else 1), dtype=np.float64)
         n = np.zeros(len(examples))
         for idx, logits in run_batches(
-            model, self.tokenizer, encs, lambda o, b: o.logits.float(), progress=progress, max_tokens=self.max_tokens, desc="predicting"
+            model,
+            self.tokenizer,
+            encs,
+            lambda o, b: o.logits.float(),
+            progress=progress,
+            max_tokens=self.max_tokens,
+            desc="predicting",
         ):
             rows = np.asarray([owner[i] for i in idx])
             np.add.at(out, rows, logits.cpu().numpy())
@@ -254,7 +269,9 @@ class RegressTask(SequenceTask):
         try:
             return float(value)
         except (TypeError, ValueError):
-            raise BertforgeError(f"{path}: line {line}: {self.spec.label_column!r} is {value!r}, not a number") from None
+            raise BertforgeError(
+                f"{path}: line {line}: {self.spec.label_column!r} is {value!r}, not a number"
+            ) from None
 
     def fit_labels(self, examples: list[TextExample], path: Path) -> None:
         if any(e.label is None for e in examples):

@@ -52,9 +52,13 @@ class TagExample:
 
 
 class TagRequest(Request):
-    model_config = Request.model_config | {"json_schema_extra": {"examples": [{"texts": ["Carol flew to Oslo on Monday."]}]}}
+    model_config = Request.model_config | {
+        "json_schema_extra": {"examples": [{"texts": ["Carol flew to Oslo on Monday."]}]}
+    }
     texts: list[str] | None = Field(None, min_length=1, description="Raw texts; entities come with character offsets.")
-    tokens: list[list[str]] | None = Field(None, min_length=1, description="Pre-split words; entities with word offsets.")
+    tokens: list[list[str]] | None = Field(
+        None, min_length=1, description="Pre-split words; entities with word offsets."
+    )
 
 
 class Entity(BaseModel):
@@ -130,7 +134,9 @@ class TagTask(FinetuneTask):
             elif isinstance(f.get(self.spec.text_column), str):
                 examples.append(self._from_text(f, r.line, path))
             else:
-                raise BertforgeError(f"{path}: line {r.line}: needs 'tokens' (a list) or {self.spec.text_column!r} (text)")
+                raise BertforgeError(
+                    f"{path}: line {r.line}: needs 'tokens' (a list) or {self.spec.text_column!r} (text)"
+                )
         return examples
 
     def _from_text(self, fields: dict, line: int, path: Path) -> TagExample:
@@ -214,7 +220,13 @@ class TagTask(FinetuneTask):
         encs, owner = self.encode(examples)
         best: list[dict[int, tuple[int, int]]] = [{} for _ in examples]  # word -> (context, label id)
         for idx, preds in run_batches(
-            model, self.tokenizer, encs, lambda o, b: o.logits.argmax(-1), progress=progress, max_tokens=self.max_tokens, desc="tagging"
+            model,
+            self.tokenizer,
+            encs,
+            lambda o, b: o.logits.argmax(-1),
+            progress=progress,
+            max_tokens=self.max_tokens,
+            desc="tagging",
         ):
             preds = preds.cpu().numpy()
             for row, i in enumerate(idx):
@@ -248,4 +260,3 @@ class TagTask(FinetuneTask):
 
     def metric_names(self, examples: list[TagExample]) -> tuple[str, ...]:
         return ("precision", "recall", "f1", "token_accuracy")
-
