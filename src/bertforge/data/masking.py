@@ -1,18 +1,6 @@
-"""Masked-language-model masking: BERT's 15% of tokens, 80% [MASK] / 10% random / 10% kept.
-
-One function serves static masking (applied once while preparing shards) and dynamic masking (drawn
-per batch at load time, RoBERTa style), so both follow the same rules:
-
-- ``num_to_predict = min(max_predictions, max(1, round(len(ids) * prob)))``, counting the special
-  tokens as google-research/bert's create_pretraining_data.py does;
-- special tokens ([CLS], [SEP], [PAD], [UNK], [MASK]) are never chosen, and never drawn as the random
-  replacement (google-research/bert draws [CLS] or [PAD] there too; a replacement the model never sees
-  in real input teaches it nothing);
-- with whole-word masking a word (its first token plus the tokens flagged as continuing it: ``##``
-  pieces, or the characters of one Chinese word) is masked entirely or not at all; a word that would
-  overshoot ``num_to_predict`` is skipped, as in google-research/bert;
-- the 80/10/10 choice is made per token, also within a whole word.
-"""
+"""Masked-language-model masking: BERT's 15% of tokens, 80% [MASK] / 10% random / 10% kept, by one
+function for static masks (applied while preparing shards) and dynamic ones (drawn per batch at load
+time, RoBERTa style), so both follow the same rules (``mask_tokens``)."""
 
 from __future__ import annotations
 
@@ -54,7 +42,17 @@ def mask_tokens(
     """Mask one sequence. Returns (input ids with masks applied, masked positions sorted, original ids there).
 
     ``word_continues[i]`` is true where token ``i`` belongs to the same word as token ``i - 1``; it is
-    used only when ``rule.whole_word`` is set.
+    used only when ``rule.whole_word`` is set. The rules:
+
+    - ``num_to_predict = min(max_predictions, max(1, round(len(ids) * prob)))``, counting the special
+      tokens as google-research/bert's create_pretraining_data.py does;
+    - special tokens ([CLS], [SEP], [PAD], [UNK], [MASK]) are never chosen, and never drawn as the random
+      replacement (google-research/bert draws [CLS] or [PAD] there too; a replacement the model never sees
+      in real input teaches it nothing);
+    - with whole-word masking a word (its first token plus the tokens flagged as continuing it: ``##``
+      pieces, or the characters of one Chinese word) is masked entirely or not at all; a word that would
+      overshoot ``num_to_predict`` is skipped, as in google-research/bert;
+    - the 80/10/10 choice is made per token, also within a whole word.
     """
     ids = np.asarray(ids, dtype=np.int64)
     maskable = ~rule.is_special[ids]

@@ -1,18 +1,7 @@
-"""Pretraining data: text corpora -> masked-LM (+ next-sentence) instances in memory-mapped shards.
-
-``prepare`` follows google-research/bert's create_pretraining_data.py: documents are lists of
-sentences; each document yields [CLS] A [SEP] B [SEP] pairs whose B is the real continuation or, half
-the time, a random stretch of another document (the unused sentences are put back); a pair is cut to
-fit from the front or back of its longer side; ``short_seq_prob`` of documents aim for a random
-shorter length; ``dupe_factor`` passes draw fresh pairs and masks. Without NSP each document is cut
-into contiguous [CLS] tokens [SEP] blocks instead. Masks are drawn here (static) or by
-``PretrainShards.collate`` at load time (dynamic); ``masking.mask_tokens`` implements both.
-
-It runs in two streaming stages over worker processes, so corpora larger than memory pass through:
-(1) read and tokenize documents into a token store on disk (``data.corpus``), (2) build instances from
-chunks of ``chunk_documents`` documents, each chunk with its own random generator seeded by (seed,
-split, pass, chunk): the output depends on the seed, never on the number of workers. The shards'
-layout on disk and their reader are in ``data.shards``.
+"""Pretraining data: text corpora -> masked-LM (+ next-sentence) instances in memory-mapped shards,
+as google-research/bert's create_pretraining_data.py makes them (``prepare`` says how), in two
+streaming stages over worker processes: the token store (``data.corpus``), then instances by chunk.
+The shards' layout and their reader are in ``data.shards``.
 """
 
 from __future__ import annotations
@@ -332,6 +321,15 @@ def prepare(
     progress: bool = True,
 ) -> dict[str, Any]:
     """Turn corpus files (text or JSONL; paths or globs) into instance shards in ``out``; return the manifest.
+
+    Documents are lists of sentences; each yields [CLS] A [SEP] B [SEP] pairs whose B is the real
+    continuation or, half the time, a random stretch of another document (the unused sentences are put
+    back); a pair is cut to fit from the front or back of its longer side; ``short_seq_prob`` of
+    documents aim for a shorter length; ``dupe_factor`` passes draw fresh pairs and masks. Without NSP
+    each document is cut into [CLS] tokens [SEP] blocks. Masks are drawn here (static) or at load time
+    (dynamic). Stage 1 tokenizes into a token store on disk, stage 2 builds instances from chunks of
+    documents, each with its own generator seeded by (seed, split, pass, chunk): the output depends on
+    the seed, never on the number of workers, and corpora larger than memory pass through.
 
     ``vocab`` is anything ``Tokenizer.from_pretrained`` takes. ``out`` is replaced if it holds shards
     from an earlier run; any other non-empty directory is refused. ``workers`` defaults to all cores.

@@ -1,7 +1,23 @@
 """Reading pretraining shards: the manifest, the vocabulary check, and ``PretrainShards``, which
-serves instances and padded training batches (drawing dynamic masks per batch).
+serves instances and padded training batches (drawing dynamic masks per batch). ``LAYOUT`` says what
+``data.pretrain.prepare`` writes."""
 
-``data.pretrain.prepare`` writes them. On disk (``out/``), for split ``train`` and ``eval`` and shard
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from ..batch import encoder_batch
+from ..errors import BertforgeError
+from ..outputs import sha256
+from .masking import MaskingRule, mask_tokens
+
+LAYOUT = """On disk (``out/``), for split ``train`` and ``eval`` and shard
 ``k``, files ``{split}-{k:05d}.{field}.npy``:
 
 - ``input_ids`` (token dtype, flat; masks applied when static) and ``offsets`` (int64, n + 1):
@@ -19,20 +35,6 @@ serves instances and padded training batches (drawing dynamic masks per batch).
 and counts per split and per shard.
 """
 
-from __future__ import annotations
-
-import json
-from collections.abc import Sequence
-from pathlib import Path
-from typing import Any
-
-import numpy as np
-import torch
-
-from ..batch import encoder_batch
-from ..errors import BertforgeError
-from ..outputs import sha256
-from .masking import MaskingRule, mask_tokens
 
 FORMAT = "bertforge-pretrain-shards"
 VERSION = 1

@@ -1,25 +1,10 @@
 """Extractive question answering: SQuAD v1.1 and v2.0 (Rajpurkar et al., 2016, 2018), as BERT does it.
 
-Preprocessing. The question, cut to ``max_query_length`` tokens, is paired with the context, which is
-read in windows of ``max_length`` tokens overlapping by ``doc_stride`` tokens (transformers' meaning;
-``doc_step`` sets the step between window starts instead, Google's meaning), so any context is covered.
-A window's training target is the first and last token of the answer when the whole answer lies inside it, else [CLS]
-(position 0); an unanswerable question (v2.0) points at [CLS] in every window.
-
-Postprocessing. In each window the ``n_best`` highest-scoring spans (start logit + end logit) that lie
-in the context, end no earlier than they start, are at most ``max_answer_length`` tokens long and
-start at a token in the window where it has the most context (as Google's run_squad.py does: a
-window that cuts an answer off after its first word is otherwise sure of that word alone); the
-best over all windows is the answer, its text cut from the context's own characters (offsets
-survive lowercasing and accent stripping; every CJK character is a token of its own). For v2.0 the
-null score is start + end at [CLS], its minimum over the windows: the answer is "" when the null
-score exceeds the best span's score plus ``null_threshold``. ``score`` is the answer's probability
-under a softmax over the distinct candidate spans (and the null answer, for v2.0). v2.0 predictions
-also carry ``null_odds`` (null score - best span score) and ``best_span`` (the best non-empty answer),
-and evaluation reports the threshold that would have scored best (``best_f1_thresh``), as the
-official v2.0 script does: pass it back as ``--null-threshold``.
-
-Data: SQuAD JSON or JSONL questions, read by ``data.squad``.
+The question, cut to ``max_query_length`` tokens, is paired with the context read in windows of
+``max_length`` tokens that overlap by ``doc_stride`` tokens (transformers' meaning; ``doc_step`` sets
+the step between window starts, Google's). A window's target is the answer's first and last token when
+the whole answer lies inside it, else [CLS]; ``choose_answer`` turns the windows' logits into one answer.
+Question files are read by ``data.squad``.
 """
 
 from __future__ import annotations
@@ -132,7 +117,16 @@ def max_context_windows(windows: list[Window]) -> dict[int, int]:
 def choose_answer(
     context: str, windows: list[Window], max_answer_length: int, n_best: int, version_2: bool, null_threshold: float
 ) -> dict:
-    """The answer to one question from its windows: the best span over all windows, or "" (v2.0)."""
+    """The answer to one question from its windows: the best span over all windows, or "" (v2.0).
+
+    In each window the ``n_best`` highest-scoring spans (start + end logit) that lie in the context,
+    end no earlier than they start, are at most ``max_answer_length`` tokens long and start where that
+    token has the most context among the windows (as run_squad.py: a window that cuts an answer off
+    after its first word is otherwise sure of that word alone). The text is cut from the context's own
+    characters. ``score`` is a softmax over the distinct candidates (and the null answer). For v2.0 the
+    null score is start + end at [CLS], its minimum over the windows; the answer is "" when it exceeds
+    the best span's score plus ``null_threshold``, and ``null_odds`` and ``best_span`` come with it.
+    """
     candidates: dict[tuple[int, int], float] = {}  # character span -> best score over windows
     null = float("inf")
     home = max_context_windows(windows)
