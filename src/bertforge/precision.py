@@ -112,16 +112,16 @@ def smoothing_factors(model: nn.Module, alpha: float = 0.5) -> dict[nn.Linear, t
 
 
 class Int8Linear(DynamicLinear):
-    """PyTorch's dynamic int8 Linear with two settings it does not expose: 8-bit activations where
-    VNNI makes them safe (``reduce_range``), and per-input-channel smoothing (``inv_smooth``)."""
+    """PyTorch's dynamic int8 Linear with two settings it does not expose: 8-bit activations always
+    (``reduce_range`` off: ``quantize_int8`` keeps the sums in range), and per-input-channel smoothing
+    (``inv_smooth``)."""
 
-    reduce_range = True
     inv_smooth: torch.Tensor | None = None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.inv_smooth is not None:
             x = x * self.inv_smooth
-        return torch.ops.quantized.linear_dynamic(x, self._packed_params._packed_params, self.reduce_range)
+        return torch.ops.quantized.linear_dynamic(x, self._packed_params._packed_params, False)
 
 
 class FusedLinear(nn.Module):
@@ -174,19 +174,26 @@ def quantize_int8(model: nn.Module, smooth: bool = True) -> nn.Module:
     quantized per batch on the fly (oneDNN/AMX or fbgemm/VNNI kernels, see ``int8_engine``), a
     quantized copy of the model returned.
 
-    PyTorch's dynamic Linear quantizes activations to 7 bits (``reduce_range``) so that the
-    AVX2 kernels' int16 intermediate sums cannot saturate. On VNNI CPUs the products accumulate in
-    int32 and the full 8 bits are safe: that halves the rounding error, so there we use them. The
-    layers after a LayerNorm are smoothed (``smoothing_factors``).
+    Without VNNI, the AVX2 kernels add two u8 x s8 products in int16, which saturates past 32767.
+    PyTorch's answer is 7-bit activations (``reduce_range``); we keep the activations at 8 bits,
+    where the per-batch scale is coarse, and give the weights, scaled per output channel, 7 bits
+    instead (-64..63: 2 x 255 x 64 stays in int16). With VNNI the products accumulate in int32 and
+    both are 8 bits. The layers after a LayerNorm are smoothed (``smoothing_factors``).
     """
-    from torch.ao.quantization import per_channel_dynamic_qconfig
+    from torch.ao.quantization import PerChannelMinMaxObserver, QConfig, per_channel_dynamic_qconfig
+
+    qconfig = per_channel_dynamic_qconfig
+    if not has_vnni():
+        seven_bits = PerChannelMinMaxObserver.with_args(
+            dtype=torch.qint8, qscheme=torch.per_channel_symmetric, quant_min=-64, quant_max=63
+        )
+        qconfig = QConfig(activation=qconfig.activation, weight=seven_bits)
 
     model = copy.deepcopy(model)
     factors = smoothing_factors(model) if smooth else {}
     with torch.no_grad():
         for linear, s in factors.items():
             linear.weight.mul_(s.to(linear.weight.dtype))
-    reduce_range = not has_vnni()
     engine = torch.backends.quantized.engine
     torch.backends.quantized.engine = int8_engine()  # weights are packed for it; the packed weights pick the kernels
     try:
@@ -195,9 +202,8 @@ def quantize_int8(model: nn.Module, smooth: bool = True) -> nn.Module:
             quantized = {}
             for name, linear in list(model.named_modules()):
                 if isinstance(linear, nn.Linear):
-                    linear.qconfig = per_channel_dynamic_qconfig
+                    linear.qconfig = qconfig
                     q = Int8Linear.from_float(linear)
-                    q.reduce_range = reduce_range
                     if linear in factors:
                         q.inv_smooth = (1 / factors[linear]).float()
                     quantized[name] = q
