@@ -29,6 +29,27 @@ def _inference_options() -> list:
 COLUMNS = {"text_column": (None, "Default: as in training."), "text_pair_column": (None, None)}
 
 
+def _file_options(
+    text_column: str | None,
+    text_pair_column: str | None,
+    precision: str,
+    runtime: str,
+    compile: bool,
+    device: str | None,
+    **settings,
+) -> dict:
+    """evaluate_file's and predict_file's keywords from the options evaluate and predict share."""
+    return {
+        "precision": precision,
+        "runtime": runtime,
+        "compile": compile,
+        "device": device,
+        "text_column": text_column,
+        "text_pair_column": text_pair_column,
+        "extra": task_settings(None, settings),
+    }
+
+
 @app.command(cls=Deferred)
 def evaluate() -> None:
     """Score a fine-tuned model on labelled data: the task's metrics (and a confusion matrix).
@@ -38,34 +59,10 @@ def evaluate() -> None:
     """
 
 
-def _evaluate(
-    model: str,
-    data: Path,
-    output: Path | None,
-    text_column: str | None,
-    text_pair_column: str | None,
-    label_column: str | None,
-    precision: str,
-    runtime: str,
-    compile: bool,
-    device: str | None,
-    **settings,
-) -> None:
+def _evaluate(model: str, data: Path, output: Path | None, label_column: str | None, **options) -> None:
     from ..api import evaluate_file
 
-    result = evaluate_file(
-        model,
-        data,
-        output,
-        precision=precision,
-        runtime=runtime,
-        compile=compile,
-        device=device,
-        text_column=text_column,
-        text_pair_column=text_pair_column,
-        label_column=label_column,
-        extra=task_settings(None, settings),
-    )
+    result = evaluate_file(model, data, output, label_column=label_column, **_file_options(**options))
     for k, v in result.items():
         if isinstance(v, float):
             typer.echo(f"{k:18} {v:.4f}")
@@ -99,33 +96,10 @@ def predict() -> None:
     (qa: answer, score, start, end in the context's characters) or summaries (extsum: summary, selected)."""
 
 
-def _predict(
-    model: str,
-    input: Path,
-    output: Path,
-    text_column: str | None,
-    text_pair_column: str | None,
-    precision: str,
-    runtime: str,
-    compile: bool,
-    device: str | None,
-    **settings,
-) -> None:
+def _predict(model: str, input: Path, output: Path, **options) -> None:
     from ..api import predict_file
 
-    n = predict_file(
-        model,
-        input,
-        output,
-        precision=precision,
-        runtime=runtime,
-        compile=compile,
-        device=device,
-        text_column=text_column,
-        text_pair_column=text_pair_column,
-        label_column=None,
-        extra=task_settings(None, settings),
-    )
+    n = predict_file(model, input, output, label_column=None, **_file_options(**options))
     typer.echo(f"wrote {output} ({count(n, 'prediction')})")
 
 
