@@ -48,7 +48,7 @@ def variants(directory: Path, precision: str) -> dict:
         f"unpad_above={other}": with_threshold(prepare(load_pretrained(directory), precision, "cpu"), other),
     }
     if precision == "bf16" and native_bf16(torch.device("cpu")):
-        # what prepare does for bf16 (eval, bf16 weights, the 20% threshold) without fuse_bf16
+        # what prepare does for bf16 (eval, bf16 weights, the 20% threshold) without fuse_linears
         out["plain linear layers"] = load_pretrained(directory).eval().to(torch.bfloat16)
     return out
 

@@ -1,9 +1,13 @@
-"""What every benchmark script shares: its command line's look, and one way to give a list."""
+"""What every benchmark script shares: its command line's look, one way to give a list, the machine
+line printed with every result, and ``--busy N`` (N cores kept busy by spinning processes)."""
 
 from __future__ import annotations
 
 import argparse
-from collections.abc import Callable, Sequence
+import subprocess
+import sys
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from typing import Any
 
 
@@ -65,3 +69,30 @@ class Listed(argparse.Action):
 
 def argument_parser(doc: str | None) -> argparse.ArgumentParser:
     return argparse.ArgumentParser(description=doc, formatter_class=HelpFormatter)
+
+
+def machine() -> str:
+    """The CPU model, its vector and matrix extensions, and the CPUs this process may use."""
+    from bertforge.device import available_cpus
+    from bertforge.kernels import cpu_model
+    from bertforge.precision import cpu_flags
+
+    wanted = ("avx2", "fma", "avx512f", "avx512_vnni", "avx512_bf16", "avx_vnni", "amx_bf16", "amx_int8")
+    have = [f for f in wanted if f in cpu_flags()]
+    return f"CPU: {cpu_model()} ({', '.join(have) or 'no AVX2'}); {available_cpus()} CPUs available to this process"
+
+
+def add_busy(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--busy", type=int, default=0, help="keep N cores busy with spinning processes during the run")
+
+
+@contextmanager
+def busy(n: int) -> Iterator[None]:
+    """``n`` processes spinning (another tenant on a shared machine), stopped on exit."""
+    procs = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(n)]
+    try:
+        yield
+    finally:
+        for proc in procs:
+            proc.kill()
+            proc.wait()

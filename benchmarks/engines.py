@@ -30,7 +30,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
-from common import argument_parser  # noqa: E402
+from common import add_busy, argument_parser, busy, machine  # noqa: E402
 from infer import load_texts  # noqa: E402  (benchmarks/infer.py: the same texts)
 
 from bertforge import Tokenizer, load_pretrained  # noqa: E402
@@ -53,6 +53,7 @@ def main() -> None:
     p.add_argument("--max-length", type=int, default=256, help="truncate texts to this many tokens")
     p.add_argument("--batch-size", type=int, default=32, help="batch size of transformers and ctranslate2")
     p.add_argument("--repeats", type=int, default=5, help="timed passes per engine and text set (the median is kept)")
+    add_busy(p)
     args = p.parse_args()
     try:
         import ctranslate2
@@ -64,13 +65,14 @@ def main() -> None:
     threads = torch.get_num_threads()
     print(
         f"torch {torch.__version__}, ctranslate2 {ctranslate2.__version__}, {threads} threads; minilm-l6, texts as "
-        "given"
+        f"given; {args.busy} cores busy"
     )
+    print(machine())
     hf_tok = AutoTokenizer.from_pretrained(directory)
     hf = AutoModel.from_pretrained(directory, attn_implementation="sdpa").eval()
     tok = Tokenizer.from_pretrained(directory)
     config = BertConfig.from_json(directory / "config.json")
-    with tempfile.TemporaryDirectory() as tmp:
+    with tempfile.TemporaryDirectory() as tmp, busy(args.busy):
         ct2_dir = Path(tmp) / "ct2"
         ctranslate2.converters.TransformersConverter(str(directory)).convert(str(ct2_dir), quantization=None)
         export_onnx(load_pretrained(directory), Path(tmp) / "model.onnx", source=directory)

@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import argparse
 import re
+import resource
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -28,7 +30,14 @@ def run_all(*commands: list[str]) -> list[subprocess.CompletedProcess]:
 
 
 def test_every_script_explains_its_options_and_their_defaults():
-    assert {p.name for p in SCRIPTS} >= {"infer.py", "serve.py", "finetune.py", "engines.py", "cuda_check.py"}
+    assert {p.name for p in SCRIPTS} >= {
+        "infer.py",
+        "serve.py",
+        "finetune.py",
+        "engines.py",
+        "cuda_check.py",
+        "pretrain.py",
+    }
     for proc in run_all(*[[str(p), "--help"] for p in SCRIPTS]):
         assert proc.returncode == 0, (proc.args, proc.stderr)
         entries = re.split(r"\n  -", proc.stdout.split("options:")[1])[1:]  # "-h, --help ...", "-model MODEL ..."
@@ -75,3 +84,17 @@ def test_list_options_take_commas_or_spaces_and_check_each_item(capsys):
     assert serve.returncode == 2 and "'fp64' is not one of" in serve.stderr and "Traceback" not in serve.stderr, (
         serve.stderr
     )
+
+
+def test_results_name_the_machine_and_busy_cores_are_kept_busy():
+    sys.path.insert(0, str(BENCHMARKS))
+    try:
+        from common import busy, machine
+    finally:
+        sys.path.remove(str(BENCHMARKS))
+    assert machine().startswith("CPU: ") and "CPUs available to this process" in machine()
+    before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_utime
+    with busy(1):
+        time.sleep(1.0)
+    spun = resource.getrusage(resource.RUSAGE_CHILDREN).ru_utime - before
+    assert spun > 0.3  # the spinning process ran, and was reaped on exit

@@ -311,9 +311,9 @@ def export_state(model: BertModel | BertWithHead) -> dict[str, Tensor]:
     ours = model.state_dict()
     out: dict[str, Tensor] = {}
     for name, hf_names in key_table(model.config, head):
-        if name not in ours:  # int8 or fused bf16 layers (precision.prepare) keep their weights in packed form
+        if name not in ours:  # int8 layers (precision.prepare) keep their weights in packed form
             raise BertforgeError(
-                "this model was prepared for int8 or bf16 inference and holds packed weights; "
+                "this model was prepared for int8 inference and holds packed weights; "
                 "save the model as loaded, before precision.prepare"
             )
         tensor = ours[name].detach().cpu()

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 import os
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -33,6 +34,86 @@ def native_bf16(device: torch.device) -> bool:
         return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
     except (AttributeError, RuntimeError):
         return False
+
+
+def available_cpus() -> int:
+    """The CPUs this process may use: its affinity mask (taskset, container cpusets), capped by a
+    cgroup CPU quota (``cpu.max``; a container limited to 1.5 CPUs gets 1), not the machine's cores."""
+    n = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    quota = _cgroup_quota()
+    return max(1, min(n, int(quota))) if quota is not None else n
+
+
+def _cgroup_quota() -> float | None:
+    """CPUs the cgroup may use per period (v2 ``cpu.max``, v1 ``cpu.cfs_quota_us``); None without a quota."""
+    root = Path("/sys/fs/cgroup")
+    try:
+        quota, period = (root / "cpu.max").read_text().split()[:2]
+        return None if quota == "max" else int(quota) / int(period)
+    except (OSError, ValueError):
+        pass
+    try:
+        quota = int((root / "cpu" / "cpu.cfs_quota_us").read_text())
+        period = int((root / "cpu" / "cpu.cfs_period_us").read_text())
+        return None if quota <= 0 else quota / period
+    except (OSError, ValueError):
+        return None
+
+
+def fit_threads() -> int:
+    """Use no more threads than ``available_cpus`` (unless OMP_NUM_THREADS says how many); the count."""
+    if "OMP_NUM_THREADS" not in os.environ and torch.get_num_threads() > available_cpus():
+        torch.set_num_threads(available_cpus())
+    return torch.get_num_threads()
+
+
+class ThreadTuner:
+    """The intra-op thread count for each CPU batch, chosen by measurement while batches run: mostly the
+    best count known, and now and then one batch at half or double it. On a quiet machine that stays at
+    every available CPU; when another process takes cores, fewer threads stop waiting on each other at
+    every parallel region's barrier, and the tuner finds it within a few batches. Batches come sorted
+    by length, so neighbours cost alike per token: a count is judged by seconds per padded token."""
+
+    PROBE_EVERY = 8  # batches between tries of another count, doubling while tries lose (up to 64)
+    GAIN = 1.1  # another count takes over when it is this much faster per token
+    EMA = 0.3  # weight of the newest batch in a count's running rate
+
+    def __init__(self, most: int):
+        self.most, self.current = most, most
+        self.rate: dict[int, float] = {}  # count -> seconds per padded token (running average)
+        self.interval, self.until_probe, self.probing = self.PROBE_EVERY, self.PROBE_EVERY, None
+
+    def threads(self) -> int:
+        """The count to run the next batch with."""
+        self.until_probe -= 1
+        others = [n for n in (self.current // 2, self.current * 2) if 1 <= n <= self.most and n != self.current]
+        if self.until_probe <= 0 and others and self.current in self.rate:
+            self.probing = min(others, key=lambda n: self.rate.get(n, 0.0))  # the one least known to be slow
+            return self.probing
+        self.probing = None
+        return self.current
+
+    def record(self, count: int, tokens: int, seconds: float) -> None:
+        per_token = seconds / max(tokens, 1)
+        old = self.rate.get(count)
+        self.rate[count] = per_token if old is None or count == self.probing else old + self.EMA * (per_token - old)
+        if self.probing is not None:
+            won = self.rate[count] * self.GAIN < self.rate[self.current]
+            self.current = count if won else self.current
+            self.interval = self.PROBE_EVERY if won else min(self.interval * 2, 64)
+            self.until_probe, self.probing = self.interval, None
+
+
+_TUNER: ThreadTuner | None = None
+
+
+def thread_tuner() -> ThreadTuner | None:
+    """The process's tuner (threads fitted first), or None where there is nothing to choose (one CPU)
+    or the user fixed the count (``BERTFORGE_THREADS=fixed``)."""
+    global _TUNER
+    if _TUNER is None and os.environ.get("BERTFORGE_THREADS") != "fixed" and fit_threads() > 1:
+        _TUNER = ThreadTuner(torch.get_num_threads())
+    return _TUNER
 
 
 def pick_device(requested: str | torch.device | None) -> torch.device:

@@ -7,6 +7,7 @@ that is left. ``embed`` and ``Embedder`` build sentence embeddings on top of it.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,7 +18,7 @@ from tokenizers import Encoding
 from torch import Tensor
 
 from .batch import token_batches
-from .device import default_max_tokens, model_device
+from .device import default_max_tokens, model_device, thread_tuner
 from .errors import BertforgeError
 from .model import BertModel, EncoderOutput
 from .modeldir import ModelDir, PoolingSettings
@@ -49,10 +50,18 @@ def run_batches(
         raise BertforgeError(f"the batch budget (--max-tokens) must be at least 1 token, not {max_tokens}")
     batches = token_batches([len(e.ids) for e in encodings], max_tokens, max(1, max_tokens // 4))
     bar = progress_bar(progress, total=len(encodings), desc=desc, unit="seq", leave=False)
+    tuner = thread_tuner() if device.type == "cpu" else None
     with torch.inference_mode():
         for idx in batches:
             batch = {k: v.to(device) for k, v in tokenizer.to_tensors([encodings[i] for i in idx]).items()}
-            yield idx, fn(model(**batch, **model_kwargs), batch)
+            count = tuner.threads() if tuner is not None else None
+            if count is not None and torch.get_num_threads() != count:
+                torch.set_num_threads(count)
+            start = time.perf_counter()
+            out = fn(model(**batch, **model_kwargs), batch)
+            if tuner is not None:
+                tuner.record(count, batch["input_ids"].numel(), time.perf_counter() - start)
+            yield idx, out
             bar.update(len(idx))
     bar.close()
 

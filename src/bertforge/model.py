@@ -91,7 +91,7 @@ class FeedForward(nn.Module):
         super().__init__()
         self.up = nn.Linear(config.hidden_size, config.intermediate_size)
         self.hidden_act = config.hidden_act
-        self.act = ACTIVATIONS[config.hidden_act]  # (``precision.fuse_bf16`` may fold it into ``up``)
+        self.act = ACTIVATIONS[config.hidden_act]  # (``precision.fuse_linears`` may fold it into ``up``)
         self.down = nn.Linear(config.intermediate_size, config.hidden_size)
 
     def forward(self, x: Tensor) -> Tensor:

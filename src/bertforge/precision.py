@@ -1,7 +1,7 @@
 """Precision transforms for inference: a loaded model put in eval mode on its device at fp32, bf16
 (fused oneDNN layers on CPUs with native bf16), fp16 or int8 (smoothed dynamic quantization).
 
-  fp32  the reference
+  fp32  the reference; each linear layer on the faster of PyTorch's product and oneDNN's (``kernels``)
   bf16  weights and activations in bfloat16: CPUs with AVX512-BF16 / AMX, and GPUs
   fp16  GPUs only
   int8  dynamic quantization of every linear layer (weights int8 per output channel, activations
@@ -18,10 +18,12 @@ import warnings
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 from torch.ao.nn.quantized.dynamic import Linear as DynamicLinear
 
-from .device import model_device, native_bf16, pick_device, resolve_precision
+from .device import fit_threads, model_device, native_bf16, pick_device, resolve_precision
+from .kernels import packed_wins
 from .model import BertModel
 
 
@@ -36,6 +38,8 @@ def prepare(
     """Put a loaded model in eval mode, on its device, at the given precision (and compiled)."""
     device = pick_device(device)
     precision = resolve_precision(precision, device)
+    if device.type == "cpu":
+        fit_threads()
     model.eval().to(device)
     if precision == "bf16":
         model.to(torch.bfloat16)
@@ -46,8 +50,11 @@ def prepare(
     if precision in ("fp32", "int8"):  # matmul-bound: skip even the little padding of sorted batches
         for bert in encoders(model):
             bert.unpad_above = 0.0
+    # (Inductor makes its own fusions, and cannot lower these packed calls)
     if precision == "bf16" and device.type == "cpu" and native_bf16(device) and not compile:
-        fuse_bf16(model)  # (Inductor makes its own fusions, and cannot lower these packed calls)
+        fuse_linears(model)
+    if precision == "fp32" and device.type == "cpu" and not compile:
+        fuse_linears(model, only=packed_wins)
     if compile:
         # the encoder's choice between its padded and unpadded paths reads the mask (a data-dependent
         # branch): dynamo breaks the graph there, as intended, and would warn about it at length
@@ -125,9 +132,11 @@ class Int8Linear(DynamicLinear):
 
 
 class FusedLinear(nn.Module):
-    """A bf16 linear layer, and the activation after it, as one oneDNN call on weights packed once
-    for the CPU's (AMX) kernels: no bias broadcast, no separate pass over the activations. The ops
-    are the ones Inductor emits for the same fusion (``mkldnn._linear_pointwise``)."""
+    """A linear layer, and the activation after it, as one oneDNN call on weights packed once for the
+    CPU's kernels (bf16: AMX / AVX512-BF16; fp32: where ``kernels`` finds oneDNN faster): no bias
+    broadcast, no separate pass over the activations. The ops are the ones Inductor emits for the same
+    fusion (``mkldnn._linear_pointwise``). The plain weight is kept too (shared, not copied), so that a
+    prepared model still saves and still exports to ONNX, which runs the plain product instead."""
 
     POST_OPS = {  # activation name -> (oneDNN post-op, its algorithm)
         "gelu": ("gelu", "none"),  # exact erf
@@ -144,28 +153,39 @@ class FusedLinear(nn.Module):
         # packed for batches of ``batch_tokens`` rows (a hint: the inference path's token budget) in an
         # opaque layout, kept outside the state dict; the bias stays a plain parameter
         self.packed = torch.ops.mkldnn._reorder_linear_weight(linear.weight.detach(), batch_tokens)
-        self.bias = linear.bias
+        self.weight, self.bias = linear.weight, linear.bias
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if torch.compiler.is_exporting():  # (the packed weight is opaque to torch.export)
+            y = F.linear(x, self.weight, self.bias)
+            if self.post == "gelu":
+                return F.gelu(y, approximate="tanh" if self.algorithm == "tanh" else "none")
+            return F.relu(y) if self.post == "relu" else y
         y = torch.ops.mkldnn._linear_pointwise(
             x.reshape(-1, self.in_features), self.packed, self.bias, self.post, [], self.algorithm
         )
         return y.view(*x.shape[:-1], self.out_features)
 
 
-def fuse_bf16(model: nn.Module) -> nn.Module:
-    """Swap the encoder's linear layers of a bf16 model on a CPU with native bf16 for ``FusedLinear``,
-    with the feed-forward's activation folded into its first layer (in place; for inference: the
-    packed weights are not trained); ``benchmarks/ablation.py`` times it against the plain layers."""
-    for bert in encoders(model):
-        for layer in bert.layers:
-            attn, ffn = layer.attn, layer.ffn
-            attn.qkv, attn.out = FusedLinear(attn.qkv), FusedLinear(attn.out)
-            if ffn.hidden_act in FusedLinear.POST_OPS:
-                ffn.up, ffn.act = FusedLinear(ffn.up, ffn.hidden_act), nn.Identity()
-            else:
-                ffn.up = FusedLinear(ffn.up)
-            ffn.down = FusedLinear(ffn.down)
+def fuse_linears(model: nn.Module, only=None) -> nn.Module:
+    """Swap the encoder's linear layers for ``FusedLinear``, the feed-forward's activation folded into
+    its first layer (in place; for inference: the packed weights are not trained). ``only(shapes)``
+    says which (in, out) shapes to swap (default: all); ``benchmarks/ablation.py`` times the result."""
+    layers = [layer for bert in encoders(model) for layer in bert.layers]
+    shapes = {(m.in_features, m.out_features) for layer in layers for m in (layer.attn.qkv, layer.attn.out,
+              layer.ffn.up, layer.ffn.down)}  # fmt: skip
+    chosen = only(shapes) if only is not None else dict.fromkeys(shapes, True)
+
+    def fused(linear: nn.Module, activation: str | None = None) -> nn.Module:
+        return FusedLinear(linear, activation) if chosen[(linear.in_features, linear.out_features)] else linear
+
+    for layer in layers:
+        attn, ffn = layer.attn, layer.ffn
+        attn.qkv, attn.out, ffn.down = fused(attn.qkv), fused(attn.out), fused(ffn.down)
+        up = fused(ffn.up, ffn.hidden_act if ffn.hidden_act in FusedLinear.POST_OPS else None)
+        if isinstance(up, FusedLinear) and up.post != "none":
+            ffn.act = nn.Identity()
+        ffn.up = up
     return model
 
 

@@ -32,7 +32,7 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from .batch import budget_parts
-from .device import default_max_tokens, model_device, pick_device
+from .device import default_max_tokens, fit_threads, model_device, pick_device
 from .distributed import Dist, Schedule, all_reduce, barrier, init_distributed
 from .errors import BertforgeError
 from .metrics import LOWER_IS_BETTER
@@ -311,6 +311,8 @@ def train(model: nn.Module, task: Task, args: TrainArgs, on_eval: Callable[[dict
     if args.precision not in PRECISIONS:
         raise BertforgeError(f"unknown precision {args.precision!r} (choose from {', '.join(PRECISIONS)})")
     device = pick_device(args.device)
+    if device.type == "cpu" and "LOCAL_WORLD_SIZE" not in os.environ:  # (torchrun's processes share the CPUs)
+        fit_threads()
     d = init_distributed(device)
     args = _fitted_batch(args, task.num_train(), d)
     sched = Schedule(

@@ -1,0 +1,124 @@
+"""Pretraining steps: bertforge's MLM + NSP model against transformers' ``BertForPreTraining``.
+
+The same randomly initialised weights (ours saved, transformers loads them), the same batches (random
+token ids of the bert-base vocabulary, 15% of positions masked with labels, NSP labels, lengths drawn
+from 50-100% of ``--seq-len`` and right-padded, as pretraining shards are), the same AdamW (fused),
+one process, in turns: per shape and precision, each side runs ``--steps`` optimizer steps after
+``--warmup`` untimed ones. Prints sequences/s and the ratio ours / transformers; bf16 is autocast on
+both sides.
+
+    python benchmarks/pretrain.py                                    # mini, minilm and base shapes
+    python benchmarks/pretrain.py --shapes base --precisions fp32 --busy 1
+"""
+
+from __future__ import annotations
+
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+from common import Listed, add_busy, argument_parser, busy, machine
+
+from bertforge import BertConfig, BertWithHead, load_pretrained, save_pretrained
+from bertforge.assets import fetch
+
+SHAPES = {"mini": "mini", "minilm": None, "base": "base"}  # None: minilm-l6's own config
+
+
+def config_of(shape: str) -> BertConfig:
+    if SHAPES[shape] is None:
+        return BertConfig.from_json(fetch("minilm-l6") / "config.json")
+    return BertConfig.preset(SHAPES[shape], vocab_size=30522)
+
+
+def batches(config: BertConfig, n: int, size: int, seq_len: int, seed: int = 0) -> list[dict[str, torch.Tensor]]:
+    g = torch.Generator().manual_seed(seed)
+    out = []
+    for _ in range(n):
+        lengths = torch.randint(seq_len // 2, seq_len + 1, (size,), generator=g)
+        ids = torch.randint(1000, config.vocab_size, (size, seq_len), generator=g)
+        mask = (torch.arange(seq_len)[None, :] < lengths[:, None]).long()
+        ids = ids * mask
+        ids[:, 0] = 101
+        labels = torch.full_like(ids, -100)
+        picked = (torch.rand(size, seq_len, generator=g) < 0.15) & mask.bool()
+        picked[:, 0] = False
+        labels[picked] = ids[picked]
+        ids = ids.masked_fill(picked, 103)
+        types = torch.zeros_like(ids)
+        nsp = torch.randint(0, 2, (size,), generator=g)
+        out.append({"input_ids": ids, "token_type_ids": types, "attention_mask": mask, "labels": labels,
+                    "next_sentence_label": nsp})  # fmt: skip
+    return out
+
+
+def step_fn(model: torch.nn.Module, ours: bool, precision: str):
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=True)
+
+    def step(batch: dict[str, torch.Tensor]) -> float:
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16"):
+            out = model(**batch, only_masked=True) if ours else model(**batch)
+            loss = out.mlm_loss + out.nsp_loss if ours else out.loss
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        return float(loss)
+
+    return step
+
+
+def in_turns(steps: list, data: list[dict], warmup: int) -> list[float]:
+    """Median seconds per step of each side, the sides alternating batch by batch after ``warmup`` steps
+    (a slow spell of the machine falls on both alike)."""
+    for b in data[:warmup]:
+        for step in steps:
+            step(b)
+    times: list[list[float]] = [[] for _ in steps]
+    for b in data[warmup:]:
+        for step, ts in zip(steps, times, strict=True):
+            t = time.perf_counter()
+            step(b)
+            ts.append(time.perf_counter() - t)
+    return [statistics.median(ts) for ts in times]
+
+
+def main() -> None:
+    p = argument_parser(__doc__)
+    p.add_argument("--shapes", action=Listed, options=tuple(SHAPES), default=list(SHAPES), help="model shapes")
+    p.add_argument(
+        "--precisions", action=Listed, options=("fp32", "bf16"), default=["fp32", "bf16"], help="bf16: autocast"
+    )
+    p.add_argument("--batch-size", type=int, default=32, help="sequences per step")
+    p.add_argument("--seq-len", type=int, default=128, help="longest sequence")
+    p.add_argument("--steps", type=int, default=8, help="timed steps per side (the median is kept)")
+    p.add_argument("--warmup", type=int, default=2, help="untimed steps first")
+    add_busy(p)
+    args = p.parse_args()
+    from transformers import BertForPreTraining
+
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; {args.busy} cores busy")
+    print(machine())
+    print(f"{'shape':7} {'prec':5} {'hf seq/s':>9} {'ours seq/s':>10} {'ratio':>6}")
+    with tempfile.TemporaryDirectory() as tmp, busy(args.busy):
+        for shape in args.shapes:
+            config = config_of(shape)
+            torch.manual_seed(0)
+            directory = save_pretrained(BertWithHead(config, "pretrain"), Path(tmp) / shape)
+            data = batches(config, args.warmup + args.steps, args.batch_size, args.seq_len)
+            for precision in args.precisions:
+                ours = load_pretrained(directory, head="pretrain").train()
+                hf = BertForPreTraining.from_pretrained(directory, attn_implementation="sdpa").train()
+                t_hf, t_ours = in_turns(
+                    [step_fn(hf, False, precision), step_fn(ours, True, precision)], data, args.warmup
+                )
+                print(
+                    f"{shape:7} {precision:5} {args.batch_size / t_hf:>9.1f} {args.batch_size / t_ours:>10.1f} "
+                    f"{t_hf / t_ours:>5.2f}x",
+                    flush=True,
+                )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,102 @@
+"""The faster fp32 matrix product for each linear layer shape on the CPU at hand: PyTorch's default
+(``F.linear``) or oneDNN on weights packed once (``mkldnn._linear_pointwise``). Which one wins depends
+on the CPU (MKL is fast on Intel, oneDNN on AMD), so both are timed on the layer's shape at load and the
+answer is cached per CPU model, thread count and torch version in ``$BERTFORGE_HOME/kernels.json``.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import platform
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from .assets import home
+
+ROWS = 512  # rows of the timed product: a batch's share of the token budget, cheap to time
+MARGIN = 0.9  # the packed path must be at least this much faster (noise on a shared CPU)
+
+
+def cpu_model() -> str:
+    """The CPU's model name (/proc/cpuinfo), or the platform's processor string."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def _machine_key() -> str:
+    return f"{cpu_model()} | {torch.get_num_threads()} threads | torch {torch.__version__}"
+
+
+def _best_time(fn, x: torch.Tensor, reps: int = 3) -> float:
+    fn(x)  # warm-up: first-call allocations and oneDNN primitive creation
+    best = float("inf")
+    for _ in range(reps):
+        start = time.perf_counter()
+        fn(x)
+        best = min(best, time.perf_counter() - start)
+    return best
+
+
+def time_shape(in_features: int, out_features: int, rows: int = ROWS) -> tuple[float, float]:
+    """Seconds per (rows x in) @ (in x out) product: PyTorch's default, and oneDNN on packed weights."""
+    generator = torch.Generator().manual_seed(0)
+    weight = torch.randn(out_features, in_features, generator=generator) / in_features**0.5
+    bias = torch.zeros(out_features)
+    x = torch.randn(rows, in_features, generator=generator)
+    packed = torch.ops.mkldnn._reorder_linear_weight(weight, rows)
+    with torch.inference_mode():
+        default = _best_time(lambda t: F.linear(t, weight, bias), x)
+        onednn = _best_time(lambda t: torch.ops.mkldnn._linear_pointwise(t, packed, bias, "none", [], ""), x)
+    return default, onednn
+
+
+def packed_wins(shapes: set[tuple[int, int]], cache: Path | None = None) -> dict[tuple[int, int], bool]:
+    """For each (in, out) shape: is oneDNN on packed weights the faster fp32 product here? Timed once
+    per machine key and shape, then read from ``cache`` (default ``$BERTFORGE_HOME/kernels.json``)."""
+    if not torch.backends.mkldnn.is_available():
+        return dict.fromkeys(shapes, False)
+    cache = cache or home() / "kernels.json"
+    key = _machine_key()
+    known = _read(cache).get(key, {})
+    missing = [s for s in sorted(shapes) if f"{s[0]}x{s[1]}" not in known]
+    if missing:
+        timed = {}
+        for s in missing:
+            default, onednn = time_shape(*s)
+            timed[f"{s[0]}x{s[1]}"] = {"default_s": default, "onednn_s": onednn}
+        _write(cache, key, timed)
+        known = {**known, **timed}
+    return {s: known[f"{s[0]}x{s[1]}"]["onednn_s"] < MARGIN * known[f"{s[0]}x{s[1]}"]["default_s"] for s in shapes}
+
+
+def _read(cache: Path) -> dict:
+    try:
+        return json.loads(cache.read_text())
+    except (OSError, ValueError):
+        return {}
+
+
+def _write(cache: Path, key: str, timed: dict) -> None:
+    """Merge ``timed`` into the cache under ``key`` (locked: processes may load models at once). A cache
+    that cannot be written is skipped: this process's timings still hold."""
+    try:
+        cache.parent.mkdir(parents=True, exist_ok=True)
+        with open(cache.with_suffix(".lock"), "w") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            data = _read(cache)
+            data.setdefault(key, {}).update(timed)
+            tmp = cache.with_suffix(f".tmp{os.getpid()}")
+            tmp.write_text(json.dumps(data, indent=1) + "\n")
+            os.replace(tmp, cache)
+    except OSError:
+        pass
