@@ -75,7 +75,7 @@ class ThreadTuner:
     by length, so neighbours cost alike per token: a count is judged by seconds per padded token."""
 
     PROBE_EVERY = 8  # batches between tries of another count, doubling while tries lose (up to 64)
-    GAIN = 1.1  # another count takes over when it is this much faster per token
+    GAIN = 1.25  # another count takes over when it is this much faster per token (one batch is noisy)
     EMA = 0.3  # weight of the newest batch in a count's running rate
 
     def __init__(self, most: int):
