@@ -64,7 +64,7 @@ def step_fn(model: torch.nn.Module, ours: bool, precision: str):
         loss.backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
-        return float(loss)
+        return float(loss.detach())
 
     return step
 
