@@ -46,7 +46,6 @@ def test_fp32_on_either_kernel_gives_the_same_numbers(minilm_dir, monkeypatch, p
     torch.testing.assert_close(got.last_hidden_state[real], want.last_hidden_state[real], atol=1e-5, rtol=1e-5)
 
 
-@pytest.mark.skipif(not hasattr(os, "sched_getaffinity") or len(os.sched_getaffinity(0)) < 2, reason="one CPU")
 def test_threads_follow_the_affinity_mask_not_the_core_count():
     code = (
         "import os, torch; from bertforge.device import available_cpus, fit_threads; "
@@ -98,3 +97,14 @@ def test_a_model_on_packed_kernels_still_saves_and_exports(minilm_dir, tmp_path,
     graph = OnnxModel(export_onnx(model, tmp_path / "model.onnx"), model.config, None)
     got = graph(input_ids=ids, attention_mask=torch.ones_like(ids), token_type_ids=torch.zeros_like(ids))
     torch.testing.assert_close(torch.as_tensor(got.last_hidden_state), want, atol=1e-4, rtol=1e-4)
+
+
+def test_a_tuned_pass_leaves_the_process_its_threads(minilm_dir, monkeypatch):
+    from bertforge import Embedder
+
+    tuner = ThreadTuner(2)
+    tuner.current = 1  # as after finding a core taken
+    monkeypatch.setattr("bertforge.infer.thread_tuner", lambda: tuner)
+    torch.set_num_threads(2)
+    Embedder.from_pretrained(minilm_dir, device="cpu")(["a text", "another one"])
+    assert 1 in tuner.rate and torch.get_num_threads() == 2  # batches ran at 1; the process has its 2 back

@@ -62,8 +62,9 @@ def _cgroup_quota() -> float | None:
 
 def fit_threads() -> int:
     """Use no more threads than ``available_cpus`` (unless OMP_NUM_THREADS says how many); the count."""
-    if "OMP_NUM_THREADS" not in os.environ and torch.get_num_threads() > available_cpus():
-        torch.set_num_threads(available_cpus())
+    cpus = available_cpus()
+    if "OMP_NUM_THREADS" not in os.environ and torch.get_num_threads() > cpus:
+        torch.set_num_threads(cpus)
     return torch.get_num_threads()
 
 

@@ -63,6 +63,8 @@ def run_batches(
                 tuner.record(count, batch["input_ids"].numel(), time.perf_counter() - start)
             yield idx, out
             bar.update(len(idx))
+    if tuner is not None and torch.get_num_threads() != tuner.most:
+        torch.set_num_threads(tuner.most)  # the process's other work (training, the caller's) keeps every CPU
     bar.close()
 
 
