@@ -17,7 +17,7 @@ import transformers
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from tokenizers import Tokenizer as Backend
-from tokenizers.models import BPE
+from tokenizers.models import BPE, WordLevel
 from transformers.models.bert.tokenization_bert_legacy import BertTokenizerLegacy
 
 from bertforge import BertforgeError, Tokenizer, train_vocab
@@ -382,11 +382,14 @@ def test_unreadable_vocab_names_the_file(tmp_path, content, message):
 
 
 def test_directories_and_json_files_that_are_not_tokenizers(tmp_path):
-    with pytest.raises(BertforgeError, match="no tokenizer.json or vocab.txt in this directory"):
+    with pytest.raises(BertforgeError, match="no tokenizer.json, vocab.txt, vocab.json \\+ merges.txt, sentencepiece"):
         Tokenizer.from_pretrained(tmp_path)
-    Backend(BPE()).save(str(tmp_path / "tokenizer.json"))  # a tokenizer.json, but not WordPiece
-    with pytest.raises(BertforgeError, match="not a WordPiece tokenizer \\(BPE\\)"):
+    Backend(WordLevel({"[UNK]": 0}, unk_token="[UNK]")).save(str(tmp_path / "tokenizer.json"))
+    with pytest.raises(BertforgeError, match="not a WordPiece, BPE or Unigram tokenizer \\(WordLevel\\)$"):
         Tokenizer.from_pretrained(tmp_path / "tokenizer.json")
+    Backend(BPE()).save(str(tmp_path / "tokenizer.json"))  # a BPE tokenizer.json, without special tokens
+    with pytest.raises(BertforgeError, match="tokenizer.json: no pad token \\(none in its config, and no \\[PAD\\] or"):
+        Tokenizer.from_pretrained(tmp_path)
     (tmp_path / "broken.json").write_text("{")
     with pytest.raises(BertforgeError, match="broken.json: not a tokenizers JSON file"):
         Tokenizer.from_pretrained(tmp_path / "broken.json")

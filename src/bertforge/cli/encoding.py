@@ -48,29 +48,63 @@ def vocab(
     vocab_size: Annotated[
         int, typer.Option("--vocab-size", help="Entries in the vocabulary, specials included.")
     ] = 30522,
-    out: Annotated[Path, typer.Option("--out", help="Where to write vocab.txt.")] = Path("vocab.txt"),
+    out: Annotated[
+        Path | None,
+        typer.Option(
+            "--out",
+            help="Where to write vocab.txt (wordpiece; default vocab.txt), or the directory for the tokenizer's "
+            "files (bpe, unigram; default tokenizer).",
+        ),
+    ] = None,
+    kind: Annotated[
+        str,
+        typer.Option(
+            "--kind", help="wordpiece (BERT), bpe (RoBERTa's byte-level BPE) or unigram (XLM-R's SentencePiece)."
+        ),
+    ] = "wordpiece",
     cased: Annotated[
-        bool, typer.Option("--cased", help="Keep case and accents (default: lowercase, strip accents).")
+        bool,
+        typer.Option(
+            "--cased", help="Keep case and accents (default: lowercase, strip accents); bpe and unigram always do."
+        ),
     ] = False,
     min_frequency: Annotated[int, typer.Option("--min-frequency", help="Ignore words seen fewer times.")] = 2,
 ) -> None:
-    """Train a WordPiece vocabulary (English, Chinese or mixed text) with BERT's normalisation."""
+    """Train a vocabulary (English, Chinese or mixed text): WordPiece with BERT's normalisation, or RoBERTa's
+    byte-level BPE or XLM-R's Unigram, saved as a tokenizer directory that transformers loads."""
     from ..data.sentences import check_utf8
-    from ..outputs import check_output, progress_enabled
+    from ..outputs import check_out_dir, check_output, progress_enabled
     from ..tokenizer import train_vocab
+    from ..vocab import KINDS
 
-    check_output(out, *corpus)  # before the training, which can take minutes
+    if kind not in KINDS:
+        raise BertforgeError(f"unknown --kind {kind!r} (choose from {', '.join(KINDS)})")
+    wordpiece = kind == "wordpiece"
+    out = out or Path("vocab.txt" if wordpiece else "tokenizer")
+    if wordpiece:
+        check_output(out, *corpus)  # before the training, which can take minutes
+    else:
+        check_out_dir(out)
     try:
         tok = train_vocab(
-            corpus, vocab_size, lowercase=not cased, min_frequency=min_frequency, show_progress=progress_enabled()
+            corpus,
+            vocab_size,
+            lowercase=not cased if wordpiece else None,
+            min_frequency=min_frequency,
+            show_progress=progress_enabled(),
+            kind=kind,
         )
     except BertforgeError:
         for path in corpus:  # the trainer names neither the file nor the line of a byte it cannot read
             check_utf8(path)
         raise
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tok.save_vocab(out)
-    typer.echo(f"wrote {out} ({tok.vocab_size} entries, {'cased' if cased else 'uncased'})")
+    if wordpiece:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        tok.save_vocab(out)
+        typer.echo(f"wrote {out} ({tok.vocab_size} entries, {'cased' if cased else 'uncased'})")
+    else:
+        tok.save_pretrained(out)
+        typer.echo(f"wrote {out}/tokenizer.json and its config ({tok.vocab_size} entries, {kind}, cased)")
 
 
 @app.command()
