@@ -19,6 +19,8 @@ from pathlib import Path
 import pytest
 import sentencepiece as spm
 import transformers
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from tokenizers import Tokenizer as Backend
 from tokenizers.models import BPE
 
@@ -150,6 +152,22 @@ def test_trained_specials_and_vocabularies(trained):
         len(t.lstrip("▁")) > 1 and all("\u4e00" <= c <= "\u9fff" for c in t.lstrip("▁")) for t in unigram.get_vocab()
     )
     assert bpe.decode(bpe.encode("我爱北京 and café 😀").ids) == "我爱北京 and café 😀"
+
+
+@pytest.fixture(scope="module")
+def auto(trained) -> dict:
+    """Kind -> transformers' AutoTokenizer on our saved directory."""
+    return {kind: _hf("auto", directory) for kind, (_, directory) in trained.items()}
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(a=st.text(max_size=60), b=st.text(max_size=60), max_length=st.integers(10, 40))
+def test_any_text_and_pair_encodes_like_transformers(trained, auto, a, b, max_length):
+    for kind in KINDS:
+        tok = trained[kind][0]
+        _assert_same([tok.encode(a)], _call(auto[kind], [a]), [a], kind)
+        pair = tok.encode(a, b, max_length=max_length)
+        _assert_same([pair], _call(auto[kind], [a], [b], truncation="longest_first", max_length=max_length), [a], kind)
 
 
 @pytest.mark.parametrize("kind", KINDS)
