@@ -26,7 +26,7 @@ from common import Listed, argument_parser
 
 import bertforge
 from bertforge.assets import fetch
-from bertforge.checkpoint import ARCHITECTURES
+from bertforge.families import BERT
 from bertforge.infer import Embedder, embed
 from bertforge.precision import prepare
 
@@ -85,9 +85,10 @@ def outputs(head: str | None, out, ours: bool) -> list[torch.Tensor]:
 
 
 def check_parity(device: torch.device, tmp: Path) -> None:
-    for head, cls_name in ARCHITECTURES.items():
+    for head in (None, *BERT.heads):
         if head == "extsum":
             continue  # ours alone: transformers has no such class
+        cls_name = BERT.architecture(head)
         for backend, hf_backend in (("sdpa", "sdpa"), ("math", "eager")):
             config = transformers.BertConfig(
                 **TINY, num_labels=2 if head == "span" else 3, attn_implementation=hf_backend

@@ -18,6 +18,7 @@ LayerNorm and the adds would cost nothing). ``--busy N`` keeps N cores busy mean
 
     python benchmarks/infer.py                          # minilm-l6 and a random `base`, fp32/bf16/int8
     python benchmarks/infer.py --models minilm-l6 --precisions fp32 --texts 512
+    python benchmarks/infer.py --models roberta:base distilbert:L6-H768 --texts 256   # other families
     python benchmarks/infer.py --models minilm-l6 --compile   # ours compiled (first pass compiles: ~30 s)
     python benchmarks/infer.py --device cuda --precisions fp32,bf16,fp16 --texts 8192   # on a GPU (TF32 off)
 """
@@ -51,10 +52,13 @@ def load_texts(n: int) -> dict[str, list[str]]:
 def model_dir(name: str, tmp: Path) -> Path:
     if name == "minilm-l6":
         return fetch("minilm-l6")
-    # a randomly initialised model of a preset size, with minilm-l6's (bert-base-uncased) vocabulary
+    # a randomly initialised model of a preset size (FAMILY:PRESET for another family: roberta:base),
+    # with minilm-l6's (bert-base-uncased) vocabulary
     tok = Tokenizer.from_pretrained(fetch("minilm-l6"))
     torch.manual_seed(0)
-    return save_pretrained(BertModel(BertConfig.preset(name, vocab_size=tok.vocab_size)), tmp / name, tokenizer=tok)
+    family, _, preset = name.rpartition(":")
+    config = BertConfig.preset(preset, model_type=family or "bert").with_vocab(tok.vocab_size, tok.pad_id)
+    return save_pretrained(BertModel(config), tmp / name.replace(":", "-"), tokenizer=tok)
 
 
 def real_flops(config: BertConfig, lengths: list[int]) -> float:
@@ -163,7 +167,11 @@ def timed(fns, repeats: int) -> list[float]:
 def main() -> None:
     p = argument_parser(__doc__)
     p.add_argument(
-        "--models", action=Listed, default=["minilm-l6", "base"], help="minilm-l6 and/or preset names (random weights)"
+        "--models",
+        action=Listed,
+        default=["minilm-l6", "base"],
+        help="minilm-l6 and/or preset names (random weights), FAMILY:PRESET for another family "
+        "(roberta:base, distilbert:L6-H768)",
     )
     p.add_argument(
         "--precisions",

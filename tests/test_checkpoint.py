@@ -332,7 +332,7 @@ def test_shape_mismatch_in_a_fused_weight_names_its_parts(saved):
     "content, message",
     [
         ("not json at all", "not a valid JSON config"),
-        ('{"model_type": "roberta"}', "model_type 'roberta' is not a BERT"),
+        ('{"model_type": "modernbert"}', "model_type 'modernbert' is not supported"),
     ],
 )
 def test_bad_config_json_names_the_file(saved, content, message):

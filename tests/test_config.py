@@ -207,7 +207,7 @@ def test_we_read_transformers_config(tmp_path):
         ("{not json", "not a valid JSON config"),
         ("[1, 2]", "top level is not an object"),
         (b"\xff\xfe\x00garbage", "not a valid JSON config"),
-        ('{"model_type": "roberta"}', "model_type 'roberta' is not a BERT architecture"),
+        ('{"model_type": "deberta-v2"}', "model_type 'deberta-v2' is not supported (supported: bert, roberta"),
         ('{"position_embedding_type": "relative_key"}', "position_embedding_type 'relative_key' is not supported"),
         ('{"is_decoder": true}', "decoder / cross-attention BERT configs are not supported"),
         ('{"hidden_act": "mish"}', "hidden_act 'mish' is not supported"),

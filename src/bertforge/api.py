@@ -19,6 +19,7 @@ import torch
 
 from .config import BertConfig
 from .errors import BertforgeError
+from .families import family as family_of
 from .heads import BertWithHead
 from .model import set_dropout
 from .modeldir import ModelDir
@@ -51,7 +52,7 @@ def finetune(
     directory = md.path
     _check_finetune_out(out, directory)
     spec = spec or TaskSpec(task, max_length=TASKS[task].default_max_length)
-    positions = md.config.max_position_embeddings
+    positions = md.config.max_length
     if spec.max_length > positions:
         log.warning(
             "%s has %d positions: sequences of at most %d tokens, not %d",
@@ -229,6 +230,7 @@ def pretrain(
     config: str | Path | None = None,
     init: str | Path | None = None,
     dropout: float | None = None,
+    family: str = "bert",
 ) -> bool:
     """Pretrain on shards from ``prepare-pretrain``: a new model of ``preset`` (or ``config``), or ``init``'s
     weights; checkpoints and curves go to ``out``, the model to ``out/final``. True on the main process."""
@@ -241,13 +243,15 @@ def pretrain(
     check_vocab(data, manifest)
     tokenizer = Tokenizer.from_pretrained(manifest["vocab_path"], lowercase=manifest.get("lowercase"))
     task = PretrainTask(data, tokenizer)
+    if task.head not in family_of(family).heads:
+        raise BertforgeError(f"{family} has no sentence-pair head: prepare the shards with --no-nsp")
     existing = resumable(out, args.resume)
     torch.manual_seed(args.seed)  # the initial weights are part of what --seed reproduces
     if init is not None and not existing:
         model = _init_model(init, task.head, tokenizer.vocab_size, dropout)
     else:
-        model = BertWithHead(_pretrain_config(existing, config, preset, tokenizer, dropout), task.head)
-    if manifest["max_seq_len"] > (positions := model.config.max_position_embeddings):
+        model = BertWithHead(_pretrain_config(existing, config, preset, family, tokenizer, dropout), task.head)
+    if manifest["max_seq_len"] > (positions := model.config.max_length):
         raise BertforgeError(f"shards hold {manifest['max_seq_len']} tokens, the model only {positions} positions")
     args.out = out
     args.eval_every = args.eval_every or args.max_steps
@@ -258,7 +262,7 @@ def pretrain(
 
 
 def _pretrain_config(
-    existing: list[Path], config: str | Path | None, preset: str, tokenizer, dropout: float | None
+    existing: list[Path], config: str | Path | None, preset: str, family: str, tokenizer, dropout: float | None
 ) -> BertConfig:
     """The shape of the model to pretrain: the checkpoint's when resuming, else ``config``'s or ``preset``'s,
     with the shards' vocabulary."""
@@ -277,8 +281,8 @@ def _pretrain_config(
                 tokenizer.vocab_size,
             )
     else:
-        cfg = BertConfig.preset(preset)
-    cfg = cfg.replace(vocab_size=tokenizer.vocab_size, pad_token_id=tokenizer.pad_id)
+        cfg = BertConfig.preset(preset, model_type=family)
+    cfg = cfg.with_vocab(tokenizer.vocab_size, tokenizer.pad_id)
     if dropout is not None:
         cfg = cfg.replace(hidden_dropout_prob=dropout, attention_probs_dropout_prob=dropout)
     return cfg

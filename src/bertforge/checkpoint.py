@@ -1,10 +1,11 @@
-"""Hugging Face checkpoints in and out, through one key table.
+"""Hugging Face checkpoints in and out, through one key table per family.
 
-``KEY_TABLE`` is the only place where Hugging Face's weight names appear. Each entry maps one of our
-parameters to one or more checkpoint tensors (several are concatenated on dim 0: the fused
-query/key/value projection). Loading reads config.json and model.safetensors (or a sharded
-safetensors index, or pytorch_model.bin with ``weights_only=True``), and reports exactly which head
-weights were freshly initialised and which checkpoint weights went unused.
+``key_table`` expands the family's tables (``families.py``, the only place where Hugging Face's
+weight names appear): each entry maps one of our parameters to one or more checkpoint tensors
+(several are concatenated on dim 0: the fused query/key/value projection). Loading reads
+config.json and model.safetensors (or a sharded safetensors index, or pytorch_model.bin with
+``weights_only=True``), and reports exactly which head weights were freshly initialised and which
+checkpoint weights went unused.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from torch import Tensor, nn
 
 from .config import BertConfig
 from .errors import BertforgeError
+from .families import HEAD_LAYER_KEYS, Keys
 from .heads import HEADS, BertWithHead
 from .model import BertModel
 from .modeldir import ModelDir
@@ -28,100 +30,46 @@ from .outputs import atomic_path
 
 log = logging.getLogger("bertforge")
 
-# (ours, hf) for the encoder; hf is relative to the encoder ("bert." is added under a head).
-ENCODER_KEYS: list[tuple[str, tuple[str, ...]]] = [
-    ("embeddings.word.weight", ("embeddings.word_embeddings.weight",)),
-    ("embeddings.position.weight", ("embeddings.position_embeddings.weight",)),
-    ("embeddings.token_type.weight", ("embeddings.token_type_embeddings.weight",)),
-    ("embeddings.norm.weight", ("embeddings.LayerNorm.weight",)),
-    ("embeddings.norm.bias", ("embeddings.LayerNorm.bias",)),
-    ("pooler.dense.weight", ("pooler.dense.weight",)),
-    ("pooler.dense.bias", ("pooler.dense.bias",)),
-]
-LAYER_KEYS: list[tuple[str, tuple[str, ...]]] = [
-    (
-        "attn.qkv.{p}",
-        ("attention.self.query.{p}", "attention.self.key.{p}", "attention.self.value.{p}"),
-    ),
-    ("attn.out.{p}", ("attention.output.dense.{p}",)),
-    ("attn_norm.{p}", ("attention.output.LayerNorm.{p}",)),
-    ("ffn.up.{p}", ("intermediate.dense.{p}",)),
-    ("ffn.down.{p}", ("output.dense.{p}",)),
-    ("ffn_norm.{p}", ("output.LayerNorm.{p}",)),
-]
-_MLM = [
-    ("head.mlm.transform.{p}", ("cls.predictions.transform.dense.{p}",)),
-    ("head.mlm.norm.{p}", ("cls.predictions.transform.LayerNorm.{p}",)),
-]
-_MLM_BIAS = [("head.mlm.decoder.bias", ("cls.predictions.bias",))]  # the decoder weight is tied
-HEAD_KEYS: dict[str, list[tuple[str, tuple[str, ...]]]] = {
-    "pretrain": _MLM + [("head.nsp.{p}", ("cls.seq_relationship.{p}",))],
-    "mlm": _MLM,
-    "classify": [("head.classifier.{p}", ("classifier.{p}",))],
-    "tag": [("head.classifier.{p}", ("classifier.{p}",))],
-    "span": [("head.qa.{p}", ("qa_outputs.{p}",))],
-    "choice": [("head.classifier.{p}", ("classifier.{p}",))],
-    # no Hugging Face class: our own names, under "extsum." (transformers' AutoModel still reads "bert.")
-    "extsum": [("head.scorer.{p}", ("extsum.scorer.{p}",))],
-}
-# Heads with layers of their own: (the config.extra key counting them, keys per layer ({i}), keys
-# present when there is at least one layer), expanded like the encoder's layers.
-HEAD_LAYER_KEYS: dict[str, tuple[str, list[tuple[str, tuple[str, ...]]], list[tuple[str, tuple[str, ...]]]]] = {
-    "extsum": (
-        "extsum_inter_layers",
-        [
-            (f"head.inter.layers.{{i}}.{w}.{{p}}", (f"extsum.inter.layers.{{i}}.{w}.{{p}}",))
-            for w in ("attn_norm", "qkv", "out", "ffn_norm", "up", "down")
-        ],
-        [("head.inter.norm.{p}", ("extsum.inter.norm.{p}",))],
-    ),
-}
-ARCHITECTURES = {
-    None: "BertModel",
-    "pretrain": "BertForPreTraining",
-    "mlm": "BertForMaskedLM",
-    "classify": "BertForSequenceClassification",
-    "tag": "BertForTokenClassification",
-    "span": "BertForQuestionAnswering",
-    "choice": "BertForMultipleChoice",
-    "extsum": "BertForExtractiveSummarization",
-}
-# Checkpoint tensors that carry no information of their own.
-_REDUNDANT = ("embeddings.position_ids", "embeddings.token_type_ids", "cls.predictions.decoder.weight")
+# Checkpoint tensors a tied or derived weight makes redundant, in every family.
 _TIED = ("head.mlm.decoder.weight",)
 
 
-def key_table(config: BertConfig, head: str | None) -> list[tuple[str, tuple[str, ...]]]:
-    """Every (our name, checkpoint names) pair for this config and head, expanded over layers."""
-    prefix = "bert." if head else ""
-    table = [(ours, tuple(prefix + h for h in hf)) for ours, hf in ENCODER_KEYS]
-    for i in range(config.num_hidden_layers):
-        for ours, hf in LAYER_KEYS:
-            for p in ("weight", "bias"):
-                table.append(
-                    (
-                        f"layers.{i}." + ours.format(p=p),
-                        tuple(f"{prefix}encoder.layer.{i}." + h.format(p=p) for h in hf),
-                    )
-                )
-    table = [("bert." + ours if head else ours, hf) for ours, hf in table]
-    head_keys = HEAD_KEYS.get(head, []) + (_MLM_BIAS if head in ("pretrain", "mlm") else [])
+def key_table(config: BertConfig, head: str | None) -> Keys:
+    """Every (our name, checkpoint names) pair for this config and head, expanded over layers: the
+    family's tables (``families.py``) with the encoder under its prefix when there is a head."""
+    fam = config.family
+    entries = [(ours, hf) for ours, hf in fam.embeddings if _present(config, ours)]
+    inner = config.inner_group_num
+    for u in range(config.distinct_layers):
+        path = fam.layer_path.format(i=u, g=u // inner, j=u % inner)
+        entries += [(f"layers.{u}." + ours, tuple(path + h for h in hf)) for ours, hf in fam.layer]
+    if head:
+        entries = [("bert." + ours, tuple(f"{fam.prefix}.{h}" for h in hf)) for ours, hf in entries]
+    entries += fam.head_keys(head)
     if head in HEAD_LAYER_KEYS:
         count, layer_keys, any_layer_keys = HEAD_LAYER_KEYS[head]
         n = int(config.extra.get(count, 0))
-        head_keys = (
-            head_keys
-            + [
-                (ours.replace("{i}", str(i)), tuple(h.replace("{i}", str(i)) for h in hf))
-                for i in range(n)
-                for ours, hf in layer_keys
-            ]
-            + (any_layer_keys if n else [])
-        )
-    for ours, hf in head_keys:
+        entries += [
+            (ours.replace("{i}", str(i)), tuple(h.replace("{i}", str(i)) for h in hf))
+            for i in range(n)
+            for ours, hf in layer_keys
+        ] + (any_layer_keys if n else [])
+    table = []
+    for ours, hf in entries:
         for p in ("weight", "bias") if "{p}" in ours else ("",):
             table.append((ours.format(p=p), tuple(h.format(p=p) for h in hf)))
     return table
+
+
+def _present(config: BertConfig, ours: str) -> bool:
+    """Whether the encoder of this config has the parameter (segments, the E -> H projection, a pooler)."""
+    if ours.startswith("embeddings.token_type"):
+        return config.type_vocab_size > 0
+    if ours.startswith("embeddings.project"):
+        return config.embedding_width != config.hidden_size or config.family.always_project
+    if ours.startswith("pooler."):
+        return None in config.family.pooled_heads
+    return True
 
 
 # -- reading ---------------------------------------------------------------------------------------
@@ -199,18 +147,19 @@ class LoadReport:
 def load_state(model: BertModel | BertWithHead, state: dict[str, Tensor], source: str) -> LoadReport:
     """Copy checkpoint tensors into ``model`` through the key table; raise on a missing encoder weight."""
     head = model.head_name if isinstance(model, BertWithHead) else None
+    fam = model.config.family
     state = _normalise_names(state)
-    encoder_prefix = "bert." if any(k.startswith("bert.") for k in state) else ""
-    if head and not encoder_prefix:  # a bare BertModel checkpoint under a head: add the prefix
-        state = {
-            (k if k.startswith(("cls.", "classifier.", "qa_outputs.")) else "bert." + k): v for k, v in state.items()
-        }
-    elif not head and encoder_prefix:  # a task checkpoint read as an encoder: drop it
-        state = {k.removeprefix("bert."): v for k, v in state.items()}
-    if "cls.predictions.bias" not in state and "cls.predictions.decoder.bias" in state:
-        state["cls.predictions.bias"] = state.pop("cls.predictions.decoder.bias")
-    else:
-        state.pop("cls.predictions.decoder.bias", None)
+    prefix = fam.prefix + "."
+    roots = {h.split(".")[0] for _, hf in fam.embeddings for h in hf} | {fam.layer_path.split(".")[0]}
+    has_prefix = any(k.startswith(prefix) for k in state)
+    if head and not has_prefix:  # a bare encoder checkpoint under a head: add the prefix
+        state = {(prefix + k if k.split(".")[0] in roots else k): v for k, v in state.items()}
+    elif not head and has_prefix:  # a task checkpoint read as an encoder: drop it
+        state = {k.removeprefix(prefix): v for k, v in state.items()}
+    for _, (bias,) in (e for e in fam.heads.get(head or "", []) if e[0] == "head.mlm.decoder.bias"):
+        legacy = bias.removesuffix("bias") + "decoder.bias"  # older checkpoints: the decoder's own bias
+        if bias not in state and legacy in state:
+            state[bias] = state.pop(legacy)
 
     ours = model.state_dict()
     report = LoadReport()
@@ -233,7 +182,7 @@ def load_state(model: BertModel | BertWithHead, state: dict[str, Tensor], source
             )
         new_state[name] = tensor
         used.update(hf_names)
-    report.unused = sorted(k for k in state if k not in used and not k.endswith(_REDUNDANT))
+    report.unused = sorted(k for k in state if k not in used and not k.endswith(fam.redundant))
     result = model.load_state_dict(new_state, strict=False)
     leftover = set(result.missing_keys) - set(report.initialised) - set(_TIED)
     assert not leftover and not result.unexpected_keys, (leftover, result.unexpected_keys)
@@ -305,12 +254,15 @@ def load_pretrained(name_or_path: str | Path | ModelDir, head: str | None = None
 # -- writing ---------------------------------------------------------------------------------------
 def export_state(model: BertModel | BertWithHead) -> dict[str, Tensor]:
     """Our state dict in Hugging Face names (the fused q/k/v split back), ready for safetensors. The
-    pooler is kept even where transformers' class for the head has none (it lists it as unexpected):
-    an encoder continued or fine-tuned from this directory keeps the trained pooler."""
+    pooler only where transformers' class for the head has one, so that class loads the file with no
+    key missing or unexpected."""
     head = model.head_name if isinstance(model, BertWithHead) else None
     ours = model.state_dict()
     out: dict[str, Tensor] = {}
+    pooled = head in model.config.family.pooled_heads
     for name, hf_names in key_table(model.config, head):
+        if name.startswith(("pooler.", "bert.pooler.")) and not pooled:
+            continue
         if name not in ours:  # int8 layers (precision.prepare) keep their weights in packed form
             raise BertforgeError(
                 "this model was prepared for int8 inference and holds packed weights; "
@@ -329,7 +281,7 @@ def save_pretrained(model: nn.Module, directory: str | Path, tokenizer=None) -> 
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     head = model.head_name if isinstance(model, BertWithHead) else None
-    config = model.config.replace(architectures=[ARCHITECTURES[head]])
+    config = model.config.replace(architectures=[model.config.family.architecture(head)])
     state = export_state(model)
     with atomic_path(directory / "model.safetensors") as tmp:
         save_file(state, tmp, metadata={"format": "pt"})

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import BertforgeError
+from .families import Family, family
 
 # Activations a BERT checkpoint may name in `hidden_act`; see model.ACTIVATIONS.
 SUPPORTED_ACTIVATIONS = ("gelu", "gelu_new", "gelu_pytorch_tanh", "gelu_fast", "relu", "silu", "swish")
@@ -49,9 +50,10 @@ def check_fields(d: dict[str, Any], types: dict[str, str], prefix: str = "") -> 
 
 @dataclass
 class BertConfig:
-    """The shape of a BERT model, with the field names of Hugging Face's ``BertConfig``.
+    """The shape of a BERT-family model, with the field names of Hugging Face's ``BertConfig``.
 
-    Defaults are bert-base-uncased, the model of Devlin et al. (2018).
+    Defaults are bert-base-uncased, the model of Devlin et al. (2018). ``model_type`` names the family
+    (``families.py``); its config.json is read and written in that family's own field names.
     """
 
     vocab_size: int = 30522  # WordPiece vocabulary of bert-base-uncased
@@ -72,6 +74,10 @@ class BertConfig:
     id2label: dict[int, str] | None = None
     problem_type: str | None = None  # single_label_classification | multi_label_classification | regression
     architectures: list[str] | None = None
+    model_type: str = "bert"
+    embedding_size: int | None = None  # ELECTRA, ALBERT: embeddings this wide, then projected to hidden_size
+    num_hidden_groups: int = 1  # ALBERT: layers share the weights of this many groups
+    inner_group_num: int = 1  # ALBERT: layers per group
     # Everything else found in config.json, written back untouched on save.
     extra: dict[str, Any] = field(default_factory=dict, repr=False)
 
@@ -86,6 +92,39 @@ class BertConfig:
             )
         if self.id2label is not None:
             self.id2label = _label_ids(self.id2label)
+        family(self.model_type)  # an unknown family: one line listing the known
+        if self.model_type == "albert" and self.num_hidden_layers % self.num_hidden_groups:
+            raise BertforgeError(
+                f"num_hidden_layers {self.num_hidden_layers} is not a multiple of num_hidden_groups "
+                f"{self.num_hidden_groups}"
+            )
+
+    @property
+    def family(self) -> Family:
+        return family(self.model_type)
+
+    @property
+    def embedding_width(self) -> int:
+        return self.embedding_size or self.hidden_size
+
+    @property
+    def layer_order(self) -> list[int]:
+        """Which of the distinct layers runs at each depth: ALBERT's layer i runs group i*G/L (each
+        group's ``inner_group_num`` layers in turn); every other family has a layer of its own per depth."""
+        if self.model_type != "albert":
+            return list(range(self.num_hidden_layers))
+        L, G, inner = self.num_hidden_layers, self.num_hidden_groups, self.inner_group_num
+        return [(i * G // L) * inner + j for i in range(L) for j in range(inner)]
+
+    @property
+    def distinct_layers(self) -> int:
+        return self.num_hidden_groups * self.inner_group_num if self.model_type == "albert" else self.num_hidden_layers
+
+    @property
+    def max_length(self) -> int:
+        """The longest sequence the position table reads: RoBERTa's positions start at pad + 1."""
+        offset = self.pad_token_id + 1 if self.family.positions_from_pad else 0
+        return self.max_position_embeddings - offset
 
     @property
     def head_size(self) -> int:
@@ -101,10 +140,8 @@ class BertConfig:
 
     def check_length(self, tokens: int) -> None:
         """Learned absolute positions: a sequence longer than the table cannot be read (either runtime)."""
-        if tokens > self.max_position_embeddings:
-            raise BertforgeError(
-                f"sequence of {tokens} tokens is longer than the model's {self.max_position_embeddings} positions"
-            )
+        if tokens > self.max_length:
+            raise BertforgeError(f"sequence of {tokens} tokens is longer than the model's {self.max_length} positions")
 
     def replace(self, **changes: Any) -> BertConfig:
         return dataclasses.replace(self, **changes)
@@ -112,9 +149,10 @@ class BertConfig:
     # -- Hugging Face config.json -------------------------------------------------------------------
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> BertConfig:
-        model_type = d.get("model_type", "bert")
-        if model_type != "bert":
-            raise BertforgeError(f"model_type {model_type!r} is not a BERT architecture (expected 'bert')")
+        fam = family(d.get("model_type", "bert"))
+        d = {**fam.defaults, **{fam.config_names.get(k, k): v for k, v in d.items()}}
+        if d.get("sinusoidal_pos_embds"):
+            raise BertforgeError("sinusoidal_pos_embds is not supported (only learned positions)")
         pos = d.get("position_embedding_type", "absolute")
         if pos != "absolute":
             raise BertforgeError(f"position_embedding_type {pos!r} is not supported (only 'absolute')")
@@ -132,20 +170,24 @@ class BertConfig:
         return cls(**known, extra=extra)
 
     def to_dict(self) -> dict[str, Any]:
-        d: dict[str, Any] = {"model_type": "bert"}
+        """config.json in the family's own names (DistilBERT's dim, n_layers ...)."""
+        fam = self.family
+        names = {ours: theirs for theirs, ours in fam.config_names.items()}
+        d: dict[str, Any] = {}
         for f in dataclasses.fields(self):
-            if f.name == "extra":
+            if f.name == "extra" or f.name in fam.omit or (f.name == "embedding_size" and self.embedding_size is None):
                 continue
             v = getattr(self, f.name)
             if f.name in ("id2label", "problem_type", "architectures", "classifier_dropout") and v is None:
                 continue
             if f.name == "id2label" and not v:  # "{}" would read as num_labels 0 in transformers (QA saves no labels)
                 continue
-            d[f.name] = v
+            d[names.get(f.name, f.name)] = v
         if self.id2label:
             d["id2label"] = {str(k): v for k, v in sorted(self.id2label.items())}
             d["label2id"] = {v: k for k, v in sorted(self.id2label.items())}
-        d["position_embedding_type"] = "absolute"
+        if fam.model_type != "distilbert":
+            d["position_embedding_type"] = "absolute"
         for k, v in self.extra.items():
             d.setdefault(k, v)
         return d
@@ -173,9 +215,19 @@ class BertConfig:
 
     # -- size presets ---------------------------------------------------------------------------------
     @classmethod
-    def preset(cls, name: str, **overrides: Any) -> BertConfig:
-        """A named size: tiny, mini, small, medium, base, large, or ``L{layers}-H{hidden}``."""
-        return cls(**{**_preset_shape(name), **overrides})
+    def preset(cls, name: str, model_type: str = "bert", **overrides: Any) -> BertConfig:
+        """A named size: tiny, mini, small, medium, base, large, or ``L{layers}-H{hidden}``, in a family's
+        form (RoBERTa: one segment, LayerNorm eps 1e-5; ALBERT: 128-wide embeddings, one shared layer)."""
+        fam = family(model_type)
+        shape = _preset_shape(name)
+        if model_type == "distilbert":
+            shape["type_vocab_size"] = 0
+        return cls(**{**fam.defaults, **shape, **fam.preset, "model_type": model_type, **overrides})
+
+    def with_vocab(self, vocab_size: int, pad_token_id: int) -> BertConfig:
+        """This shape for a vocabulary; RoBERTa's position table grows by the pad + 1 its positions skip."""
+        positions = self.max_length + (pad_token_id + 1 if self.family.positions_from_pad else 0)
+        return self.replace(vocab_size=vocab_size, pad_token_id=pad_token_id, max_position_embeddings=positions)
 
 
 def _label_ids(id2label: dict) -> dict[int, str]:

@@ -10,6 +10,11 @@ given targets, the same loss as the matching ``transformers`` class:
   span      every token -> (start, end) logits                            BertForQuestionAnswering
   choice    each (context, choice) pooled -> one score                    BertForMultipleChoice
   extsum    each sentence's [CLS] -> one score (BertSum, Liu 2019)        (ours: BertForExtractiveSummarization)
+  discriminator  every token -> replaced or not (ELECTRA)                 ElectraForPreTraining
+
+Other families name the classes after themselves (RobertaForMaskedLM ...); where their heads differ
+in shape (RoBERTa's classifier has a dense layer of its own on <s>, ALBERT's NSP is SOP) the family's
+switches in ``families.py`` say how.
 """
 
 from __future__ import annotations
@@ -44,14 +49,16 @@ def _initialised(module: nn.Module, config: BertConfig) -> None:
 
 
 class MLMHead(nn.Module):
-    """transform (dense, act, LayerNorm), then a decoder whose weight is the word embedding matrix."""
+    """transform (dense to the embedding width, act, LayerNorm), then a decoder whose weight is the
+    word embedding matrix."""
 
     def __init__(self, config: BertConfig, word_embeddings: nn.Embedding):
         super().__init__()
-        self.transform = nn.Linear(config.hidden_size, config.hidden_size)
-        self.act = ACTIVATIONS[config.hidden_act]
-        self.norm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
-        self.decoder = nn.Linear(config.hidden_size, config.vocab_size)
+        E = config.embedding_width
+        self.transform = nn.Linear(config.hidden_size, E)
+        self.act = ACTIVATIONS[config.family.mlm_act or config.hidden_act]
+        self.norm = nn.LayerNorm(E, eps=config.layer_norm_eps)
+        self.decoder = nn.Linear(E, config.vocab_size)
         _initialised(self, config)
         self.decoder.weight = word_embeddings.weight  # tied; the decoder keeps its own bias
 
@@ -113,19 +120,41 @@ def _dropout(config: BertConfig) -> nn.Dropout:
     return nn.Dropout(p)
 
 
+class FirstToken(nn.Module):
+    """A sequence's vector for a classifier: the pooled [CLS] (BERT, ALBERT), or where the family's
+    head has a dense layer of its own, dropout -> dense -> activation on the first token (RoBERTa:
+    tanh, ELECTRA: gelu, DistilBERT: relu), then dropout."""
+
+    def __init__(self, config: BertConfig, head: str):
+        super().__init__()
+        act = config.family.summary.get(head)
+        self.dropout = _dropout(config)
+        self.pre = nn.Linear(config.hidden_size, config.hidden_size) if act else None
+        self.act = {"tanh": torch.tanh, "relu": F.relu}.get(act) or ACTIVATIONS.get(act)
+
+    @property
+    def pooled(self) -> bool:
+        return self.pre is None
+
+    def forward(self, enc: EncoderOutput) -> Tensor:
+        if self.pre is None:
+            return self.dropout(enc.pooler_output)  # (B, H)
+        return self.dropout(self.act(self.pre(self.dropout(enc.last_hidden_state[:, 0]))))  # (B, H)
+
+
 class ClassificationHead(nn.Module):
-    uses_pooler = True
     reads_pooler_only = True  # only [CLS] reaches the head: the last layer computes that row alone
 
-    def __init__(self, config: BertConfig, bert: BertModel):
+    def __init__(self, config: BertConfig, bert: BertModel, head: str = "classify", outputs: int | None = None):
         super().__init__()
         self.config = config
-        self.dropout = _dropout(config)
-        self.classifier = nn.Linear(config.hidden_size, config.num_labels)
+        self.first = FirstToken(config, head)
+        self.uses_pooler = self.first.pooled
+        self.classifier = nn.Linear(config.hidden_size, outputs or config.num_labels)
         _initialised(self, config)
 
     def forward(self, enc: EncoderOutput, labels: Tensor | None = None) -> HeadOutput:
-        logits = self.classifier(self.dropout(enc.pooler_output))  # (B, num_labels)
+        logits = self.classifier(self.first(enc))  # (B, num_labels)
         if labels is None:
             return HeadOutput(logits)
         return HeadOutput(logits, classification_loss(logits, labels, self.config.problem_type))
@@ -197,21 +226,40 @@ class SpanHead(nn.Module):
         return HeadOutput(start, loss, end_logits=end)
 
 
-class ChoiceHead(nn.Module):
-    uses_pooler = True
-    reads_pooler_only = True  # only [CLS] reaches the head: the last layer computes that row alone
-
+class ChoiceHead(ClassificationHead):
     def __init__(self, config: BertConfig, bert: BertModel):
-        super().__init__()
-        self.dropout = _dropout(config)
-        self.classifier = nn.Linear(config.hidden_size, 1)
-        _initialised(self, config)
+        super().__init__(config, bert, head="choice", outputs=1)
 
     def forward(self, enc: EncoderOutput, labels: Tensor | None = None, num_choices: int = 1) -> HeadOutput:
-        logits = self.classifier(self.dropout(enc.pooler_output)).view(-1, num_choices)  # (B, C)
+        logits = self.classifier(self.first(enc)).view(-1, num_choices)  # (B, C)
         if labels is None:
             return HeadOutput(logits)
         return HeadOutput(logits, F.cross_entropy(logits.float(), labels.view(-1)))
+
+
+class DiscriminatorHead(nn.Module):
+    """ELECTRA's replaced-token detection: dense, activation, dense -> one logit a token; given 0/1
+    labels, binary cross-entropy over the real tokens (``attention_mask``), as ElectraForPreTraining."""
+
+    uses_pooler = False
+    reads_pooler_only = False
+    reads_attention_mask = True
+
+    def __init__(self, config: BertConfig, bert: BertModel):
+        super().__init__()
+        self.dense = nn.Linear(config.hidden_size, config.hidden_size)
+        self.act = ACTIVATIONS[config.hidden_act]
+        self.out = nn.Linear(config.hidden_size, 1)
+        _initialised(self, config)
+
+    def forward(
+        self, enc: EncoderOutput, labels: Tensor | None = None, attention_mask: Tensor | None = None
+    ) -> HeadOutput:
+        logits = self.out(self.act(self.dense(enc.last_hidden_state))).squeeze(-1)  # (B, T)
+        if labels is None:
+            return HeadOutput(logits)
+        real = labels.ne(IGNORE_INDEX) if attention_mask is None else attention_mask.bool() & labels.ne(IGNORE_INDEX)
+        return HeadOutput(logits, F.binary_cross_entropy_with_logits(logits.float()[real], labels[real].float()))
 
 
 def sinusoidal_positions(n: int, dim: int, device: torch.device) -> Tensor:
@@ -318,6 +366,7 @@ HEADS: dict[str, type[nn.Module]] = {
     "span": SpanHead,
     "choice": ChoiceHead,
     "extsum": ExtractiveSummaryHead,
+    "discriminator": DiscriminatorHead,
 }
 
 
@@ -329,12 +378,14 @@ class BertWithHead(nn.Module):
         if head not in HEADS:
             raise BertforgeError(f"unknown head {head!r} (choose from {', '.join(HEADS)})")
         self.config = config
+        config.family.head_keys(head)  # a head the family does not have: one line naming those it has
         self.head_name = head
         self.bert = BertModel(config, attention=attention, unpad=unpad)
         self.head = HEADS[head](config, self.bert)
         # a head that reads tokens leaves the pooler out of the graph: freeze it, so DDP and the
         # optimiser do not wait for gradients that never come (its weights are still saved)
-        self.bert.pooler.requires_grad_(self.head.uses_pooler)
+        if self.bert.pooler is not None:
+            self.bert.pooler.requires_grad_(self.head.uses_pooler)
 
     def forward(
         self,
@@ -359,4 +410,6 @@ class BertWithHead(nn.Module):
             pool=self.head.uses_pooler,
             first_token_only=self.head.reads_pooler_only,
         )
+        if getattr(self.head, "reads_attention_mask", False) and targets:
+            targets["attention_mask"] = attention_mask
         return self.head(enc, **targets)

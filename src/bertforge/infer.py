@@ -76,6 +76,8 @@ def pool(output: EncoderOutput, attention_mask: Tensor, pooling: str) -> Tensor:
     if pooling == "cls":
         return output.last_hidden_state[:, 0]
     if pooling == "pooler":
+        if output.pooler_output is None:
+            raise BertforgeError("this model has no pooler (DistilBERT and ELECTRA have none): use mean or cls pooling")
         return output.pooler_output
     raise BertforgeError(f"unknown pooling {pooling!r} (choose from {', '.join(POOLING)})")
 
@@ -148,7 +150,7 @@ class Embedder:
             normalize=self.settings.normalize if normalize is None else normalize,
             max_length=max_length
             if max_length is not None
-            else min(self.settings.max_length, self.model.config.max_position_embeddings),
+            else min(self.settings.max_length, self.model.config.max_length),
             max_tokens=max_tokens,
             progress=progress,
         )

@@ -41,19 +41,28 @@ class EncoderOutput:
 
 
 class Embeddings(nn.Module):
+    """Token + position (+ segment) embeddings, LayerNorm, dropout; E wide, then projected to H where
+    the family factorises them (ELECTRA when E != H, ALBERT always). DistilBERT has no segments."""
+
     def __init__(self, config: BertConfig):
         super().__init__()
-        H = config.hidden_size
-        self.word = nn.Embedding(config.vocab_size, H, padding_idx=config.pad_token_id)
-        self.position = nn.Embedding(config.max_position_embeddings, H)
-        self.token_type = nn.Embedding(config.type_vocab_size, H)
-        self.norm = nn.LayerNorm(H, eps=config.layer_norm_eps)
+        E, H = config.embedding_width, config.hidden_size
+        self.word = nn.Embedding(config.vocab_size, E, padding_idx=config.pad_token_id)
+        # RoBERTa's padding tokens sit at position pad_token_id, a row that (as in transformers) never learns
+        pad_position = config.pad_token_id if config.family.positions_from_pad else None
+        self.position = nn.Embedding(config.max_position_embeddings, E, padding_idx=pad_position)
+        self.token_type = nn.Embedding(config.type_vocab_size, E) if config.type_vocab_size > 0 else None
+        self.norm = nn.LayerNorm(E, eps=config.layer_norm_eps)
         self.dropout = nn.Dropout(config.hidden_dropout_prob)
+        self.project = nn.Linear(E, H) if E != H or config.family.always_project else None
 
-    def forward(self, input_ids: Tensor, token_type_ids: Tensor, position_ids: Tensor) -> Tensor:
+    def forward(self, input_ids: Tensor, token_type_ids: Tensor | None, position_ids: Tensor) -> Tensor:
         # any leading shape: (B, T) padded or (N,) packed
-        x = self.word(input_ids) + self.token_type(token_type_ids) + self.position(position_ids)
-        return self.dropout(self.norm(x))
+        x = self.word(input_ids) + self.position(position_ids)
+        if self.token_type is not None:
+            x = x + self.token_type(token_type_ids)
+        x = self.dropout(self.norm(x))
+        return x if self.project is None else self.project(x)
 
 
 class SelfAttention(nn.Module):
@@ -129,8 +138,19 @@ class Pooler(nn.Module):
         return torch.tanh(self.dense(first_token))
 
 
+def default_positions(config: BertConfig, input_ids: Tensor) -> Tensor:
+    """(B, T) positions: 0..T-1, or RoBERTa's, which count real tokens from pad + 1 (padding at pad)."""
+    B, T = input_ids.shape
+    if not config.family.positions_from_pad:
+        return torch.arange(T, device=input_ids.device).expand(B, T)
+    real = input_ids.ne(config.pad_token_id).long()
+    return torch.cumsum(real, dim=1) * real + config.pad_token_id
+
+
 class BertModel(nn.Module):
-    """The encoder: embeddings, ``num_hidden_layers`` layers and the pooler.
+    """The encoder: embeddings, ``num_hidden_layers`` layers and the pooler (in the families that have one).
+    ALBERT's layers share weights: ``layers`` holds the distinct ones and ``config.layer_order`` says
+    which runs at each depth.
 
     ``attention`` names a backend in ``attention.ATTENTION`` ("sdpa" or "math"). With ``unpad``, a
     batch whose padding exceeds ``unpad_above`` of its tokens (default 20%: random training batches)
@@ -150,8 +170,9 @@ class BertModel(nn.Module):
         self.unpad = unpad
         self.unpad_above = 0.2  # fraction of padding tokens above which a batch runs unpadded
         self.embeddings = Embeddings(config)
-        self.layers = nn.ModuleList([Layer(config, attention) for _ in range(config.num_hidden_layers)])
-        self.pooler = Pooler(config)
+        self.layers = nn.ModuleList([Layer(config, attention) for _ in range(config.distinct_layers)])
+        self.order = config.layer_order
+        self.pooler = Pooler(config) if None in config.family.pooled_heads else None
         self.apply(partial(init_weights, std=config.initializer_range))
 
     def set_attention(self, backend: str) -> None:
@@ -174,10 +195,10 @@ class BertModel(nn.Module):
         choice): the last layer computes the first token only, and ``last_hidden_state`` is (B, 1, H)."""
         B, T = input_ids.shape
         self.config.check_length(T)
-        if token_type_ids is None:
+        if token_type_ids is None or self.config.type_vocab_size <= 1:  # (RoBERTa: one segment whatever is given)
             token_type_ids = torch.zeros_like(input_ids)
         if position_ids is None:
-            position_ids = torch.arange(T, device=input_ids.device).expand(B, T)
+            position_ids = default_positions(self.config, input_ids)
         packing = mask = None
         if attention_mask is not None:
             mask = attention_mask.bool()[:, None, None, :]  # (B, 1, 1, T)
@@ -192,14 +213,15 @@ class BertModel(nn.Module):
             x = self.embeddings(ids, types, pos)  # (N, H)
         else:
             x = self.embeddings(input_ids, token_type_ids, position_ids)  # (B, T, H)
-        last = len(self.layers) - 1
-        for i, layer in enumerate(self.layers):
-            x = layer(x, mask, packing, first_only=first_token_only and i == last)
+        last = len(self.order) - 1
+        for i, which in enumerate(self.order):
+            x = self.layers[which](x, mask, packing, first_only=first_token_only and i == last)
         if first_token_only:
             hidden = x  # (B, 1, H)
         else:
             hidden = pad(x, packing) if packing is not None else x  # (B, T, H)
-        return EncoderOutput(last_hidden_state=hidden, pooler_output=self.pooler(hidden[:, 0]) if pool else None)
+        pooled = self.pooler(hidden[:, 0]) if pool and self.pooler is not None else None
+        return EncoderOutput(last_hidden_state=hidden, pooler_output=pooled)
 
 
 def set_dropout(model: nn.Module, p: float) -> None:

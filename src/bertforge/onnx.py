@@ -39,15 +39,15 @@ class _Graph(nn.Module):
 
     def forward(self, input_ids, attention_mask, token_type_ids):
         out = self.model(input_ids, attention_mask, token_type_ids)
-        if isinstance(out, EncoderOutput):
-            return out.last_hidden_state, out.pooler_output
+        if isinstance(out, EncoderOutput):  # (DistilBERT and ELECTRA have no pooler)
+            return tuple(t for t in (out.last_hidden_state, out.pooler_output) if t is not None)
         if out.end_logits is not None:
             return out.logits, out.end_logits
         return (out.logits,)
 
 
-def output_names(head: str | None) -> list[str]:
-    return list(GRAPH_OUTPUTS[head])
+def output_names(head: str | None, pooler: bool = True) -> list[str]:
+    return [name for name in GRAPH_OUTPUTS[head] if pooler or name != "pooler_output"]
 
 
 def weights_sha256(directory: str | Path) -> str | None:
@@ -103,7 +103,7 @@ def export_onnx(
     model.eval()
     graph = _Graph(model).eval()  # (a wrapper left in training mode would put the model back in it)
     example = (torch.full((2, 8), 100), torch.ones(2, 8, dtype=torch.long), torch.zeros(2, 8, dtype=torch.long))
-    batch, seq = torch.export.Dim("batch"), torch.export.Dim("sequence", max=model.config.max_position_embeddings)
+    batch, seq = torch.export.Dim("batch"), torch.export.Dim("sequence", max=model.config.max_length)
     fp32_path = path.with_name(path.stem + ".fp32.onnx") if int8 else path
     try:
         with _quiet():
@@ -111,7 +111,7 @@ def export_onnx(
                 graph,
                 example,
                 input_names=list(INPUTS),
-                output_names=output_names(head),
+                output_names=output_names(head, encoder.pooler is not None),
                 dynamic_shapes=({0: batch, 1: seq},) * 3,
                 dynamo=True,
                 opset_version=18,
@@ -188,6 +188,8 @@ class OnnxModel:
         outputs = {o.name: o.shape for o in self.session.get_outputs()}
         ranks = {name: len(shape) for name, shape in outputs.items()}
         found = next((h for h, want in GRAPH_OUTPUTS.items() if want == ranks), "?")
+        if ranks == {"last_hidden_state": 3}:  # an encoder without a pooler
+            found = None
         if found != self.head_name:
             what = f"a graph with outputs {', '.join(outputs)}" if found == "?" else f"the graph of {_graph(found)}"
             if self.head_name is None:  # embed on a fine-tuned model: its graph has no hidden states
@@ -227,5 +229,5 @@ class OnnxModel:
             zip(self.outputs, (torch.from_numpy(np.asarray(a)) for a in self.session.run(None, feed)), strict=True)
         )
         if self.head_name is None:
-            return EncoderOutput(out["last_hidden_state"], out["pooler_output"])
+            return EncoderOutput(out["last_hidden_state"], out.get("pooler_output"))
         return HeadOutput(out["logits"], end_logits=out.get("end_logits"))

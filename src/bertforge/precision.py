@@ -104,7 +104,7 @@ def smoothing_factors(model: nn.Module, alpha: float = 0.5) -> dict[nn.Linear, t
             ranges[linear] = torch.maximum(ranges[linear], a) if linear in ranges else a
 
         hooks = [linear.register_forward_hook(record) for linear in linears]
-        vocab, length = bert.config.vocab_size, min(64, bert.config.max_position_embeddings)
+        vocab, length = bert.config.vocab_size, min(64, bert.config.max_length)
         ids = torch.randint(min(1000, vocab // 2), vocab, (16, length), generator=generator)
         try:
             with torch.inference_mode():

@@ -378,6 +378,41 @@ def test_no_nsp_packs_documents(tmp, tok_en):
     assert "next_sentence_label" not in batch
 
 
+def test_sentence_order_pairs_are_continuations_swapped_half_the_time(tmp, tok_en):
+    shards = run(tmp, "sop", sop=True)
+    assert shards.manifest["sop"] is True
+    docs = [ids for ids, _ in document_streams(CORPUS_EN, tok_en)]
+    labels = []
+    for x in instances(shards):
+        a, b = segments(x)
+        doc = docs[int(x["document"])]
+        if find(b, doc) < 0:  # only a single-sentence chunk takes a random B, as ALBERT's does
+            assert x["next_sentence_label"] == 1 and find(a, doc) >= 0
+            continue
+        first, second = (a, b) if x["next_sentence_label"] == 0 else (b, a)
+        assert find(second, doc, find(first, doc) + len(first)) >= 0  # in order, or swapped
+        labels.append(int(x["next_sentence_label"]))
+    assert 0.4 < np.mean(labels) < 0.6 and len(labels) > 100
+
+
+def test_packing_fills_blocks_across_one_document_boundary(tmp, tok_en):
+    shards = run(tmp, "pack", nsp=False, pack=True, dupe_factor=1, short_seq_prob=0.0, eval_fraction=0.0,
+                 chunk_documents=1000)  # fmt: skip
+    stream = np.concatenate([ids for ids, _ in document_streams(CORPUS_EN, tok_en)])
+    pieces, lengths = [], []
+    for x in instances(shards):
+        a, b = segments(x)
+        pieces += [a, b]
+        lengths.append(len(a) + len(b))
+        assert originals(x)[-1] == tok_en.sep_id and len(originals(x)) <= 64
+    assert np.array_equal(np.concatenate(pieces), stream)  # every token once, in order
+    assert all(n == 61 for n in lengths[:-1])  # full blocks (64 less three specials) but the last
+    with pytest.raises(BertforgeError, match="--pack fills single segments"):
+        PretrainDataConfig(pack=True).check()
+    with pytest.raises(BertforgeError, match="sentence-order pairs need pairs"):
+        PretrainDataConfig(sop=True, nsp=False).check()
+
+
 # -- determinism and dynamic masking --------------------------------------------------------------------------
 def shard_files(directory: Path) -> dict[str, bytes]:
     return {p.name: p.read_bytes() for p in sorted(directory.iterdir())}

@@ -30,6 +30,20 @@ def prepare_pretrain(
             "--max-seq-len tokens (MLM only).",
         ),
     ] = True,
+    sop: Annotated[
+        bool,
+        typer.Option(
+            "--sop", help="Sentence-order pairs (ALBERT): B is A's continuation, the two swapped half the time."
+        ),
+    ] = False,
+    pack: Annotated[
+        bool,
+        typer.Option(
+            "--pack",
+            help="With --no-nsp: segments run on into the next document, a separator between (RoBERTa's "
+            "FULL-SENTENCES).",
+        ),
+    ] = False,
     whole_word_mask: Annotated[
         bool, typer.Option("--whole-word-mask", help="Mask whole words (Chinese: words from --zh-segmenter).")
     ] = False,
@@ -70,6 +84,8 @@ def prepare_pretrain(
     config = PretrainDataConfig(
         max_seq_len=max_seq_len,
         nsp=nsp,
+        sop=sop,
+        pack=pack,
         whole_word_mask=whole_word_mask,
         dynamic_mask=dynamic_mask,
         masked_lm_prob=masked_lm_prob,
@@ -181,6 +197,7 @@ def _pretrain(
     data: Path,
     out: Path,
     preset: str,
+    family: str,
     config: Path | None,
     init: str | None,
     dropout: float | None,
@@ -191,7 +208,7 @@ def _pretrain(
     from ..train import TrainArgs
 
     args = TrainArgs(out=out, device=device, **train_args)
-    if run(data, out, args, preset=preset, config=config, init=init, dropout=dropout):
+    if run(data, out, args, preset=preset, family=family, config=config, init=init, dropout=dropout):
         typer.echo(f"wrote {out / 'final'} and {out / 'curves.png'}")
 
 
@@ -202,6 +219,13 @@ def _pretrain_command():
         option("data", Path, help="Shards written by prepare-pretrain."),
         option("out", Path, help="Run directory: checkpoints/, metrics.jsonl, curves.png, final/."),
         option("preset", str, "mini", "Model size: tiny, mini, small, medium, base, large or L{n}-H{m}."),
+        option(
+            "family",
+            str,
+            "bert",
+            "The preset's family: bert, roberta, xlm-roberta, distilbert, albert (shards without NSP for "
+            "RoBERTa and DistilBERT; --sop shards for ALBERT's sentence order).",
+        ),
         option("config", Path | None, None, "A config.json instead of a preset.", dir_okay=False),
         option(
             "init",

@@ -35,6 +35,8 @@ class PretrainDataConfig:
 
     max_seq_len: int = 128  # tokens per instance, [CLS] and [SEP]s included
     nsp: bool = True  # sentence pairs with a next-sentence label; False packs single segments (MLM only)
+    sop: bool = False  # ALBERT's sentence order instead: B is A's continuation, the two swapped half the time
+    pack: bool = False  # no NSP: blocks fill up across a document boundary, </s> between (RoBERTa's FULL-SENTENCES)
     whole_word_mask: bool = False  # mask all pieces of a word together (Chinese: jieba words)
     dynamic_mask: bool = False  # store no masks; PretrainShards.collate draws them per batch
     masked_lm_prob: float = 0.15
@@ -51,6 +53,8 @@ class PretrainDataConfig:
         """Raise BertforgeError on a setting that cannot work."""
         problems = [
             (self.max_seq_len < (5 if self.nsp else 3), f"max_seq_len {self.max_seq_len} leaves no room for text"),
+            (self.sop and not self.nsp, "sentence-order pairs need pairs: drop --no-nsp"),
+            (self.pack and self.nsp, "--pack fills single segments across documents: add --no-nsp"),
             (not 0 < self.masked_lm_prob < 1, f"masked_lm_prob {self.masked_lm_prob} must be in (0, 1)"),
             (self.max_predictions_per_seq < 1, f"max_predictions_per_seq {self.max_predictions_per_seq} must be >= 1"),
             (not 0 <= self.short_seq_prob <= 1, f"short_seq_prob {self.short_seq_prob} must be in [0, 1]"),
@@ -173,7 +177,7 @@ def _document_spans(
             m = i - chunk_start + 1  # sentences in the chunk
             a_end = chunk_start + (int(rng.integers(1, m)) if m >= 2 else 1)
             a = [int(ends[chunk_start]), int(ends[a_end])]
-            if m == 1 or rng.random() < 0.5:
+            if m == 1 or (not cfg.sop and rng.random() < 0.5):
                 if len(pool) > 1:
                     r = int(rng.integers(0, len(pool) - 1))
                     r += r >= own  # any document but this one
@@ -191,10 +195,48 @@ def _document_spans(
             else:
                 b = [int(ends[a_end]), int(ends[i + 1])]
                 label = 0
+                if cfg.sop and rng.random() < 0.5:
+                    a, b, label = b, a, 1  # sentence order: swapped
             _truncate_pair(a, b, max_tokens, rng)
             yield a, b, label
             chunk_start, length = i + 1, 0
         i += 1
+
+
+def _spans(
+    work: _Work, split: str, lo: int, hi: int, rng: np.random.Generator
+) -> Iterator[tuple[int, list[int], list[int] | None, int]]:
+    """(document, A span, B span or None, label) for the instances of documents [lo, hi) of a split."""
+    if work.config.pack:
+        yield from _packed_spans(work, split, lo, hi)
+        return
+    for position in range(lo, hi):
+        doc = int(work.splits[split][position])
+        for a, b, label in _document_spans(work, split, position, rng):
+            yield doc, a, b, label
+
+
+def _packed_spans(work: _Work, split: str, lo: int, hi: int) -> Iterator[tuple[int, list[int], list[int] | None, int]]:
+    """Full-length blocks over documents [lo, hi) in order: a block that reaches the end of its
+    document goes on with the next one's start as its B segment (one boundary a block)."""
+    corpus, room = work.corpus, work.config.max_seq_len - 3
+    ends, bounds = corpus.sentence_offsets, corpus.document_offsets
+    docs = [int(d) for d in work.splits[split][lo:hi] if ends[bounds[d + 1]] > ends[bounds[d]]]  # (not empty)
+    spans = [[int(ends[bounds[d]]), int(ends[bounds[d + 1]])] for d in docs]
+    k = 0
+    while k < len(docs):
+        start, end = spans[k]
+        if start >= end:  # used up (as the B of the block before)
+            k += 1
+        elif end - start >= room or k + 1 == len(docs):
+            spans[k][0] = min(end, start + room)
+            yield docs[k], [start, spans[k][0]], None, 0
+        else:
+            nxt = spans[k + 1]
+            b = [nxt[0], min(nxt[1], nxt[0] + room - (end - start))]
+            spans[k][0], nxt[0] = end, b[1]
+            yield docs[k], [start, end], b, 0
+            k += 1
 
 
 def _make_instances(task: tuple[str, int, int, int, int]) -> _Instances:
@@ -207,31 +249,29 @@ def _make_instances(task: tuple[str, int, int, int, int]) -> _Instances:
     sep = np.array([work.sep_id], dtype=np.int64)
     zero = np.zeros(1, dtype=np.uint8)
     out: dict[str, list] = {f.name: [] for f in fields(_Instances)}
-    for position in range(lo, hi):
-        doc = int(work.splits[split][position])
-        for a, b, label in _document_spans(work, split, position, rng):
-            pieces = [cls, corpus.tokens[a[0] : a[1]], sep]
-            if b is not None:
-                pieces += [corpus.tokens[b[0] : b[1]], sep]
-            ids = np.concatenate(pieces).astype(np.int64)
-            continues = None
-            if corpus.word_continues is not None:
-                w = corpus.word_continues
-                parts = [zero, w[a[0] : a[1]], zero] + ([w[b[0] : b[1]], zero] if b is not None else [])
-                continues = np.concatenate(parts)
-            out["b_start"].append(a[1] - a[0] + 2 if b is not None else len(ids))
-            out["document"].append(doc)
-            out["nsp_label"].append(label)
-            out["lengths"].append(len(ids))
-            if cfg.dynamic_mask:
-                out["input_ids"].append(ids)
-                out["word_continues"].append(continues)
-            else:
-                masked, positions, labels = mask_tokens(ids, work.rule, rng, continues)
-                out["input_ids"].append(masked)
-                out["mask_positions"].append(positions)
-                out["mask_labels"].append(labels)
-                out["mask_counts"].append(len(positions))
+    for doc, a, b, label in _spans(work, split, lo, hi, rng):
+        pieces = [cls, corpus.tokens[a[0] : a[1]], sep]
+        if b is not None:
+            pieces += [corpus.tokens[b[0] : b[1]], sep]
+        ids = np.concatenate(pieces).astype(np.int64)
+        continues = None
+        if corpus.word_continues is not None:
+            w = corpus.word_continues
+            parts = [zero, w[a[0] : a[1]], zero] + ([w[b[0] : b[1]], zero] if b is not None else [])
+            continues = np.concatenate(parts)
+        out["b_start"].append(a[1] - a[0] + 2 if b is not None else len(ids))
+        out["document"].append(doc)
+        out["nsp_label"].append(label)
+        out["lengths"].append(len(ids))
+        if cfg.dynamic_mask:
+            out["input_ids"].append(ids)
+            out["word_continues"].append(continues)
+        else:
+            masked, positions, labels = mask_tokens(ids, work.rule, rng, continues)
+            out["input_ids"].append(masked)
+            out["mask_positions"].append(positions)
+            out["mask_labels"].append(labels)
+            out["mask_counts"].append(len(positions))
     n = len(out["lengths"])
 
     def flat(name: str, dtype) -> np.ndarray:
