@@ -115,5 +115,5 @@ def test_similarity_ranks_a_paraphrase_above_an_unrelated_sentence(embedder):
 
 
 def test_unknown_pooling_is_an_error(embedder):
-    with pytest.raises(bertforge.BertforgeError, match="unknown pooling 'max'"):
-        embedder(["x"], pooling="max")
+    with pytest.raises(bertforge.BertforgeError, match="unknown pooling 'median'"):
+        embedder(["x"], pooling="median")

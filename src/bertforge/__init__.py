@@ -26,6 +26,8 @@ _EXPORTS = {
     "train_vocab": "tokenizer",
     "Embedder": "infer",
     "embed": "infer",
+    "save_sentence_transformer": "infer",
+    "SentenceModules": "sentence",
     "finetune": "api",
     "evaluate_file": "api",
     "predict_file": "api",
@@ -40,6 +42,7 @@ __all__ = [
     "BertforgeError",
     "Embedder",
     "EncoderOutput",
+    "SentenceModules",
     "Tokenizer",
     "embed",
     "evaluate_file",
@@ -50,6 +53,7 @@ __all__ = [
     "pipeline",
     "predict_file",
     "save_pretrained",
+    "save_sentence_transformer",
     "train_vocab",
 ]
 __version__ = "0.1.0"
@@ -72,7 +76,8 @@ if TYPE_CHECKING:
     from .checkpoint import load_pretrained, load_with_report, save_pretrained
     from .config import BertConfig
     from .heads import BertWithHead
-    from .infer import Embedder, embed
+    from .infer import Embedder, embed, save_sentence_transformer
     from .model import BertModel, EncoderOutput
     from .pipelines import pipeline
+    from .sentence import SentenceModules
     from .tokenizer import Tokenizer, train_vocab

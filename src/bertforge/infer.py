@@ -2,7 +2,8 @@
 (unpadded) encoder, and hand results back in the caller's order.
 
 Sorting by length means a batch pads little; the unpadded encoder then spends nothing on the padding
-that is left. ``embed`` and ``Embedder`` build sentence embeddings on top of it.
+that is left. ``embed`` and ``Embedder`` build sentence embeddings on top of it, with the modules of a
+sentence-transformers directory (``sentence.py``) after the encoder.
 """
 
 from __future__ import annotations
@@ -21,12 +22,11 @@ from .batch import token_batches
 from .device import default_max_tokens, model_device, thread_tuner
 from .errors import BertforgeError
 from .model import BertModel, EncoderOutput
-from .modeldir import ModelDir, PoolingSettings
+from .modeldir import ModelDir
 from .outputs import progress_bar
 from .precision import prepare
+from .sentence import Pooling, SentenceModules, lowercased, prompt_length, write_sentence_modules
 from .tokenizer import Tokenizer
-
-POOLING = ("mean", "cls", "pooler")
 
 
 def run_batches(
@@ -69,17 +69,8 @@ def run_batches(
 
 
 def pool(output: EncoderOutput, attention_mask: Tensor, pooling: str) -> Tensor:
-    """(B, H) sentence vectors: mean over real tokens, the [CLS] vector, or the tanh pooler."""
-    if pooling == "mean":
-        m = attention_mask.unsqueeze(-1).to(output.last_hidden_state.dtype)
-        return (output.last_hidden_state * m).sum(1) / m.sum(1).clamp(min=1e-9)
-    if pooling == "cls":
-        return output.last_hidden_state[:, 0]
-    if pooling == "pooler":
-        if output.pooler_output is None:
-            raise BertforgeError("this model has no pooler (DistilBERT and ELECTRA have none): use mean or cls pooling")
-        return output.pooler_output
-    raise BertforgeError(f"unknown pooling {pooling!r} (choose from {', '.join(POOLING)})")
+    """(B, H) sentence vectors in one of ``sentence.POOLING``'s modes (mean, cls, max..., or the tanh pooler)."""
+    return Pooling((pooling,))(output, attention_mask)
 
 
 def embed(
@@ -87,24 +78,29 @@ def embed(
     tokenizer: Tokenizer,
     texts: Sequence[str],
     *,
-    pooling: str = "mean",
-    normalize: bool = True,
+    pooling: str | None = None,
+    normalize: bool | None = None,
     max_length: int = 512,
     max_tokens: int | None = None,
     progress: bool = False,
+    modules: SentenceModules | None = None,
+    prompt: str | None = None,
 ) -> np.ndarray:
-    """(len(texts), H) float32 embeddings in the order given."""
-    if pooling not in POOLING:
-        raise BertforgeError(f"unknown pooling {pooling!r} (choose from {', '.join(POOLING)})")
+    """(len(texts), D) float32 embeddings in the order given: ``modules`` (default: mean pooling,
+    normalised) after the encoder, with ``pooling``/``normalize`` overriding theirs; ``prompt`` goes
+    before each text (and out of the pooling where the Pooling step excludes it)."""
+    modules = (modules or SentenceModules()).override(pooling, normalize).check(model.config.hidden_size)
+    if prompt:
+        texts = [prompt + t if isinstance(t, str) else t for t in texts]
+    skip = prompt_length(tokenizer, prompt, max_length) if prompt else 0
     encodings = tokenizer.encode_batch(list(texts), max_length=max_length)
 
     def fn(out: EncoderOutput, batch: dict[str, Tensor]) -> Tensor:
-        v = pool(out, batch["attention_mask"], pooling).float()
-        return torch.nn.functional.normalize(v, dim=-1) if normalize else v
+        return modules.apply(out, batch["attention_mask"], skip)
 
-    result = np.zeros((len(texts), model.config.hidden_size), dtype=np.float32)
+    result = np.zeros((len(texts), modules.dimension(model.config.hidden_size)), dtype=np.float32)
     batches = run_batches(
-        model, tokenizer, encodings, fn, max_tokens=max_tokens, progress=progress, pool=pooling == "pooler"
+        model, tokenizer, encodings, fn, max_tokens=max_tokens, progress=progress, pool=modules.needs_pooler
     )
     for idx, vectors in batches:
         result[idx] = vectors.cpu().numpy()
@@ -113,11 +109,12 @@ def embed(
 
 @dataclass
 class Embedder:
-    """A sentence encoder ready to use: model, tokenizer and the checkpoint's pooling settings."""
+    """A sentence encoder ready to use: model, tokenizer and the directory's sentence-transformers
+    modules (``settings``: pooling, Dense, Normalize, prompts, similarity and length)."""
 
     model: BertModel
     tokenizer: Tokenizer
-    settings: PoolingSettings
+    settings: SentenceModules
 
     @classmethod
     def from_pretrained(
@@ -129,8 +126,9 @@ class Embedder:
         compile: bool = False,
     ) -> Embedder:
         md = ModelDir.open(name_or_path)
-        tokenizer = md.tokenizer
-        return cls(load_for_inference(md, None, device, precision, runtime, compile), tokenizer, md.pooling)
+        settings, tokenizer = md.sentence, md.tokenizer
+        model = load_for_inference(md, None, device, precision, runtime, compile)
+        return cls(model, lowercased(tokenizer) if settings.lowercase else tokenizer, settings.to(model_device(model)))
 
     def __call__(
         self,
@@ -141,26 +139,43 @@ class Embedder:
         max_length: int | None = None,
         max_tokens: int | None = None,
         progress: bool = False,
+        prompt_name: str | None = None,
+        prompt: str | None = None,
     ) -> np.ndarray:
+        """Embeddings of ``texts``; ``pooling``/``normalize`` override the directory's, ``prompt`` or
+        ``prompt_name`` (one of its prompts) replaces its default prompt."""
+        limit = self.model.config.max_length
         return embed(
             self.model,
             self.tokenizer,
             texts,
-            pooling=pooling or self.settings.pooling,
-            normalize=self.settings.normalize if normalize is None else normalize,
-            max_length=max_length
-            if max_length is not None
-            else min(self.settings.max_length, self.model.config.max_length),
+            pooling=pooling,
+            normalize=normalize,
+            max_length=max_length if max_length is not None else min(self.settings.max_length or limit, limit),
             max_tokens=max_tokens,
             progress=progress,
+            modules=self.settings,
+            prompt=self.settings.resolve_prompt(prompt, prompt_name),
         )
 
     def similarity(self, a: Sequence[str], b: Sequence[str], **kwargs) -> np.ndarray:
-        """Cosine similarity of each pair (a[i], b[i])."""
+        """The score of each pair (a[i], b[i]) under the directory's similarity function (cosine unless
+        it names dot, euclidean or manhattan)."""
         if len(a) != len(b):
             raise BertforgeError(f"{len(a)} first sentences but {len(b)} second sentences")
-        v = self(list(a) + list(b), normalize=True, **kwargs)  # one pass: better batches
-        return (v[: len(a)] * v[len(a) :]).sum(axis=1)
+        v = torch.from_numpy(self(list(a) + list(b), **kwargs))  # one pass: better batches
+        return self.settings.similarity(v[: len(a)], v[len(a) :]).numpy()
+
+
+def save_sentence_transformer(
+    model: BertModel, directory: str | Path, tokenizer: Tokenizer, modules: SentenceModules | None = None
+) -> Path:
+    """An encoder saved as a sentence-transformers directory (config.json, weights and tokenizer at the
+    root, then modules.json and each module's folder) that ``SentenceTransformer(directory)`` loads."""
+    from .checkpoint import save_pretrained
+
+    write_sentence_modules(directory, modules or SentenceModules(), model.config.hidden_size)  # (checked first)
+    return save_pretrained(model, directory, tokenizer=tokenizer)
 
 
 def load_for_inference(

@@ -1,67 +1,59 @@
-"""A model directory opened once: its path, config, tokenizer, saved task settings and pooling.
+"""A model directory opened once: its path, config, tokenizer, saved task settings and sentence modules.
 
 Every verb (embed, predict, evaluate, serve, finetune, export) starts from ``ModelDir.open``, so a
 directory is resolved once and its config.json parsed once; damaged files are one-line errors here.
+A sentence-transformers directory whose Transformer module lives in a subfolder opens at that folder.
 """
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
 
-from .assets import resolve_model_dir
+from .assets import resolve_model_dir, resolve_path
 from .config import BertConfig
 from .errors import BertforgeError
+from .sentence import SentenceModules, encoder_folder, read_sentence_dir
 from .spec import TaskSpec
 from .tokenizer import Tokenizer
 
-
-@dataclass
-class PoolingSettings:
-    """How a sentence encoder turns token vectors into one vector (sentence-transformers' settings)."""
-
-    pooling: str = "mean"
-    normalize: bool = True
-    max_length: int = 512
+# What a sentence encoder does after its encoder (``.pooling``, ``.normalize``, ``.max_length`` as before,
+# now every sentence-transformers module): the older name of ``sentence.SentenceModules``.
+PoolingSettings = SentenceModules
 
 
-def pooling_settings(directory: Path) -> PoolingSettings:
-    """What a sentence-transformers directory says about pooling (1_Pooling/config.json), normalisation
-    (a Normalize module in modules.json) and length (sentence_bert_config.json); else mean, normalised, 512."""
-    s = PoolingSettings()
-    pooling_cfg = directory / "1_Pooling" / "config.json"
-    if pooling_cfg.is_file():
-        cfg = json.loads(pooling_cfg.read_text(encoding="utf-8"))
-        if cfg.get("pooling_mode_cls_token"):
-            s.pooling = "cls"
-        elif cfg.get("pooling_mode_mean_tokens"):
-            s.pooling = "mean"
-    modules = directory / "modules.json"
-    if modules.is_file():
-        types = [m.get("type", "") for m in json.loads(modules.read_text(encoding="utf-8"))]
-        s.normalize = any(t.endswith("Normalize") for t in types)
-    sbert = directory / "sentence_bert_config.json"
-    if sbert.is_file():
-        s.max_length = int(json.loads(sbert.read_text(encoding="utf-8")).get("max_seq_length", s.max_length))
-    return s
+def pooling_settings(directory: Path) -> SentenceModules:
+    """What a directory's sentence-transformers modules do after the encoder (modules.json, 1_Pooling,
+    2_Dense, Normalize, its prompts and length); else mean pooling, normalised."""
+    return read_sentence_dir(Path(directory))
 
 
 @dataclass
 class ModelDir:
     """One model directory. ``saved`` is its "bertforge" task settings, or None (a bare encoder or a
-    transformers task architecture: the task registry reads ``architecture`` then)."""
+    transformers task architecture: the task registry reads ``architecture`` then). ``root`` is the
+    directory opened: ``path`` itself, or the sentence-transformers directory ``path`` is the encoder of."""
 
     path: Path
     config: BertConfig
     saved: TaskSpec | None
+    root: Path | None = None
+
+    def __post_init__(self) -> None:
+        if self.root is None:
+            self.root = self.path
 
     @classmethod
     def open(cls, name_or_path: str | Path | ModelDir) -> ModelDir:
         if isinstance(name_or_path, ModelDir):
             return name_or_path
-        path = resolve_model_dir(name_or_path)
+        root = resolve_path(name_or_path)
+        root = root.parent if root.is_file() else root
+        folder = encoder_folder(root)
+        if folder and not (root / folder / "config.json").is_file():
+            raise BertforgeError(f"{root / 'modules.json'}: its Transformer folder {folder!r} has no config.json")
+        path = resolve_model_dir(root / folder)
         config = BertConfig.from_json(path / "config.json")
         settings = config.extra.get("bertforge")
         saved = None
@@ -70,7 +62,7 @@ class ModelDir:
                 saved = TaskSpec.from_dict(settings, "bertforge")
             except BertforgeError as e:
                 raise BertforgeError(f"{path / 'config.json'}: {e}") from None
-        return cls(path, config, saved)
+        return cls(path, config, saved, root)
 
     @property
     def architecture(self) -> str:
@@ -90,8 +82,13 @@ class ModelDir:
         return tokenizer
 
     @cached_property
-    def pooling(self) -> PoolingSettings:
-        return pooling_settings(self.path)
+    def sentence(self) -> SentenceModules:
+        """Its sentence-transformers modules (Pooling, Dense, Normalize), prompts, similarity and length."""
+        return read_sentence_dir(self.root, self.config.hidden_size)
+
+    @property
+    def pooling(self) -> SentenceModules:
+        return self.sentence
 
     def onnx_path(self, precision: str) -> Path:
         """Where `bertforge export onnx` puts this directory's graph."""
