@@ -5,10 +5,12 @@ equal transformers' and torch's."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import torch
 import transformers
-from conftest import quick_args, sentiment_rows, write_csv
+from conftest import BERTFORGE, quick_args, sentiment_rows, write_csv
 
 import bertforge
 from bertforge.api import finetune
@@ -60,6 +62,38 @@ def test_finetune_classify_and_transformers_predicts_the_same(family_dir, tmp_pa
     assert [p["label"] for p in ours] == [hf.config.id2label[i] for i in probs.argmax(-1).tolist()]
     for p, row in zip(ours, probs, strict=True):
         assert p["probabilities"][p["label"]] == pytest.approx(float(row.max()), abs=1e-4)
+    served = _served(out, tmp_path, "/v1/classify", {"texts": TEXTS})["predictions"]  # the real server too
+    assert [p["label"] for p in served] == [p["label"] for p in ours]
+    assert all(abs(a["score"] - b["score"]) < 1e-5 for a, b in zip(served, ours, strict=True))
+
+
+def _served(model: Path, logs: Path, endpoint: str, body: dict) -> dict:
+    """``body`` posted to ``endpoint`` of a ``bertforge serve`` of ``model`` on a free loopback port."""
+    import socket
+    import subprocess
+    import time
+
+    import httpx
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    with (logs / "serve.err").open("w") as err:
+        proc = subprocess.Popen([str(BERTFORGE), "serve", "--model", str(model), "--port", str(port)], stderr=err)
+    try:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            assert proc.poll() is None, (logs / "serve.err").read_text()
+            try:
+                r = httpx.post(f"http://127.0.0.1:{port}{endpoint}", json=body, timeout=60)
+                assert r.status_code == 200, r.text
+                return r.json()
+            except httpx.TransportError:
+                time.sleep(0.3)
+        raise AssertionError("the server did not answer")
+    finally:
+        proc.terminate()
+        proc.wait(timeout=60)
 
 
 def test_embeddings_equal_transformers_mean_pooling(family_dir):
@@ -107,7 +141,6 @@ def test_every_precision_runs_each_family(family_dir, precision):
     ],
 )
 def test_pretrain_a_family_from_raw_text(tmp_path, family, kind, data, hf_class):
-    from pathlib import Path
 
     from bertforge.api import pretrain
     from bertforge.data.pretrain import PretrainDataConfig, prepare
@@ -179,3 +212,16 @@ def test_token_level_tasks_on_each_family(family_dir, tmp_path, task, rows, auto
         context = "Carol flew to Oslo on Monday"
         answer = bertforge.pipeline("qa", out)({"question": "Where did Carol fly?", "context": context})
         assert context[answer["start"] : answer["end"]] == answer["answer"]
+
+
+def test_a_transformers_classifier_of_any_family_predicts_without_our_settings(family_dir, tmp_path):
+    family, model_dir = family_dir
+    hf = transformers.AutoModelForSequenceClassification.from_pretrained(model_dir, num_labels=2).eval()
+    hf.save_pretrained(tmp_path / "clf")  # as a user's fine-tuned checkpoint: no "bertforge" settings
+    tok = transformers.AutoTokenizer.from_pretrained(model_dir)
+    tok.save_pretrained(tmp_path / "clf")
+    with torch.no_grad():
+        probs = torch.softmax(hf(**tok(TEXTS, padding=True, return_tensors="pt")).logits, -1)
+    ours = bertforge.pipeline("classify", tmp_path / "clf")(TEXTS)
+    for p, row in zip(ours, probs, strict=True):
+        assert p["probabilities"]["LABEL_1"] == pytest.approx(float(row[1]), abs=1e-4)

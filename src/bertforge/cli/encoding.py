@@ -113,7 +113,11 @@ def embed(
     input: Annotated[Path, typer.Option("--input", "-i", dir_okay=False, help="Text file, one text a line.")],
     output: Annotated[Path, typer.Option("--output", "-o", help=".npy (float32 matrix) or .jsonl.")],
     pooling: Annotated[
-        str | None, typer.Option(help="mean | cls | pooler (default: the checkpoint's, else mean).")
+        str | None,
+        typer.Option(
+            help="mean | cls | max | mean_sqrt_len_tokens | weightedmean | lasttoken | pooler, or several "
+            "joined by + (default: the checkpoint's, else mean)."
+        ),
     ] = None,
     normalize: Annotated[
         bool | None, typer.Option("--normalize/--no-normalize", help="L2-normalise (default: the checkpoint's).")
@@ -190,12 +194,15 @@ def similarity(
         ),
     ] = None,
     threshold: Annotated[
-        float, typer.Option(min=-1, max=1, help="Cosine at or above which the verdict is 'same'.")
+        float,
+        typer.Option(
+            help="Similarity at or above which the verdict is 'same' (cosine, unless the model says otherwise)."
+        ),
     ] = SAME_MEANING_THRESHOLD,
     precision: Precision = "fp32",
     device: Device = None,
 ) -> None:
-    """Do two sentences mean the same? Prints the cosine similarity and a verdict."""
+    """Do two sentences mean the same? Prints their similarity (cosine, or the model's own function) and a verdict."""
     from ..infer import Embedder
 
     if pairs is not None:
@@ -209,7 +216,9 @@ def similarity(
         a, b, gold = [sentences[0]], [sentences[1]], [None]
     else:
         raise BertforgeError("give two sentences, or --pairs FILE")
-    scores = Embedder.from_pretrained(model, device, precision).similarity(a, b)
+    embedder = Embedder.from_pretrained(model, device, precision)
+    scores = embedder.similarity(a, b)
+    name = embedder.settings.similarity_fn_name
     verdicts = [bool(s >= threshold) for s in scores]
     if pairs is None:
         typer.echo(f"{scores[0]:.4f}  {'same meaning' if verdicts[0] else 'different meaning'}")
@@ -221,9 +230,9 @@ def similarity(
 
     has_gold = any(g is not None for g in gold)
     typer.echo(
-        f"{'cosine':>6}  {'same?':5}  {'gold':4}  {'sentence A':{width}}  sentence B"
+        f"{name:>6}  {'same?':5}  {'gold':4}  {'sentence A':{width}}  sentence B"
         if has_gold
-        else f"{'cosine':>6}  {'same?':5}  {'sentence A':{width}}  sentence B"
+        else f"{name:>6}  {'same?':5}  {'sentence A':{width}}  sentence B"
     )
     for s, v, g, x, y in zip(scores, verdicts, gold, a, b, strict=True):
         g_txt = "" if g is None else ("yes" if g else "no")

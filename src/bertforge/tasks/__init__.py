@@ -25,11 +25,12 @@ TASKS: dict[str, type[FinetuneTask]] = {
 ENCODER_TASKS: dict[str, type[EncoderTask]] = {t.name: t for t in (EmbedTask, SimilarityTask, SummarizeTask)}
 ALIASES = {"summarize": "extsum", "question-answering": "qa"}
 
-# transformers task models without bertforge settings are read with a task's defaults
+# transformers task models (of any family: BertFor..., RobertaFor...) without bertforge settings are
+# read with a task's defaults
 ARCHITECTURE_TASKS = {
-    "BertForSequenceClassification": "classify",
-    "BertForTokenClassification": "tag",
-    "BertForQuestionAnswering": "qa",
+    "ForSequenceClassification": "classify",
+    "ForTokenClassification": "tag",
+    "ForQuestionAnswering": "qa",
 }
 
 
@@ -44,7 +45,7 @@ def saved_spec(md: ModelDir) -> TaskSpec | None:
     None for a bare encoder."""
     spec = md.saved
     if spec is None:
-        task = ARCHITECTURE_TASKS.get(md.architecture)
+        task = next((t for suffix, t in ARCHITECTURE_TASKS.items() if md.architecture.endswith(suffix)), None)
         if task is None:
             return None
         spec = TaskSpec(task, max_length=TASKS[task].default_max_length)
@@ -75,7 +76,10 @@ def fine_tuned(md: ModelDir, **overrides: Any) -> FinetuneTask:
     spec = TaskSpec.from_dict(
         {**saved.to_dict(), **{k: v for k, v in overrides.items() if v is not None}, "extra": extra}
     )
-    return TASKS[spec.task](spec, md.tokenizer, md.config.id2label)
+    id2label = md.config.id2label
+    if id2label is None and md.saved is None:  # transformers 5 writes no labels for its default two
+        id2label = {i: f"LABEL_{i}" for i in range(md.config.num_labels)}
+    return TASKS[spec.task](spec, md.tokenizer, id2label)
 
 
 def for_model(md: ModelDir, name: str | None = None, **settings: Any) -> FinetuneTask | EncoderTask:
