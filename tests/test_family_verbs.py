@@ -190,8 +190,25 @@ def _qa_rows(n: int) -> list[dict]:
     ]  # fmt: skip
 
 
-@pytest.mark.parametrize("task, rows, auto", [("tag", _tag_rows, "AutoModelForTokenClassification"),
-                                              ("qa", _qa_rows, "AutoModelForQuestionAnswering")])  # fmt: skip
+def _pair_rows(n: int) -> list[dict]:
+    rows = _tag_rows(n)
+    return [{"text": r["text"], "text_pair": rows[-1 - i]["text"], "label": "same" if r["text"] == rows[-1 - i]["text"]
+             else "different"} for i, r in enumerate(rows)]  # fmt: skip
+
+
+def _regress_rows(n: int) -> list[dict]:
+    return [{"text": r["text"], "label": len(r["text"]) / 30} for r in _tag_rows(n)]
+
+
+@pytest.mark.parametrize(
+    "task, rows, auto",
+    [
+        ("tag", _tag_rows, "AutoModelForTokenClassification"),
+        ("qa", _qa_rows, "AutoModelForQuestionAnswering"),
+        ("pair", _pair_rows, "AutoModelForSequenceClassification"),
+        ("regress", _regress_rows, "AutoModelForSequenceClassification"),
+    ],
+)
 def test_token_level_tasks_on_each_family(family_dir, tmp_path, task, rows, auto):
     import json
 
@@ -204,7 +221,10 @@ def test_token_level_tasks_on_each_family(family_dir, tmp_path, task, rows, auto
     assert metrics  # scored on the validation carved from train
     _, info = getattr(transformers, auto).from_pretrained(out, output_loading_info=True)
     assert not info["missing_keys"] and not info["unexpected_keys"]
-    if task == "tag":  # every entity's text is the text at its character span
+    if task in ("pair", "regress"):
+        assert len(bertforge.pipeline(task, out)([("Carol flew to Oslo", "Bob flew to Rome")]
+                                                 if task == "pair" else ["Carol flew to Oslo"])) == 1  # fmt: skip
+    elif task == "tag":  # every entity's text is the text at its character span
         text = "Carol flew to Oslo on Monday"
         for e in bertforge.pipeline("tag", out)(text)["entities"]:
             assert text[e["start"] : e["end"]] == e["text"]
