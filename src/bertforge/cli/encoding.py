@@ -195,9 +195,7 @@ def similarity(
     ] = None,
     threshold: Annotated[
         float,
-        typer.Option(
-            help="Similarity at or above which the verdict is 'same' (cosine, unless the model says otherwise)."
-        ),
+        typer.Option(min=-1, max=1, help="Cosine at or above which the verdict is 'same'."),
     ] = SAME_MEANING_THRESHOLD,
     precision: Precision = "fp32",
     device: Device = None,
