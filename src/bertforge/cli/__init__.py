@@ -5,6 +5,7 @@ from __future__ import annotations
 # each module registers its commands on the app, in the order --help lists them
 # isort: off
 from . import encoding  # noqa: F401
+from . import searching  # noqa: F401
 from . import training  # noqa: F401
 from . import predicting  # noqa: F401
 

@@ -1,0 +1,73 @@
+"""Semantic search from the command line: ``index`` a corpus once, ``search`` it with queries."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from ..errors import BertforgeError
+from .common import Model, Precision, app, read_texts
+
+
+@app.command()
+def index(
+    model: Model,
+    input: Annotated[
+        Path, typer.Option("--input", "-i", dir_okay=False, help="Corpus: JSONL/CSV/TSV with id and text columns.")
+    ],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Index directory to write.")],
+    dtype: Annotated[str, typer.Option(help="float32, or int8 (a quarter of the size).")] = "float32",
+    id_column: Annotated[str, typer.Option(help="The documents' id column (default: line numbers if absent).")] = "id",
+    text_column: Annotated[str, typer.Option(help="The documents' text column.")] = "text",
+    precision: Precision = "fp32",
+) -> None:
+    """Embed every document of a corpus into an on-disk index for `bertforge search`."""
+    from ..search import build_index
+
+    path = build_index(
+        model, input, out, dtype=dtype, id_column=id_column, text_column=text_column, precision=precision,
+        progress=True,
+    )  # fmt: skip
+    meta = json.loads((path / "index.json").read_text(encoding="utf-8"))
+    typer.echo(f"wrote {path} ({meta['documents']:,} documents, {meta['dim']} dims, {dtype})")
+
+
+@app.command()
+def search(
+    query: Annotated[list[str] | None, typer.Argument(help="Query text(s).")] = None,
+    index: Annotated[Path, typer.Option("--index", help="An index written by `bertforge index`.")] = Path("index"),
+    queries: Annotated[
+        Path | None, typer.Option("--queries", dir_okay=False, help="A query a line; prints JSONL, one line each.")
+    ] = None,
+    model: Annotated[
+        str | None, typer.Option("--model", "-m", help="Default: the model the index was built with.")
+    ] = None,
+    k: Annotated[int, typer.Option("--k", "-k", min=1, help="Hits per query.")] = 10,
+    corpus: Annotated[
+        Path | None, typer.Option("--corpus", dir_okay=False, help="The indexed corpus: print each hit's text too.")
+    ] = None,
+    precision: Precision = "fp32",
+) -> None:
+    """Top-k documents of an index for each query (exact cosine similarity)."""
+    from ..search import Index
+    from ..search import search as run
+
+    if (queries is None) == (not query):
+        raise BertforgeError("give query text(s) or --queries FILE (one of the two)")
+    texts = read_texts(queries) if queries is not None else list(query or [])
+    if model is None:
+        model = Index(index).meta["model"]
+    hits = run(index, model, texts, k=k, corpus=corpus, precision=precision)
+    for text, row in zip(texts, hits, strict=True):
+        if queries is not None:
+            found = [{"id": h.id, "score": round(h.score, 6), **({"text": h.text} if h.text is not None else {})}
+                     for h in row]  # fmt: skip
+            typer.echo(json.dumps({"query": text, "hits": found}, ensure_ascii=False))
+            continue
+        if len(texts) > 1:
+            typer.echo(f"# {text}")
+        for h in row:
+            typer.echo(f"{h.score:.4f}  {h.id}" + (f"  {h.text}" if h.text is not None else ""))
