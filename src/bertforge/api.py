@@ -104,9 +104,11 @@ def finetune(
     best = args.out / "best"
     if not best.is_dir():  # no evaluation happened: keep the last weights
         t.export(net, best)
-    for f in best.iterdir():
+    for f in best.iterdir():  # files, and the module folders of a sentence-transformers directory
         if f.is_file():
             shutil.copy2(f, out / f.name)
+        elif f.is_dir():
+            shutil.copytree(f, out / f.name, dirs_exist_ok=True)
     best_row = next(
         (r for r in state.history if r["step"] == state.best_step), state.history[-1] if state.history else {}
     )

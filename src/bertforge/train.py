@@ -249,7 +249,10 @@ def load_checkpoint(path: Path, model: nn.Module, optimizer, scheduler) -> Train
             f"{', '.join(current.values())}: resume with the same labels, or choose another --out"
         )
     try:
-        load_state(model, read_weights(path), str(path))
+        if hasattr(model, "load_saved"):  # a model written as more than one file (a sentence encoder's Dense steps)
+            model.load_saved(path)
+        else:
+            load_state(model, read_weights(path), str(path))
     except BertforgeError as e:
         raise BertforgeError(f"{e}; {hint}") from None
     try:
@@ -420,12 +423,14 @@ def _fitted_batch(args: TrainArgs, n: int, d: Dist) -> TrainArgs:
 
 
 def _micro_batches(task: Task, sched: Schedule, step: int, args: TrainArgs, d: Dist, max_tokens: int) -> list[dict]:
-    """This rank's micro-batches of ``step``, each run in parts of at most ``max_tokens`` padded tokens."""
+    """This rank's micro-batches of ``step``, each run in parts of at most ``max_tokens`` padded tokens, unless
+    the task's loss compares a batch's examples with each other (``splittable = False``: in-batch negatives)."""
     batches = []
+    whole = not getattr(task, "splittable", True)
     for k in range(args.grad_accum):
         epoch, g, idx = sched.micro_batch(step, k)
         rng = np.random.default_rng([args.seed, epoch, g, d.rank])
-        parts = budget_parts([task.size(i) for i in idx], max_tokens)
+        parts = [list(range(len(idx)))] if whole else budget_parts([task.size(i) for i in idx], max_tokens)
         batches.extend(task.collate([idx[j] for j in part], rng) for part in parts)
     return batches
 

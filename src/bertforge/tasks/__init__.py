@@ -13,6 +13,7 @@ from ..errors import BertforgeError
 from ..modeldir import ModelDir
 from ..spec import TaskSpec
 from .base import FinetuneTask, settings_of
+from .embed import EmbedTrainTask
 from .encoder import EmbedTask, EncoderTask, SimilarityTask, SummarizeTask
 from .extsum import ExtSumTask
 from .qa import QATask
@@ -20,7 +21,7 @@ from .sequence import PairTask, RegressTask, SequenceTask
 from .tag import TagTask
 
 TASKS: dict[str, type[FinetuneTask]] = {
-    t.name: t for t in (SequenceTask, PairTask, RegressTask, TagTask, QATask, ExtSumTask)
+    t.name: t for t in (SequenceTask, PairTask, RegressTask, TagTask, QATask, ExtSumTask, EmbedTrainTask)
 }
 ENCODER_TASKS: dict[str, type[EncoderTask]] = {t.name: t for t in (EmbedTask, SimilarityTask, SummarizeTask)}
 ALIASES = {"summarize": "extsum", "question-answering": "qa"}
@@ -54,6 +55,12 @@ def saved_spec(md: ModelDir) -> TaskSpec | None:
             f"{md.path / 'config.json'}: unknown bertforge.task {spec.task!r} (choose from {', '.join(TASKS)})"
         )
     return spec
+
+
+def is_encoder(spec: TaskSpec | None) -> bool:
+    """A bare encoder, or one fine-tuned to be a sentence encoder (``sentence_encoder``): it serves, and
+    pipelines run, the encoder's uses."""
+    return spec is None or getattr(TASKS[spec.task], "sentence_encoder", False)
 
 
 def finetune_task(name: str, spec: TaskSpec | None, md: ModelDir) -> FinetuneTask:
@@ -90,7 +97,7 @@ def for_model(md: ModelDir, name: str | None = None, **settings: Any) -> Finetun
     cls = TASKS.get(name) or ENCODER_TASKS.get(name)
     endpoint = cls.endpoint if cls is not None else None
     uses = {t.endpoint: t.name for t in ENCODER_TASKS.values()}
-    if endpoint in uses and (own is None or TASKS[own.task].endpoint != endpoint):
+    if endpoint in uses and (is_encoder(own) or TASKS[own.task].endpoint != endpoint):
         return encoder_task(uses[endpoint], settings)
     task = fine_tuned(md, extra=settings)
     if name is not None and name != task.name:
@@ -106,8 +113,8 @@ def encoder_task(name: str, settings: dict[str, Any] | None = None) -> EncoderTa
 
 
 def served(md: ModelDir) -> list[FinetuneTask | EncoderTask]:
-    """What a server offers for ``md``: the fine-tuned task, or every use of a bare encoder."""
-    if saved_spec(md) is not None:
+    """What a server offers for ``md``: the fine-tuned task, or every use of an encoder."""
+    if not is_encoder(saved_spec(md)):
         return [fine_tuned(md)]
     return [encoder_task(name) for name in ENCODER_TASKS]
 
@@ -123,6 +130,7 @@ __all__ = [
     "endpoints",
     "fine_tuned",
     "finetune_task",
+    "is_encoder",
     "for_model",
     "saved_spec",
     "served",
