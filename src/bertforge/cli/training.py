@@ -261,7 +261,8 @@ def finetune() -> None:
     """Fine-tune a model on your own data; keeps the best checkpoint by the validation metric.
 
     Metrics: classify/pair accuracy (and macro F1), regress Pearson, tag entity F1, qa SQuAD F1,
-    extsum sentence F1 against labels (ROUGE-2 against summaries when the validation data has no labels).
+    extsum sentence F1 against labels (ROUGE-2 against summaries when the validation data has no labels),
+    embed Spearman of cosine on scored pairs (recall@1 and MRR on pairs).
     """
 
 
