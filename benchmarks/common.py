@@ -96,3 +96,22 @@ def busy(n: int) -> Iterator[None]:
         for proc in procs:
             proc.kill()
             proc.wait()
+
+
+def timed_finetune(task: str, spec: Any, data: Any, train_csv: Any, args: Any, workdir: Any, warmup: int, **extra: Any):
+    """`finetune` as the fine-tuning benchmarks run it (minilm-l6, one evaluation at the end, the logs at
+    every ``warmup`` steps); returns the run's training log rows and its examples/s after the first log."""
+    import json
+
+    from bertforge import finetune
+    from bertforge.train import TrainArgs
+
+    targs = TrainArgs(
+        out=workdir / "run", epochs=args.epochs, lr=args.lr, batch_size=args.batch_size, warmup=0.1, seed=args.seed,
+        eval_every=10**9, patience=0, progress=False, device=args.device, log_every=warmup, **extra,
+    )  # fmt: skip
+    finetune(task, "minilm-l6", train_csv, workdir, valid_file=data / "valid.csv", spec=spec, args=targs)
+    rows = [json.loads(x) for x in (workdir / "run" / "metrics.jsonl").read_text().splitlines()]
+    train = [r for r in rows if r["split"] == "train"]
+    first, last = train[0], train[-1]  # first: the log at step `warmup`
+    return train, (last["step"] - first["step"]) * args.batch_size / (last["elapsed_s"] - first["elapsed_s"])

@@ -19,22 +19,20 @@ the training throughput ratio (examples per second of training steps after the f
 from __future__ import annotations
 
 import csv
-import json
 import math
 import tempfile
 import time
 from pathlib import Path
 
 import torch
-from common import argument_parser
+from common import argument_parser, timed_finetune
 from torch import nn
 
-from bertforge import BertforgeError, Embedder, evaluate_file, finetune
+from bertforge import BertforgeError, Embedder, evaluate_file
 from bertforge.assets import fetch
 from bertforge.device import pick_device
 from bertforge.distributed import Dist, Schedule
 from bertforge.tasks import TASKS, TaskSpec
-from bertforge.train import TrainArgs
 
 WARMUP = 10  # steps left out of the throughput on both sides
 COLUMNS = ["sentence1", "sentence2", "score"]
@@ -106,24 +104,7 @@ def run_sentence_transformers(model_dir: Path, train_rows, test_rows, args) -> t
 def run_bertforge(data: Path, train_csv: Path, args, workdir: Path) -> tuple[float, float]:
     """(test Spearman, training examples/s) of `finetune embed` (CoSENT, chosen by the scored pairs)."""
     spec = TaskSpec("embed", max_length=args.max_length, extra={"loss": "cosent", "scale": 20.0})
-    targs = TrainArgs(
-        out=workdir / "run",
-        epochs=args.epochs,
-        lr=args.lr,
-        batch_size=args.batch_size,
-        warmup=0.1,
-        seed=args.seed,
-        eval_every=10**9,  # once, at the end
-        patience=0,
-        progress=False,
-        device=args.device,
-        log_every=WARMUP,
-    )
-    finetune("embed", "minilm-l6", train_csv, workdir, valid_file=data / "valid.csv", spec=spec, args=targs)
-    rows = [json.loads(x) for x in (workdir / "run" / "metrics.jsonl").read_text().splitlines()]
-    train = [r for r in rows if r["split"] == "train"]
-    first, last = train[0], train[-1]  # first: the log at step WARMUP
-    throughput = (last["step"] - first["step"]) * args.batch_size / (last["elapsed_s"] - first["elapsed_s"])
+    _, throughput = timed_finetune("embed", spec, data, train_csv, args, workdir, WARMUP)
     return evaluate_file(workdir, data / "test.csv", device=args.device)["spearman"], throughput
 
 

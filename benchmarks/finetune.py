@@ -23,13 +23,12 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from common import argument_parser
+from common import argument_parser, timed_finetune
 
-from bertforge import BertforgeError, evaluate_file, finetune
+from bertforge import BertforgeError, evaluate_file
 from bertforge.assets import fetch
 from bertforge.device import pick_device
 from bertforge.tasks import TaskSpec
-from bertforge.train import TrainArgs
 
 WARMUP = 10  # steps left out of the throughput on both sides
 
@@ -111,28 +110,10 @@ def run_transformers(model_dir: Path, train_rows, test_rows, args) -> tuple[floa
 
 def run_bertforge(data: Path, train_csv: Path, args, workdir: Path) -> tuple[float, float]:
     spec = TaskSpec("classify", max_length=args.max_length)
-    targs = TrainArgs(
-        out=workdir / "run",
-        epochs=args.epochs,
-        lr=args.lr,
-        batch_size=args.batch_size,
-        warmup=0.1,
-        seed=args.seed,
-        eval_every=10**9,
-        patience=0,
-        progress=False,
-        device=args.device,
-        precision=args.precision,
-        log_every=WARMUP,
+    train, throughput = timed_finetune(
+        "classify", spec, data, train_csv, args, workdir, WARMUP, precision=args.precision
     )
-    finetune("classify", "minilm-l6", train_csv, workdir, valid_file=data / "valid.csv", spec=spec, args=targs)
-    import json
-
-    rows = [json.loads(x) for x in (workdir / "run" / "metrics.jsonl").read_text().splitlines()]
-    train = [r for r in rows if r["split"] == "train"]
-    first, last = train[0], train[-1]  # first: the log at step WARMUP
     print(f"bertforge: mean training loss over the last 50 steps {np.mean([r['loss'] for r in train[-5:]]):.4f}")
-    throughput = (last["step"] - first["step"]) * args.batch_size / (last["elapsed_s"] - first["elapsed_s"])
     accuracy = evaluate_file(workdir, data / "test.csv", device=args.device)["accuracy"]
     return accuracy, throughput
 
