@@ -130,7 +130,7 @@ class FirstToken(nn.Module):
         act = config.family.summary.get(head)
         self.dropout = _dropout(config)
         self.pre = nn.Linear(config.hidden_size, config.hidden_size) if act else None
-        self.act = {"tanh": torch.tanh, "relu": F.relu}.get(act) or ACTIVATIONS.get(act)
+        self.act = ACTIVATIONS[act] if act else None
 
     @property
     def pooled(self) -> bool:

@@ -31,6 +31,7 @@ ACTIVATIONS = {
     "relu": F.relu,
     "silu": F.silu,
     "swish": F.silu,
+    "tanh": torch.tanh,  # (RoBERTa's classifier; not a hidden_act any config names)
 }
 
 
