@@ -9,6 +9,7 @@ both sides.
 
     python benchmarks/pretrain.py                                    # mini, minilm and base shapes
     python benchmarks/pretrain.py --shapes base --precisions fp32 --busy 1
+    BERTFORGE_KERNELS=default python benchmarks/pretrain.py    # ours on PyTorch's products only (before)
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from common import Listed, add_busy, argument_parser, busy, machine
 
 from bertforge import BertConfig, BertWithHead, load_pretrained, save_pretrained
 from bertforge.assets import fetch
+from bertforge.precision import train_linears
 
 SHAPES = {"mini": "mini", "minilm": None, "base": "base"}  # None: minilm-l6's own config
 
@@ -108,7 +110,7 @@ def main() -> None:
             directory = save_pretrained(BertWithHead(config, "pretrain"), Path(tmp) / shape)
             data = batches(config, args.warmup + args.steps, args.batch_size, args.seq_len)
             for precision in args.precisions:
-                ours = load_pretrained(directory, head="pretrain").train()
+                ours = train_linears(load_pretrained(directory, head="pretrain").train())  # as `pretrain` runs it
                 hf = BertForPreTraining.from_pretrained(directory, attn_implementation="sdpa").train()
                 t_hf, t_ours = in_turns(
                     [step_fn(hf, False, precision), step_fn(ours, True, precision)], data, args.warmup

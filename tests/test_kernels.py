@@ -11,7 +11,8 @@ import torch
 
 from bertforge import kernels, load_pretrained
 from bertforge.device import ThreadTuner, available_cpus
-from bertforge.precision import FusedLinear, prepare
+from bertforge.kernels import TrainLinear
+from bertforge.precision import FusedLinear, prepare, train_linears
 
 
 def test_each_shape_is_timed_once_and_cached(tmp_path, monkeypatch):
@@ -44,6 +45,25 @@ def test_fp32_on_either_kernel_gives_the_same_numbers(minilm_dir, monkeypatch, p
         want, got = reference(ids, attention_mask=mask), model(ids, attention_mask=mask)
     real = mask.bool()
     torch.testing.assert_close(got.last_hidden_state[real], want.last_hidden_state[real], atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("forward,grad", [(True, True), (True, False), (False, True)])
+def test_training_on_either_kernel_gives_the_same_loss_and_gradients(our_model, make_batch, monkeypatch, forward, grad):
+    """The oneDNN forward and input gradient of ``TrainLinear`` equal PyTorch's (fp32, 1e-5), and a model
+    swapped by ``train_linears`` keeps its parameters and state dict."""
+    wins = lambda shapes: {s: forward if s[0] <= s[1] else grad for s in shapes}  # noqa: E731 (up-projections: forward)
+    monkeypatch.setattr("bertforge.precision.packed_wins", wins)
+    reference, model = our_model(seed=1), our_model(seed=1)
+    keys = list(model.state_dict())
+    train_linears(model)
+    assert list(model.state_dict()) == keys and any(isinstance(m, TrainLinear) for m in model.modules())
+    reference.eval(), model.eval()  # (no dropout: the two draw differently)
+    batch = make_batch([9, 5, 7])
+    weights = torch.randn(3, 9, 32, generator=torch.Generator().manual_seed(0))
+    for net in (reference, model):
+        (net(**batch).last_hidden_state * weights).sum().backward()
+    for (name, want), got in zip(reference.named_parameters(), model.parameters(), strict=True):
+        torch.testing.assert_close(got.grad, want.grad, atol=1e-5, rtol=1e-5, msg=name)
 
 
 def test_threads_follow_the_affinity_mask_not_the_core_count():

@@ -23,7 +23,7 @@ from torch import nn
 from torch.ao.nn.quantized.dynamic import Linear as DynamicLinear
 
 from .device import fit_threads, model_device, native_bf16, pick_device, resolve_precision
-from .kernels import packed_wins
+from .kernels import TrainLinear, packed_wins
 from .model import BertModel
 
 
@@ -186,6 +186,26 @@ def fuse_linears(model: nn.Module, only=None) -> nn.Module:
         if isinstance(up, FusedLinear) and up.post != "none":
             ffn.act = nn.Identity()
         ffn.up = up
+    return model
+
+
+def train_linears(model: nn.Module) -> nn.Module:
+    """For fp32 training on the CPU: each encoder linear layer as a ``TrainLinear``, its forward and its
+    input gradient on whichever product ``packed_wins`` measured faster for their shapes (in place, the
+    parameters shared). Layers where the default wins both ways stay plain."""
+    layers = [layer for bert in encoders(model) for layer in bert.layers]
+    slots = [
+        (m, n)
+        for layer in layers
+        for m, n in ((layer.attn, "qkv"), (layer.attn, "out"), (layer.ffn, "up"), (layer.ffn, "down"))
+    ]
+    shapes = {(getattr(m, n).in_features, getattr(m, n).out_features) for m, n in slots}
+    wins = packed_wins(shapes | {(o, i) for i, o in shapes})  # (o, i): the input gradient's product
+    for m, name in slots:
+        linear = getattr(m, name)
+        forward, grad = wins[(linear.in_features, linear.out_features)], wins[(linear.out_features, linear.in_features)]
+        if type(linear) is nn.Linear and (forward or grad):
+            setattr(m, name, TrainLinear(linear, forward, grad))
     return model
 
 

@@ -38,6 +38,7 @@ from .errors import BertforgeError
 from .metrics import LOWER_IS_BETTER
 from .optim import make_optimizer, make_schedule
 from .outputs import progress_bar
+from .precision import train_linears
 
 PRECISIONS = ("fp32", "bf16")
 
@@ -331,6 +332,8 @@ def train(model: nn.Module, task: Task, args: TrainArgs, on_eval: Callable[[dict
 
     torch.manual_seed(args.seed)
     model.to(device)
+    if device.type == "cpu" and args.precision == "fp32" and not args.compile:
+        train_linears(model)  # each product on the kernel measured faster here (a no-op where none is)
     total_steps = args.max_steps or max(1, math.ceil(args.epochs * sched.steps_per_epoch))
     warmup = int(args.warmup * total_steps) if args.warmup < 1 else int(args.warmup)
     optimizer = make_optimizer(model, args.optimizer, args.lr, args.weight_decay, device)
