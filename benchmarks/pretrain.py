@@ -110,7 +110,8 @@ def main() -> None:
             directory = save_pretrained(BertWithHead(config, "pretrain"), Path(tmp) / shape)
             data = batches(config, args.warmup + args.steps, args.batch_size, args.seq_len)
             for precision in args.precisions:
-                ours = train_linears(load_pretrained(directory, head="pretrain").train())  # as `pretrain` runs it
+                ours = load_pretrained(directory, head="pretrain").train()
+                train_linears(ours)  # the kernels `pretrain` runs on
                 hf = BertForPreTraining.from_pretrained(directory, attn_implementation="sdpa").train()
                 t_hf, t_ours = in_turns(
                     [step_fn(hf, False, precision), step_fn(ours, True, precision)], data, args.warmup

@@ -49,13 +49,13 @@ def test_fp32_on_either_kernel_gives_the_same_numbers(minilm_dir, monkeypatch, p
 
 @pytest.mark.parametrize("forward,grad", [(True, True), (True, False), (False, True)])
 def test_training_on_either_kernel_gives_the_same_loss_and_gradients(our_model, make_batch, monkeypatch, forward, grad):
-    """The oneDNN forward and input gradient of ``TrainLinear`` equal PyTorch's (fp32, 1e-5), and a model
-    swapped by ``train_linears`` keeps its parameters and state dict."""
+    """The oneDNN forward and input gradient of ``TrainLinear`` equal PyTorch's (fp32, 1e-5); a model
+    swapped by ``train_linears`` keeps its parameters and state dict, and the undo puts the layers back."""
     wins = lambda shapes: {s: forward if s[0] <= s[1] else grad for s in shapes}  # noqa: E731 (up-projections: forward)
     monkeypatch.setattr("bertforge.precision.packed_wins", wins)
     reference, model = our_model(seed=1), our_model(seed=1)
     keys = list(model.state_dict())
-    train_linears(model)
+    undo = train_linears(model)
     assert list(model.state_dict()) == keys and any(isinstance(m, TrainLinear) for m in model.modules())
     reference.eval(), model.eval()  # (no dropout: the two draw differently)
     batch = make_batch([9, 5, 7])
@@ -64,6 +64,8 @@ def test_training_on_either_kernel_gives_the_same_loss_and_gradients(our_model, 
         (net(**batch).last_hidden_state * weights).sum().backward()
     for (name, want), got in zip(reference.named_parameters(), model.parameters(), strict=True):
         torch.testing.assert_close(got.grad, want.grad, atol=1e-5, rtol=1e-5, msg=name)
+    undo()
+    assert not any(isinstance(m, TrainLinear) for m in model.modules())
 
 
 def test_threads_follow_the_affinity_mask_not_the_core_count():

@@ -15,6 +15,7 @@ import copy
 import functools
 import logging
 import warnings
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -189,24 +190,32 @@ def fuse_linears(model: nn.Module, only=None) -> nn.Module:
     return model
 
 
-def train_linears(model: nn.Module) -> nn.Module:
+def train_linears(model: nn.Module) -> Callable[[], None]:
     """For fp32 training on the CPU: each encoder linear layer as a ``TrainLinear``, its forward and its
     input gradient on whichever product ``packed_wins`` measured faster for their shapes (in place, the
-    parameters shared). Layers where the default wins both ways stay plain."""
+    parameters shared; layers where the default wins both ways stay plain). Returns the undo."""
     layers = [layer for bert in encoders(model) for layer in bert.layers]
     slots = [
         (m, n)
         for layer in layers
         for m, n in ((layer.attn, "qkv"), (layer.attn, "out"), (layer.ffn, "up"), (layer.ffn, "down"))
+        if type(getattr(m, n)) is nn.Linear
     ]
     shapes = {(getattr(m, n).in_features, getattr(m, n).out_features) for m, n in slots}
     wins = packed_wins(shapes | {(o, i) for i, o in shapes})  # (o, i): the input gradient's product
+    swapped = []
     for m, name in slots:
         linear = getattr(m, name)
         forward, grad = wins[(linear.in_features, linear.out_features)], wins[(linear.out_features, linear.in_features)]
-        if type(linear) is nn.Linear and (forward or grad):
+        if forward or grad:
             setattr(m, name, TrainLinear(linear, forward, grad))
-    return model
+            swapped.append((m, name, linear))
+
+    def undo() -> None:
+        for m, name, linear in swapped:
+            setattr(m, name, linear)
+
+    return undo
 
 
 def quantize_int8(model: nn.Module, smooth: bool = True) -> nn.Module:
