@@ -1,8 +1,8 @@
 """bertforge against the inference engines people pick instead: CTranslate2 and ONNX Runtime.
 
 One process, one checkpoint (minilm-l6), the same texts in their natural order (rotten-tomatoes
-snippets, wiki-topics-en extracts), every engine timed in turns (median of --repeats). Each runs as
-its documentation shows:
+snippets, wiki-topics-en extracts, ~250-piece aclsum passages), every engine timed in turns (median
+of --repeats). Each runs as its documentation shows:
 
   transformers  tokenizer(batch of 32, padding=True, truncation=True), AutoModel with sdpa: the baseline
   ctranslate2   the converted model (TransformersConverter), Encoder.forward_batch on batches of 32 token
@@ -49,7 +49,12 @@ def mean_pool(hidden: np.ndarray, lengths: list[int]) -> np.ndarray:
 
 def main() -> None:
     p = argument_parser(__doc__)
-    p.add_argument("--texts", type=int, default=1024, help="rotten-tomatoes snippets (and half as many wiki extracts)")
+    p.add_argument(
+        "--texts",
+        type=int,
+        default=1024,
+        help="rotten-tomatoes snippets (half as many wiki extracts, a quarter as many long passages)",
+    )
     p.add_argument("--max-length", type=int, default=256, help="truncate texts to this many tokens")
     p.add_argument("--batch-size", type=int, default=32, help="batch size of transformers and ctranslate2")
     p.add_argument("--repeats", type=int, default=5, help="timed passes per engine and text set (the median is kept)")

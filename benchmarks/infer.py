@@ -1,6 +1,6 @@
 """Inference throughput: bertforge's inference path against transformers used as its docs show.
 
-Same texts, given in their natural order (rotten-tomatoes snippets, wiki-topics-en extracts),
+Same texts, given in their natural order (rotten-tomatoes snippets, wiki-topics-en extracts, long aclsum passages),
 same weights, same precision. transformers: ``tokenizer(batch, padding=True, truncation=True)`` and
 ``model(**batch)`` with sdpa attention, batches of 32 in the order given. bertforge: the one
 inference path (batch tokenization, length-sorted batches under a token budget, the caller's order
@@ -46,7 +46,24 @@ def load_texts(n: int) -> dict[str, list[str]]:
     with (fetch("rotten-tomatoes") / "test.csv").open(encoding="utf-8") as f:
         rt = [r["text"] for r in csv.DictReader(f)][:n]
     wiki = [json.loads(x)["text"] for x in (fetch("wiki-topics-en") / "test.jsonl").read_text().splitlines()][: n // 2]
-    return {"rotten-tomatoes": rt, "wiki-topics-en": wiki}
+    return {"rotten-tomatoes": rt, "wiki-topics-en": wiki, "aclsum-passages": long_passages(n // 4)}
+
+
+def long_passages(n: int, words: int = 200) -> list[str]:
+    """``n`` long texts (no mail corpus ships in a package here): ACL papers' introductions and
+    conclusions (aclsum), cut at sentence ends into passages of about ``words`` words (~256 pieces)."""
+    out: list[str] = []
+    for line in (fetch("aclsum") / "train.jsonl").read_text().splitlines():
+        sentences = json.loads(line)["sentences"]
+        passage: list[str] = []
+        for sentence in sentences["introduction"] + sentences["conclusion"]:
+            passage.append(sentence)
+            if sum(len(x.split()) for x in passage) >= words:
+                out.append(" ".join(passage))
+                passage = []
+        if len(out) >= n:
+            break
+    return out[:n]
 
 
 def model_dir(name: str, tmp: Path) -> Path:
@@ -181,7 +198,12 @@ def main() -> None:
         help="int8 on the CPU, fp16 on a GPU",
     )
     p.add_argument("--device", default="cpu", help="cpu or cuda (TF32 stays off: fp32 is fp32 on both sides)")
-    p.add_argument("--texts", type=int, default=1024, help="rotten-tomatoes snippets (and half as many wiki extracts)")
+    p.add_argument(
+        "--texts",
+        type=int,
+        default=1024,
+        help="rotten-tomatoes snippets (half as many wiki extracts, a quarter as many long passages)",
+    )
     p.add_argument("--max-length", type=int, default=256, help="truncate texts to this many tokens (both sides)")
     p.add_argument("--batch-size", type=int, default=32, help="transformers' batch size")
     p.add_argument(
