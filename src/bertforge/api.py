@@ -232,19 +232,34 @@ def pretrain(
     config: str | Path | None = None,
     init: str | Path | None = None,
     dropout: float | None = None,
-    family: str = "bert",
+    family: str | None = None,
+    objective: str | None = None,
+    generator_size: float = 0.25,
+    discriminator_weight: float = 50.0,
 ) -> bool:
     """Pretrain on shards from ``prepare-pretrain``: a new model of ``preset`` (or ``config``), or ``init``'s
-    weights; checkpoints and curves go to ``out``, the model to ``out/final``. True on the main process."""
+    weights; checkpoints and curves go to ``out``, the model to ``out/final``. True on the main process.
+
+    ``objective``: mlm, mlm+nsp (None: mlm+nsp on shards of sentence pairs, else mlm) or electra (an
+    ELECTRA discriminator, kept in ``out/final``, and a generator ``generator_size`` as wide, in
+    ``out/final/generator``); ``family`` defaults to bert, electra for the electra objective."""
     from .data.shards import PretrainShards, check_vocab
-    from .tasks.pretrain import PretrainTask
+    from .tasks.pretrain import ElectraPretrainTask, PretrainTask, objective_of
     from .tokenizer import Tokenizer
 
     data, out = Path(data), check_out_dir(out)
     manifest = PretrainShards(data, "train").manifest
     check_vocab(data, manifest)
+    objective = objective_of(manifest, objective)
+    electra = objective == "electra"
+    family = family or ("electra" if electra else "bert")
+    if electra and family != "electra":
+        raise BertforgeError(f"the electra objective trains an ELECTRA model: drop --family {family}")
     tokenizer = Tokenizer.from_pretrained(manifest["vocab_path"], lowercase=manifest.get("lowercase"))
-    task = PretrainTask(data, tokenizer)
+    if electra:
+        task = ElectraPretrainTask(data, tokenizer, weight=discriminator_weight)
+    else:
+        task = PretrainTask(data, tokenizer, nsp=objective == "mlm+nsp")
     if task.head not in family_of(family).heads:
         raise BertforgeError(f"{family} has no sentence-pair head: prepare the shards with --no-nsp")
     existing = resumable(out, args.resume)
@@ -252,7 +267,8 @@ def pretrain(
     if init is not None and not existing:
         model = _init_model(init, task.head, tokenizer.vocab_size, dropout)
     else:
-        model = BertWithHead(_pretrain_config(existing, config, preset, family, tokenizer, dropout), task.head)
+        cfg = _pretrain_config(existing, config, preset, family, tokenizer, dropout)
+        model = _electra_model(existing, cfg, generator_size) if electra else BertWithHead(cfg, task.head)
     if manifest["max_seq_len"] > (positions := model.config.max_length):
         raise BertforgeError(f"shards hold {manifest['max_seq_len']} tokens, the model only {positions} positions")
     args.out = out
@@ -261,6 +277,20 @@ def pretrain(
         return False
     task.export(model, out / "final")
     return True
+
+
+def _electra_model(existing: list[Path], config: BertConfig, generator_size: float):
+    """A new generator and discriminator, or (resuming) of the checkpoint's shapes; the weights come later."""
+    from .electra import ElectraPretrainer
+
+    if not existing:
+        return ElectraPretrainer.new(config, generator_size)
+    saved = existing[-1] / "generator" / "config.json"
+    try:
+        gen = BertConfig.from_json(saved).replace(architectures=None)
+    except BertforgeError as e:
+        raise BertforgeError(f"{e}; {resume_hint(existing[-1])}") from None
+    return ElectraPretrainer(BertWithHead(config, "discriminator"), BertWithHead(gen, "mlm"))
 
 
 def _pretrain_config(
@@ -291,14 +321,18 @@ def _pretrain_config(
 
 
 def _init_model(init: str | Path, head: str, vocab_size: int, dropout: float | None):
-    """``init``'s weights under the pretraining head (continued pretraining); its vocabulary must be the shards'."""
+    """``init``'s weights under the pretraining head (continued pretraining; for ELECTRA, a run's discriminator
+    and its generator/); its vocabulary must be the shards'."""
     from .checkpoint import load_pretrained
+    from .electra import ElectraPretrainer
 
-    model = load_pretrained(init, head=head)
+    electra = head == "discriminator"
+    model = ElectraPretrainer.load(ModelDir.open(init).path) if electra else load_pretrained(init, head=head)
     if model.config.vocab_size != vocab_size:
         raise BertforgeError(
             f"--init {init}: its vocabulary has {model.config.vocab_size} entries, the shards' {vocab_size}"
         )
     if dropout is not None:
-        set_dropout(model, dropout)
+        for part in (model.discriminator, model.generator) if electra else (model,):
+            set_dropout(part, dropout)
     return model

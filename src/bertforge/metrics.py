@@ -14,7 +14,7 @@ from .text import CJK, CJK_CLASS, has_cjk
 
 # validation metrics where lower is better (errors, losses): the training loop keeps the lowest and
 # counts a rise as no improvement; every other metric it maximises
-LOWER_IS_BETTER = frozenset({"mse", "mae", "mlm_loss", "perplexity"})
+LOWER_IS_BETTER = frozenset({"mse", "mae", "mlm_loss", "perplexity", "generator_loss", "discriminator_loss"})
 
 
 def _prf(tp: float, fp: float, fn: float) -> tuple[float, float, float]:

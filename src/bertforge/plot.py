@@ -31,7 +31,8 @@ def run_title(run: Path) -> str:
 
 
 def plot_run(run: str | Path, out: str | Path | None = None) -> Path:
-    """One panel for the training loss, one for the learning rate, one per evaluation metric."""
+    """One panel for the training loss, one for the learning rate, one per evaluation metric; a metric
+    ``M_baseline`` is drawn dashed in M's panel (a majority-class accuracy beside the accuracy)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -47,7 +48,8 @@ def plot_run(run: str | Path, out: str | Path | None = None) -> Path:
         {k for r in evals for k, v in r.items() if k not in ("step", "split") and isinstance(v, (int, float))}
     )
     panels = [("training loss", "loss", train), ("learning rate", "lr", train)]
-    panels += [(f"eval {m}", m, evals) for m in metric_names]
+    baselines = {m for m in metric_names if m.endswith("_baseline") and m.removesuffix("_baseline") in metric_names}
+    panels += [(f"eval {m}", m, evals) for m in metric_names if m not in baselines]
     cols = min(3, len(panels))
     nrows = -(-len(panels) // cols)
     fig, axes = plt.subplots(nrows, cols, figsize=(4.2 * cols, 3.0 * nrows), squeeze=False)
@@ -55,6 +57,10 @@ def plot_run(run: str | Path, out: str | Path | None = None) -> Path:
         pts = [(r["step"], r[key]) for r in series if key in r]
         if pts:
             ax.plot(*zip(*pts, strict=True), marker="o" if len(pts) < 30 else None, markersize=3)
+        base = [(r["step"], r[key + "_baseline"]) for r in series if key + "_baseline" in baselines & r.keys()]
+        if base:
+            ax.plot(*zip(*base, strict=True), linestyle="--", color="grey", label="majority baseline")
+            ax.legend(fontsize=7)
         ax.set_title(title)
         ax.set_xlabel("step")
         ax.grid(alpha=0.3)

@@ -406,6 +406,9 @@ BAD_VALUES = {  # (option, value, what is said); each command is given what it n
         ("--dropout", "-0.1", "greater than or equal to 0"),
         ("--config", "DIR", "file 'DIR' is a directory"),
         ("--max-steps", "0", "greater than or equal to 1"),
+        ("--generator-size", "0", "greater than or equal to 0.01"),
+        ("--generator-size", "1.5", "less than or equal to 1"),
+        ("--discriminator-weight", "-1", "greater than or equal to 0"),
     ],
     "finetune": [
         ("--batch-size", "0", "greater than or equal to 1"),

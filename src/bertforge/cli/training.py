@@ -186,7 +186,8 @@ def dropout_option(help: str):
 
 @app.command(cls=Deferred)
 def pretrain() -> None:
-    """Pretrain BERT (masked LM, plus next-sentence prediction when the shards have it).
+    """Pretrain BERT (masked LM, plus next-sentence prediction when the shards have it), or ELECTRA
+    (--objective electra: a small generator fills the masks, the discriminator spots its replacements).
 
     Runs under torchrun for data parallelism:
     torchrun --nproc-per-node 2 -m bertforge pretrain --data SHARDS --out RUN
@@ -197,7 +198,10 @@ def _pretrain(
     data: Path,
     out: Path,
     preset: str,
-    family: str,
+    family: str | None,
+    objective: str | None,
+    generator_size: float,
+    discriminator_weight: float,
     config: Path | None,
     init: str | None,
     dropout: float | None,
@@ -208,7 +212,9 @@ def _pretrain(
     from ..train import TrainArgs
 
     args = TrainArgs(out=out, device=device, **train_args)
-    if run(data, out, args, preset=preset, family=family, config=config, init=init, dropout=dropout):
+    electra = {"generator_size": generator_size, "discriminator_weight": discriminator_weight}
+    if run(data, out, args, preset=preset, family=family, config=config, init=init, dropout=dropout,
+           objective=objective, **electra):  # fmt: skip
         typer.echo(f"wrote {out / 'final'} and {out / 'curves.png'}")
 
 
@@ -221,10 +227,33 @@ def _pretrain_command():
         option("preset", str, "mini", "Model size: tiny, mini, small, medium, base, large or L{n}-H{m}."),
         option(
             "family",
-            str,
-            "bert",
-            "The preset's family: bert, roberta, xlm-roberta, distilbert, albert (shards without NSP for "
-            "RoBERTa and DistilBERT; --sop shards for ALBERT's sentence order).",
+            str | None,
+            None,
+            "The preset's family: bert, roberta, xlm-roberta, distilbert, albert, electra (shards without NSP for "
+            "RoBERTa and DistilBERT; --sop shards for ALBERT's sentence order). Default: bert; electra for "
+            "--objective electra.",
+        ),
+        option(
+            "objective",
+            str | None,
+            None,
+            "mlm | mlm+nsp | electra (replaced-token detection; the discriminator goes to final/, the generator "
+            "to final/generator/). Default: mlm+nsp on shards of sentence pairs, else mlm.",
+        ),
+        option(
+            "generator_size",
+            float,
+            0.25,
+            "ELECTRA: the generator's width as a fraction of the discriminator's (the paper: 1/4 small, 1/3 base).",
+            min=0.01,
+            max=1.0,
+        ),
+        option(
+            "discriminator_weight",
+            float,
+            50.0,
+            "ELECTRA: the weight of the discriminator's loss beside the generator's (the paper's 50).",
+            min=0.0,
         ),
         option("config", Path | None, None, "A config.json instead of a preset.", dir_okay=False),
         option(
