@@ -301,3 +301,19 @@ def test_bad_objective_settings_are_one_line_errors(shards, tmp_path):
     for i, (extra, message) in enumerate(cases):
         proc = subprocess.run([*base, "--out", str(tmp_path / f"r{i}"), *extra], capture_output=True, text=True)
         assert_one_line_error(proc, message)
+
+
+def test_two_processes_under_torchrun(shards, tmp_path):
+    """torchrun with 2 CPU processes (gloo): the pair trains with the batch split between them and rank 0
+    alone writes both models (the samples are drawn per rank, so the steps are not one process's)."""
+    out = tmp_path / "ddp"
+    cmd = [str(BIN / "torchrun"), "--standalone", "--nproc-per-node", "2", "-m", "bertforge", "pretrain",
+           "--data", str(shards), "--out", str(out), "--objective", "electra", "--preset", "tiny",
+           "--max-steps", "4", "--batch-size", "8", "--log-every", "1", "--save-every", "0"]  # fmt: skip
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "TQDM_DISABLE": "1"}
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    losses = [r["loss"] for r in rows(out) if r["split"] == "train"]
+    assert len(losses) == 4 and all(np.isfinite(losses))
+    assert [p.name for p in (out / "checkpoints").iterdir()] == ["step-4"]
+    assert (out / "final" / "generator" / "model.safetensors").is_file()
