@@ -24,7 +24,7 @@ from .heads import BertWithHead
 from .model import set_dropout
 from .modeldir import ModelDir
 from .outputs import atomic_open, atomic_text, check_out_dir, check_output
-from .tasks import TASKS, FinetuneTask, TaskSpec, fine_tuned, finetune_task, saved_spec
+from .tasks import TASKS, FinetuneTask, TaskSpec, evaluation_task, fine_tuned, finetune_task, saved_spec
 from .train import TrainArgs, resumable, resume_hint, train
 
 log = logging.getLogger("bertforge")
@@ -157,10 +157,13 @@ def evaluate_file(
     device: str | None = None,
     **overrides: Any,
 ) -> dict:
-    """The task's metrics on a labelled file (and written as JSON to ``output``)."""
+    """The task's metrics on a labelled file (and written as JSON to ``output``); a bare encoder is scored
+    as a sentence encoder (scored pairs, or a retrieval set's directory)."""
     if output is not None:
         check_output(output, data)
-    t, net = load_task(model, device, precision, runtime, compile, **overrides)
+    md = ModelDir.open(model)
+    t = evaluation_task(md, **overrides)
+    net = t.load(md, device, precision, runtime, compile)
     examples = t.read(Path(data), labelled=True)
     t.check_labels(examples, Path(data))
     predictions = t.predict(net, examples, progress=True)

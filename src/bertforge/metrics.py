@@ -322,3 +322,42 @@ def selection_prf(gold: Sequence[Sequence[int]], selected: Sequence[Sequence[int
         fn += len(positive - chosen)
     p, r, f = _prf(tp, fp, fn)
     return {"precision": p, "recall": r, "f1": f}
+
+
+# -- ranking: sentence-transformers' InformationRetrievalEvaluator's definitions ------------------------------
+RANKING_AT = {
+    "accuracy": (1, 10),
+    "recall": (1, 10, 100),
+    "precision": (1, 10),
+    "mrr": (10,),
+    "ndcg": (10,),
+    "map": (100,),
+}
+
+
+def ranking(ranked: Sequence[Sequence[Hashable]], relevant: Sequence[set]) -> dict:
+    """MRR@10, NDCG@10 (binary relevance), MAP@100, recall, precision and accuracy (a hit in the top k) of
+    each query's ranked ids against its relevant ones, averaged over the queries."""
+    sums: dict[str, float] = {f"{m}_at_{k}": 0.0 for m, ks in RANKING_AT.items() for k in ks}
+    for hits, gold in zip(ranked, relevant, strict=True):
+        found = [h in gold for h in hits]
+        for k in RANKING_AT["accuracy"]:
+            sums[f"accuracy_at_{k}"] += float(any(found[:k]))
+        for k in RANKING_AT["recall"]:
+            sums[f"recall_at_{k}"] += sum(found[:k]) / len(gold)
+        for k in RANKING_AT["precision"]:
+            sums[f"precision_at_{k}"] += sum(found[:k]) / k
+        for k in RANKING_AT["mrr"]:
+            sums[f"mrr_at_{k}"] += next((1 / (r + 1) for r, f in enumerate(found[:k]) if f), 0.0)
+        for k in RANKING_AT["ndcg"]:
+            dcg = sum(1 / np.log2(r + 2) for r, f in enumerate(found[:k]) if f)
+            sums[f"ndcg_at_{k}"] += float(dcg) / sum(1 / np.log2(r + 2) for r in range(min(k, len(gold))))
+        for k in RANKING_AT["map"]:
+            hits_so_far, total = 0, 0.0
+            for r, f in enumerate(found[:k]):
+                if f:
+                    hits_so_far += 1
+                    total += hits_so_far / (r + 1)
+            sums[f"map_at_{k}"] += total / min(k, len(gold))
+    n = max(1, len(ranked))
+    return {name: v / n for name, v in sums.items()}

@@ -166,10 +166,22 @@ def search(
     k: int = 10,
     corpus: str | Path | None = None,
     precision: str = "fp32",
+    rerank: str | Path | None = None,
+    candidates: int = 100,
 ) -> list[list[Hit]]:
     """The top ``k`` documents of ``index`` for each query, embedded with ``model`` (the index's own);
-    with ``corpus`` each hit carries its text."""
+    with ``corpus`` each hit carries its text. ``rerank``: a cross-encoder re-orders the top ``candidates``
+    (their texts from ``corpus``, default the one indexed) and the best ``k`` of its order are kept."""
     idx = Index(index)
+    if rerank is not None:  # (loaded first: a bad model is refused before the search)
+        from .rerank import Reranker, rerank_hits
+
+        reranker, corpus, k, keep = (
+            Reranker(rerank, precision=precision),
+            corpus or idx.meta["corpus"],
+            max(k, candidates),
+            k,
+        )
     md = ModelDir.open(model)
     idx.check_model(md)
     texts = idx.texts(corpus) if corpus is not None else None
@@ -179,4 +191,6 @@ def search(
         for row in hits:
             for h in row:
                 h.text = texts[h.id]
+    if rerank is not None:
+        hits = rerank_hits(reranker, queries, hits, keep)
     return hits

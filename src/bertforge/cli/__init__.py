@@ -6,6 +6,7 @@ from __future__ import annotations
 # isort: off
 from . import encoding  # noqa: F401
 from . import searching  # noqa: F401
+from . import ranking  # noqa: F401
 from . import training  # noqa: F401
 from . import predicting  # noqa: F401
 

@@ -52,10 +52,14 @@ def _file_options(
 
 @app.command(cls=Deferred)
 def evaluate() -> None:
-    """Score a fine-tuned model on labelled data: the task's metrics (and a confusion matrix).
+    """Score a model on labelled data: the task's metrics (and a confusion matrix).
 
     qa: SQuAD exact match and F1 (v2.0: also HasAns / NoAns); extsum: ROUGE-1/2/L F1 against
-    `summary` and sentence precision/recall/F1 against `labels`, where the data has them.
+    `summary` and sentence precision/recall/F1 against `labels`, where the data has them; rerank:
+    MRR@10 and NDCG@10 of each query's rows. An encoder (minilm-l6, a sentence-transformers directory,
+    `finetune embed`'s): Pearson and Spearman of cosine on scored pairs (sentence1, sentence2, score),
+    or, given a directory of corpus.jsonl ({"id", "text"}) and queries.jsonl ({"id", "text",
+    "relevant": [ids]}), NDCG@10, MRR@10, MAP@100 and recall@1/10/100 of retrieving the corpus.
     """
 
 
@@ -80,7 +84,7 @@ def _evaluate(model: str, data: Path, output: Path | None, label_column: str | N
 def _evaluate_command():
     params = [
         typed("model", Model),
-        option("data", Path, help="Labelled file in the task's format.", dir_okay=False),
+        option("data", Path, help="Labelled file in the task's format (an encoder: also a retrieval set's directory)."),
         option("output", Path | None, None, "Write the metrics as JSON here."),
         option("text_column", str | None, None, "Default: as in training."),
         option("text_pair_column", str | None, None),

@@ -50,8 +50,14 @@ def search(
         Path | None, typer.Option("--corpus", dir_okay=False, help="The indexed corpus: print each hit's text too.")
     ] = None,
     precision: Precision = "fp32",
+    rerank: Annotated[
+        str | None,
+        typer.Option("--rerank", help="A cross-encoder (reranker) that re-orders the top --candidates hits."),
+    ] = None,
+    candidates: Annotated[int, typer.Option("--candidates", min=1, help="Hits retrieved for --rerank.")] = 100,
 ) -> None:
-    """Top-k documents of an index for each query (exact cosine similarity)."""
+    """Top-k documents of an index for each query (exact cosine similarity); with --rerank, the top
+    --candidates re-ordered by a cross-encoder (texts from --corpus, default the corpus indexed)."""
     from ..search import Index
     from ..search import search as run
 
@@ -60,7 +66,7 @@ def search(
     texts = read_texts(queries) if queries is not None else list(query or [])
     if model is None:
         model = Index(index).meta["model"]
-    hits = run(index, model, texts, k=k, corpus=corpus, precision=precision)
+    hits = run(index, model, texts, k=k, corpus=corpus, precision=precision, rerank=rerank, candidates=candidates)
     for text, row in zip(texts, hits, strict=True):
         if queries is not None:
             found = [{"id": h.id, "score": round(h.score, 6), **({"text": h.text} if h.text is not None else {})}

@@ -17,11 +17,12 @@ from .embed import EmbedTrainTask
 from .encoder import EmbedTask, EncoderTask, SimilarityTask, SummarizeTask
 from .extsum import ExtSumTask
 from .qa import QATask
+from .rerank import RerankTask
 from .sequence import PairTask, RegressTask, SequenceTask
 from .tag import TagTask
 
 TASKS: dict[str, type[FinetuneTask]] = {
-    t.name: t for t in (SequenceTask, PairTask, RegressTask, TagTask, QATask, ExtSumTask, EmbedTrainTask)
+    t.name: t for t in (SequenceTask, PairTask, RegressTask, TagTask, QATask, ExtSumTask, EmbedTrainTask, RerankTask)
 }
 ENCODER_TASKS: dict[str, type[EncoderTask]] = {t.name: t for t in (EmbedTask, SimilarityTask, SummarizeTask)}
 ALIASES = {"summarize": "extsum", "question-answering": "qa"}
@@ -33,6 +34,8 @@ ARCHITECTURE_TASKS = {
     "ForTokenClassification": "tag",
     "ForQuestionAnswering": "qa",
 }
+# ... and a sequence classifier with one output is a cross-encoder (cross-encoder/ms-marco-*): a pair scorer
+ONE_OUTPUT_TASKS = {"ForSequenceClassification": "rerank"}
 
 
 def endpoints() -> list[str]:
@@ -46,7 +49,8 @@ def saved_spec(md: ModelDir) -> TaskSpec | None:
     None for a bare encoder."""
     spec = md.saved
     if spec is None:
-        task = next((t for suffix, t in ARCHITECTURE_TASKS.items() if md.architecture.endswith(suffix)), None)
+        table = {**ARCHITECTURE_TASKS, **ONE_OUTPUT_TASKS} if md.config.num_labels == 1 else ARCHITECTURE_TASKS
+        task = next((t for suffix, t in table.items() if md.architecture.endswith(suffix)), None)
         if task is None:
             return None
         spec = TaskSpec(task, max_length=TASKS[task].default_max_length)
@@ -89,6 +93,19 @@ def fine_tuned(md: ModelDir, **overrides: Any) -> FinetuneTask:
     return TASKS[spec.task](spec, md.tokenizer, id2label)
 
 
+def evaluation_task(md: ModelDir, **overrides: Any) -> FinetuneTask:
+    """The task that scores ``md`` on labelled data: the one it was fine-tuned for, or for a bare encoder the
+    sentence encoder's (cosine of scored pairs; ranking metrics on a retrieval set)."""
+    if saved_spec(md) is not None:
+        return fine_tuned(md, **overrides)
+    extra = {k: v for k, v in (overrides.pop("extra", None) or {}).items() if v is not None}
+    given = {k: v for k, v in overrides.items() if v is not None}
+    name = EmbedTrainTask.name
+    return TASKS[name](
+        TaskSpec(name, **{"max_length": TASKS[name].default_max_length, **given}, extra=extra), md.tokenizer
+    )
+
+
 def for_model(md: ModelDir, name: str | None = None, **settings: Any) -> FinetuneTask | EncoderTask:
     """The task a pipeline runs: the directory's own (``name`` None or the same), or the encoder's use
     behind the same endpoint (``summarize`` on a model not fine-tuned to summarise)."""
@@ -128,6 +145,7 @@ __all__ = [
     "TaskSpec",
     "encoder_task",
     "endpoints",
+    "evaluation_task",
     "fine_tuned",
     "finetune_task",
     "is_encoder",

@@ -37,6 +37,7 @@ from ..data import tables
 from ..errors import BertforgeError
 from ..infer import Embedder, save_sentence_transformer
 from ..model import BertModel
+from ..retrieval import DEPTH, RetrievalSet, evaluate_rankings, is_retrieval_set, read_retrieval_set, top_k
 from ..sentence import Dense, SentenceModules, lowercased, read_sentence_dir
 from .base import FinetuneTask, settings_of
 from .encoder import EmbedRequest, EmbedResponse
@@ -47,6 +48,8 @@ LOSSES = ("mnrl", "cosent")
 # the columns read when --columns names none, in order of preference (a negative joins when present)
 PAIR_COLUMNS = (("anchor", "positive"), ("sentence1", "sentence2"))
 NEGATIVE_COLUMN = "negative"
+# a retrieval set's metrics, the first the one that picks the best model (as sentence-transformers' ndcg@10)
+RETRIEVAL_METRICS = ("ndcg_at_10", "mrr_at_10", "map_at_100", "recall_at_1", "recall_at_10", "recall_at_100")
 
 
 @dataclass
@@ -268,8 +271,11 @@ class EmbedTrainTask(FinetuneTask):
         return Embedder.from_pretrained(md, device, precision, runtime, compile)
 
     # -- reading --------------------------------------------------------------------------------------------
-    def read(self, path: Path, labelled: bool = False) -> list[EmbedExample]:
-        """Pairs, triplets or scored pairs (unlabelled: single texts too, from --text-column)."""
+    def read(self, path: Path, labelled: bool = False) -> list[EmbedExample] | list[RetrievalSet]:
+        """Pairs, triplets or scored pairs (unlabelled: single texts too, from --text-column); a directory
+        is a retrieval set (``retrieval.py``), read as one example."""
+        if is_retrieval_set(path):
+            return [read_retrieval_set(path)]
         records = tables.read_records(path)
         names = self._columns(records, path, labelled)
         columns = [tables.texts(records, n, path) for n in names]
@@ -396,6 +402,8 @@ class EmbedTrainTask(FinetuneTask):
         if not isinstance(model, Embedder):  # the model in training
             modules = replace(model.sentence_modules(), max_length=self.spec.max_length)
             model = Embedder(model.encoder, self.text_tokenizer, modules)
+        if examples and isinstance(examples[0], RetrievalSet):
+            return [self._retrieve(model, rs, progress) for rs in examples]
         if len({len(e.texts) for e in examples}) > 1:
             raise BertforgeError("give texts or pairs, not both at once")
         texts = list(dict.fromkeys(t for e in examples for t in e.texts))
@@ -414,9 +422,18 @@ class EmbedTrainTask(FinetuneTask):
                 p["rank"] = rank
         return out
 
+    def _retrieve(self, model: Embedder, rs: RetrievalSet, progress: bool) -> dict:
+        """Each query's corpus ranking, top 100 (as corpus indices)."""
+        q = model(rs.queries, normalize=True, max_tokens=self.max_tokens, progress=progress)
+        d = model(rs.corpus, normalize=True, max_tokens=self.max_tokens, progress=progress)
+        return {"ranked": top_k(q, d, rs.corpus_ids, DEPTH)}
+
     def score(self, predictions: list[dict], examples: list[EmbedExample]) -> dict:
         """Scored pairs: Pearson and Spearman of cosine against the scores (sentence-transformers'
-        EmbeddingSimilarityEvaluator); else recall@1 and MRR of the positives, and triplet accuracy."""
+        EmbeddingSimilarityEvaluator); a retrieval set: its ranking metrics (InformationRetrievalEvaluator's);
+        else recall@1 and MRR of the positives, and triplet accuracy."""
+        if examples and isinstance(examples[0], RetrievalSet):
+            return evaluate_rankings(examples[0], predictions[0]["ranked"])
         if all(e.score is not None for e in examples):
             gold, cos = [e.score for e in examples], [p["score"] for p in predictions]
             return {"spearman": metrics.spearman(gold, cos), "pearson": metrics.pearson(gold, cos)}
@@ -428,6 +445,8 @@ class EmbedTrainTask(FinetuneTask):
         return out
 
     def metric_names(self, examples: list[EmbedExample]) -> tuple[str, ...]:
+        if examples and isinstance(examples[0], RetrievalSet):
+            return RETRIEVAL_METRICS
         if examples and all(e.score is not None for e in examples):
             return ("spearman", "pearson")
         return ("accuracy", "recall_at_1", "mrr") if examples and len(examples[0].texts) > 2 else ("recall_at_1", "mrr")
