@@ -18,7 +18,7 @@ $(VENV)/.demo: $(VENV)/.torch pyproject.toml
 	touch $@
 
 $(VENV)/.test: $(VENV)/.torch pyproject.toml
-	$(BIN)/pip install --quiet -e '.[hf,dev,serve,onnx]'
+	$(BIN)/pip install --quiet -e '.[hf,dev,serve,onnx,faiss]'
 	touch $@
 
 demo: $(VENV)/.demo

@@ -18,7 +18,7 @@ import torch
 from tokenizers import Encoding
 from torch import Tensor
 
-from .batch import token_batches
+from .batch import flatten_windows, token_batches
 from .device import default_max_tokens, model_device, thread_tuner
 from .errors import BertforgeError
 from .model import BertModel, EncoderOutput
@@ -73,7 +73,31 @@ def pool(output: EncoderOutput, attention_mask: Tensor, pooling: str) -> Tensor:
     return Pooling((pooling,))(output, attention_mask)
 
 
-def embed(
+@dataclass
+class Embedded:
+    """Embeddings and what each text was read as: ``tokens`` (prompt and special tokens included) and
+    whether it was ``truncated``; read in windows, one row per window, ``owner`` (the text of each row)
+    and ``spans`` (each window's [start, end) characters in its text)."""
+
+    vectors: np.ndarray  # (rows, D) float32
+    tokens: np.ndarray  # (texts,) int64: tokens read (every window's, in windows)
+    truncated: np.ndarray  # (texts,) bool: cut at the length limit (never, in windows)
+    owner: np.ndarray  # (rows,) int64
+    spans: np.ndarray  # (rows, 2) int64
+
+
+class TextTooLong(BertforgeError):
+    """A text over the model's length with truncation off (the server answers 413)."""
+
+    status = 413
+
+
+def embed(model: BertModel, tokenizer: Tokenizer, texts: Sequence[str], **kwargs) -> np.ndarray:
+    """(len(texts), D) float32 embeddings in the order given (``embed_texts``' vectors)."""
+    return embed_texts(model, tokenizer, texts, **kwargs).vectors
+
+
+def embed_texts(
     model: BertModel,
     tokenizer: Tokenizer,
     texts: Sequence[str],
@@ -85,26 +109,60 @@ def embed(
     progress: bool = False,
     modules: SentenceModules | None = None,
     prompt: str | None = None,
-) -> np.ndarray:
-    """(len(texts), D) float32 embeddings in the order given: ``modules`` (default: mean pooling,
-    normalised) after the encoder, with ``pooling``/``normalize`` overriding theirs; ``prompt`` goes
-    before each text (and out of the pooling where the Pooling step excludes it)."""
+    truncate: bool = True,
+    stride: int | None = None,
+    dimensions: int | None = None,
+) -> Embedded:
+    """Embeddings of ``texts``: ``modules`` (default: mean pooling, normalised) after the encoder, with
+    ``pooling``/``normalize`` overriding theirs; ``prompt`` goes before each text (and out of the pooling
+    where the Pooling step excludes it). A text over ``max_length`` tokens is cut (``truncate``), refused
+    (TextTooLong), or with ``stride`` read in windows overlapping by that many tokens. ``dimensions``
+    keeps the first ones (Matryoshka), normalised again when the vectors are."""
     modules = (modules or SentenceModules()).override(pooling, normalize).check(model.config.hidden_size)
+    width = modules.dimension(model.config.hidden_size)
+    if dimensions is not None and not 1 <= dimensions <= width:
+        raise BertforgeError(f"dimensions must be between 1 and {width} (this model's), not {dimensions}")
+    if prompt and stride is not None:
+        raise BertforgeError("windows are read without a prompt: this model's prompt would start only the first one")
     if prompt:
         texts = [prompt + t if isinstance(t, str) else t for t in texts]
     skip = prompt_length(tokenizer, prompt, max_length) if prompt else 0
-    encodings = tokenizer.encode_batch(list(texts), max_length=max_length)
+    encodings = tokenizer.encode_batch(list(texts), max_length=max_length, stride=stride or 0)
+    if not truncate and stride is None:
+        for i, e in enumerate(encodings):
+            if e.overflowing:
+                n = len(tokenizer.encode(texts[i]).ids)
+                raise TextTooLong(f"text {i} is {n} tokens; this model reads at most {max_length} (truncate it)")
+    flat, owner = flatten_windows(encodings, stride is not None)
 
     def fn(out: EncoderOutput, batch: dict[str, Tensor]) -> Tensor:
         return modules.apply(out, batch["attention_mask"], skip)
 
-    result = np.zeros((len(texts), modules.dimension(model.config.hidden_size)), dtype=np.float32)
+    vectors = np.zeros((len(flat), width), dtype=np.float32)
     batches = run_batches(
-        model, tokenizer, encodings, fn, max_tokens=max_tokens, progress=progress, pool=modules.needs_pooler
+        model, tokenizer, flat, fn, max_tokens=max_tokens, progress=progress, pool=modules.needs_pooler
     )
-    for idx, vectors in batches:
-        result[idx] = vectors.cpu().numpy()
-    return result
+    for idx, v in batches:
+        vectors[idx] = v.cpu().numpy()
+    if dimensions is not None and dimensions < width:
+        vectors = np.ascontiguousarray(vectors[:, :dimensions])
+        if modules.normalize:
+            vectors /= np.linalg.norm(vectors, axis=1, keepdims=True).clip(min=1e-12)
+    tokens = np.zeros(len(encodings), dtype=np.int64)
+    np.add.at(tokens, owner, [len(e.ids) for e in flat])
+    truncated = np.array([bool(e.overflowing) and stride is None for e in encodings], dtype=bool)
+    return Embedded(vectors, tokens, truncated, np.array(owner, dtype=np.int64), window_spans(flat, len(prompt or "")))
+
+
+def window_spans(encodings: Sequence[Encoding], shift: int = 0) -> np.ndarray:
+    """(len(encodings), 2) the [start, end) characters each encoding's text tokens cover (``shift``: a
+    prompt's length, taken off)."""
+    spans = np.zeros((len(encodings), 2), dtype=np.int64)
+    for i, e in enumerate(encodings):
+        read = [o for o, s in zip(e.offsets, e.special_tokens_mask, strict=True) if not s]
+        if read:
+            spans[i] = max(read[0][0] - shift, 0), max(read[-1][1] - shift, 0)
+    return spans
 
 
 @dataclass
@@ -130,7 +188,17 @@ class Embedder:
         model = load_for_inference(md, None, device, precision, runtime, compile)
         return cls(model, lowercased(tokenizer) if settings.lowercase else tokenizer, settings.to(model_device(model)))
 
-    def __call__(
+    @property
+    def max_length(self) -> int:
+        """Tokens a text is read in: the directory's length, within the model's."""
+        limit = self.model.config.max_length
+        return min(self.settings.max_length or limit, limit)
+
+    def __call__(self, texts: Sequence[str], **kwargs) -> np.ndarray:
+        """(len(texts), D) embeddings of ``texts`` (``embed``'s options)."""
+        return self.embed(texts, **kwargs).vectors
+
+    def embed(
         self,
         texts: Sequence[str],
         *,
@@ -141,21 +209,27 @@ class Embedder:
         progress: bool = False,
         prompt_name: str | None = None,
         prompt: str | None = None,
-    ) -> np.ndarray:
-        """Embeddings of ``texts``; ``pooling``/``normalize`` override the directory's, ``prompt`` or
-        ``prompt_name`` (one of its prompts) replaces its default prompt."""
-        limit = self.model.config.max_length
-        return embed(
+        truncate: bool = True,
+        stride: int | None = None,
+        dimensions: int | None = None,
+    ) -> Embedded:
+        """Embeddings of ``texts`` with their token counts; ``pooling``/``normalize`` override the
+        directory's, ``prompt`` or ``prompt_name`` (one of its prompts) replaces its default prompt;
+        ``truncate``, ``stride`` and ``dimensions`` as ``embed_texts`` has them."""
+        return embed_texts(
             self.model,
             self.tokenizer,
             texts,
             pooling=pooling,
             normalize=normalize,
-            max_length=max_length if max_length is not None else min(self.settings.max_length or limit, limit),
+            max_length=max_length if max_length is not None else self.max_length,
             max_tokens=max_tokens,
             progress=progress,
             modules=self.settings,
             prompt=self.settings.resolve_prompt(prompt, prompt_name),
+            truncate=truncate,
+            stride=stride,
+            dimensions=dimensions,
         )
 
     def similarity(self, a: Sequence[str], b: Sequence[str], **kwargs) -> np.ndarray:

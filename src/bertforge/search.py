@@ -1,11 +1,11 @@
-"""Semantic search over an on-disk index: documents embedded once, queries answered by exact
-(batched) inner products of normalised vectors.
+"""Semantic search over an on-disk index: documents embedded once (long ones in overlapping windows,
+one vector a window), queries answered by the nearest vectors, each document once, by its best window.
 
-An index directory holds ``vectors.npy`` (float32, or int8 with one scale per vector), ``ids.json``
-(the documents' ids, in row order) and ``index.json`` (the model it was built with and the sha256 of
-that model's weights and of the corpus file). The vectors are memory-mapped, so an index larger
-than memory still answers. Searching with another model, or reading texts from a corpus that has
-changed since, is refused in one line.
+An index directory holds the vectors (``vectors.npy``, float32 or int8 with one scale per row, for the
+exact backend; ``faiss.index`` for the faiss one: see vectors.py), ``chunks.npy`` (for each vector its
+document and the [start, end) characters it covers), ``ids.json`` (the documents' ids) and
+``index.json`` (how it was built: the model and the sha256 of its weights and of the corpus file).
+Searching with another model, or reading texts from a corpus that has changed since, is refused in one line.
 """
 
 from __future__ import annotations
@@ -22,9 +22,11 @@ from .errors import BertforgeError
 from .infer import Embedder
 from .modeldir import ModelDir
 from .outputs import atomic_text, check_out_dir, sha256
+from .vectors import open_vectors, write_vectors
 
-FORMAT = "bertforge-index/1"
-DTYPES = ("float32", "int8")
+FORMAT = "bertforge-index/2"
+LONG_TEXT = ("window", "cut")  # a document over the length limit: read in windows, or cut there
+__all__ = ["FORMAT", "Hit", "Index", "build_index", "search"]
 
 
 def model_checksum(md: ModelDir) -> str:
@@ -46,35 +48,45 @@ def read_corpus(path: Path, id_column: str = "id", text_column: str = "text") ->
     return ids, texts
 
 
-def quantize(vectors: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """int8 rows and their float32 scales (symmetric, one scale a row: max |x| -> 127)."""
-    scales = np.abs(vectors).max(axis=1, keepdims=True).clip(min=1e-12) / 127.0
-    return np.round(vectors / scales).clip(-127, 127).astype(np.int8), scales.astype(np.float32)
-
-
 def build_index(
     model: str | Path,
     corpus: str | Path,
     out: str | Path,
     *,
     dtype: str = "float32",
+    backend: str = "exact",
+    faiss_spec: str | None = None,
+    long_text: str = "window",
+    max_length: int | None = None,
+    stride: int | None = None,
     id_column: str = "id",
     text_column: str = "text",
     precision: str = "fp32",
     progress: bool = False,
 ) -> Path:
-    """Embed every document of ``corpus`` with ``model`` (its pooling, normalised) into an index at ``out``."""
-    if dtype not in DTYPES:
-        raise BertforgeError(f"unknown index dtype {dtype!r} (choose from {', '.join(DTYPES)})")
+    """Embed every document of ``corpus`` with ``model`` (its pooling, normalised) into an index at
+    ``out``: a document over ``max_length`` tokens (default: the model's) is read in windows overlapping
+    by ``stride`` tokens (default a quarter of them), or with ``long_text="cut"`` only up to there."""
+    if long_text not in LONG_TEXT:
+        raise BertforgeError(f"unknown --long-text {long_text!r} (choose from {', '.join(LONG_TEXT)})")
     corpus, out = Path(corpus), check_out_dir(out)
     ids, texts = read_corpus(corpus, id_column, text_column)
     md = ModelDir.open(model)
-    vectors = Embedder.from_pretrained(md, precision=precision)(texts, normalize=True, progress=progress)
+    embedder = Embedder.from_pretrained(md, precision=precision)
+    length = max_length or embedder.max_length
+    if stride is None:
+        stride = length // 4
+    if long_text == "cut":
+        stride = None
+    got = embedder.embed(texts, normalize=True, max_length=length, stride=stride, progress=progress)
+    spans = got.spans
+    whole = np.bincount(got.owner, minlength=len(texts)) == 1  # read in one piece: its span is all of it
+    whole[got.truncated] = False
+    rows = whole[got.owner]
+    spans[rows, 0], spans[rows, 1] = 0, np.array([len(t) for t in texts], dtype=np.int64)[got.owner[rows]]
     out.mkdir(parents=True, exist_ok=True)
-    if dtype == "int8":
-        vectors, scales = quantize(vectors)
-        np.save(out / "scales.npy", scales)
-    np.save(out / "vectors.npy", vectors)
+    stored = write_vectors(out, got.vectors, backend, dtype, faiss_spec)
+    np.save(out / "chunks.npy", np.concatenate([got.owner[:, None], spans], axis=1))  # (rows, 3): doc, start, end
     atomic_text(out / "ids.json", json.dumps(ids, ensure_ascii=False) + "\n")
     meta = {
         "format": FORMAT,
@@ -82,9 +94,12 @@ def build_index(
         "model_sha256": model_checksum(md),
         "corpus": str(corpus),
         "corpus_sha256": sha256(corpus),
-        "dtype": dtype,
+        **stored,
         "documents": len(ids),
-        "dim": int(vectors.shape[1]),
+        "chunks": len(got.vectors),
+        "dim": int(got.vectors.shape[1]),
+        "max_length": length,
+        "stride": stride,
     }
     atomic_text(out / "index.json", json.dumps(meta, indent=2) + "\n")  # last: an index is whole once it has this
     return out
@@ -92,13 +107,18 @@ def build_index(
 
 @dataclass
 class Hit:
+    """A document found: its id, the score of its best window, that window's characters (``start``,
+    ``end``; all of the document when it was read whole) and, with the corpus, their text."""
+
     id: str
     score: float
+    start: int = 0
+    end: int = 0
     text: str | None = None
 
 
 class Index:
-    """An index opened for searching (vectors memory-mapped)."""
+    """An index opened for searching."""
 
     def __init__(self, directory: str | Path):
         self.directory = Path(directory)
@@ -112,12 +132,14 @@ class Index:
         except (UnicodeDecodeError, json.JSONDecodeError) as e:
             raise BertforgeError(f"{meta_path}: not a readable index ({e})") from None
         if self.meta.get("format") != FORMAT:
-            raise BertforgeError(f"{meta_path}: not a {FORMAT} index")
-        self.vectors = np.load(self.directory / "vectors.npy", mmap_mode="r")
-        self.scales = np.load(self.directory / "scales.npy") if self.meta["dtype"] == "int8" else None
+            raise BertforgeError(f"{meta_path}: not a {FORMAT} index (rebuild it with `bertforge index`)")
+        self.vectors = open_vectors(self.directory, self.meta)
+        self.chunks = np.load(self.directory / "chunks.npy")
         self.ids = json.loads((self.directory / "ids.json").read_text(encoding="utf-8"))
-        if len(self.ids) != len(self.vectors):
-            raise BertforgeError(f"{self.directory}: {len(self.ids)} ids for {len(self.vectors)} vectors")
+        if len(self.chunks) != len(self.vectors) or len(self.ids) != self.meta["documents"]:
+            raise BertforgeError(
+                f"{self.directory}: {len(self.ids)} ids and {len(self.chunks)} chunks for {len(self.vectors)} vectors"
+            )
 
     def check_model(self, md: ModelDir) -> None:
         if model_checksum(md) != self.meta["model_sha256"]:
@@ -134,28 +156,30 @@ class Index:
         ids, texts = read_corpus(corpus)
         return dict(zip(ids, texts, strict=True))
 
-    def scores(self, queries: np.ndarray, block: int = 65536) -> np.ndarray:
-        """(Q, N) inner products of normalised query vectors with every document, a block of rows at a time."""
-        out = np.empty((len(queries), len(self.vectors)), dtype=np.float32)
-        for lo in range(0, len(self.vectors), block):
-            part = np.asarray(self.vectors[lo : lo + block], dtype=np.float32)  # (b, D)
-            if self.scales is not None:
-                part = part * self.scales[lo : lo + block]
-            out[:, lo : lo + block] = queries @ part.T
-        return out
-
     def search(self, queries: np.ndarray, k: int = 10) -> list[list[Hit]]:
-        """The top ``k`` documents of each query vector, best first."""
+        """The top ``k`` documents of each query vector, best first, each by its best window."""
         if k < 1:
             raise BertforgeError(f"k must be at least 1, not {k}")
-        scores = self.scores(queries)
-        k = min(k, scores.shape[1])
-        top = np.argpartition(-scores, k - 1, axis=1)[:, :k]
-        results = []
-        for row, cand in zip(scores, top, strict=True):
-            order = cand[np.argsort(-row[cand], kind="stable")]
-            results.append([Hit(self.ids[j], float(row[j])) for j in order])
-        return results
+        k = min(k, len(self.ids))
+        want = k if len(self.chunks) == len(self.ids) else min(4 * k, len(self.chunks))
+        while True:  # the first k distinct documents of the best rows are the top k: widen until there are
+            scores, rows = self.vectors.search(queries, want)
+            hits = [self._documents(s, r, k) for s, r in zip(scores, rows, strict=True)]
+            if want >= len(self.chunks) or all(len(h) == k for h in hits):
+                return hits
+            want = min(4 * want, len(self.chunks))
+
+    def _documents(self, scores: np.ndarray, rows: np.ndarray, k: int) -> list[Hit]:
+        hits: dict[int, Hit] = {}
+        for score, row in zip(scores, rows, strict=True):
+            if row < 0:
+                break
+            doc, start, end = (int(x) for x in self.chunks[row])
+            if doc not in hits:
+                hits[doc] = Hit(self.ids[doc], float(score), start, end)
+                if len(hits) == k:
+                    break
+        return list(hits.values())
 
 
 def search(
@@ -170,7 +194,7 @@ def search(
     candidates: int = 100,
 ) -> list[list[Hit]]:
     """The top ``k`` documents of ``index`` for each query, embedded with ``model`` (the index's own);
-    with ``corpus`` each hit carries its text. ``rerank``: a cross-encoder re-orders the top ``candidates``
+    with ``corpus`` each hit carries the text of its window. ``rerank``: a cross-encoder re-orders the top ``candidates``
     (their texts from ``corpus``, default the one indexed) and the best ``k`` of its order are kept."""
     idx = Index(index)
     if rerank is not None:  # (loaded first: a bad model is refused before the search)
@@ -190,7 +214,7 @@ def search(
     if texts is not None:
         for row in hits:
             for h in row:
-                h.text = texts[h.id]
+                h.text = texts[h.id][h.start : h.end]
     if rerank is not None:
         hits = rerank_hits(reranker, queries, hits, keep)
     return hits

@@ -20,19 +20,40 @@ def index(
     ],
     out: Annotated[Path, typer.Option("--out", "-o", help="Index directory to write.")],
     dtype: Annotated[str, typer.Option(help="float32, or int8 (a quarter of the size).")] = "float32",
+    backend: Annotated[
+        str, typer.Option(help="exact (every score computed), or faiss (approximate: millions of vectors).")
+    ] = "exact",
+    faiss_spec: Annotated[
+        str | None,
+        typer.Option(help="The faiss index (index_factory string; default HNSW32, with int8 HNSW32,SQ8)."),
+    ] = None,
+    long_text: Annotated[
+        str, typer.Option(help="Documents over --max-length: window (a vector a window) or cut.")
+    ] = "window",
+    max_length: Annotated[
+        int | None, typer.Option(min=8, help="Tokens a window (default: the model's length).")
+    ] = None,
+    stride: Annotated[
+        int | None, typer.Option(min=0, help="Tokens windows overlap by (default: a quarter of --max-length).")
+    ] = None,
     id_column: Annotated[str, typer.Option(help="The documents' id column (default: line numbers if absent).")] = "id",
     text_column: Annotated[str, typer.Option(help="The documents' text column.")] = "text",
     precision: Precision = "fp32",
 ) -> None:
-    """Embed every document of a corpus into an on-disk index for `bertforge search`."""
+    """Embed every document of a corpus into an on-disk index for `bertforge search` (long documents in
+    overlapping windows, a vector each)."""
     from ..search import build_index
 
     path = build_index(
-        model, input, out, dtype=dtype, id_column=id_column, text_column=text_column, precision=precision,
+        model, input, out, dtype=dtype, backend=backend, faiss_spec=faiss_spec, long_text=long_text,
+        max_length=max_length, stride=stride, id_column=id_column, text_column=text_column, precision=precision,
         progress=True,
     )  # fmt: skip
     meta = json.loads((path / "index.json").read_text(encoding="utf-8"))
-    typer.echo(f"wrote {path} ({meta['documents']:,} documents, {meta['dim']} dims, {dtype})")
+    typer.echo(
+        f"wrote {path} ({meta['documents']:,} documents in {meta['chunks']:,} windows, {meta['dim']} dims, {dtype}, "
+        f"{backend})"
+    )
 
 
 @app.command()
@@ -56,8 +77,8 @@ def search(
     ] = None,
     candidates: Annotated[int, typer.Option("--candidates", min=1, help="Hits retrieved for --rerank.")] = 100,
 ) -> None:
-    """Top-k documents of an index for each query (exact cosine similarity); with --rerank, the top
-    --candidates re-ordered by a cross-encoder (texts from --corpus, default the corpus indexed)."""
+    """Top-k documents of an index for each query (cosine similarity), each once, by its best window; with
+    --rerank, the top --candidates re-ordered by a cross-encoder (texts from --corpus, default the one indexed)."""
     from ..search import Index
     from ..search import search as run
 
@@ -69,8 +90,8 @@ def search(
     hits = run(index, model, texts, k=k, corpus=corpus, precision=precision, rerank=rerank, candidates=candidates)
     for text, row in zip(texts, hits, strict=True):
         if queries is not None:
-            found = [{"id": h.id, "score": round(h.score, 6), **({"text": h.text} if h.text is not None else {})}
-                     for h in row]  # fmt: skip
+            found = [{"id": h.id, "score": round(h.score, 6), "start": h.start, "end": h.end,
+                      **({"text": h.text} if h.text is not None else {})} for h in row]  # fmt: skip
             typer.echo(json.dumps({"query": text, "hits": found}, ensure_ascii=False))
             continue
         if len(texts) > 1:
