@@ -194,8 +194,8 @@ def search(
     candidates: int = 100,
 ) -> list[list[Hit]]:
     """The top ``k`` documents of ``index`` for each query, embedded with ``model`` (the index's own);
-    with ``corpus`` each hit carries the text of its window. ``rerank``: a cross-encoder re-orders the top ``candidates``
-    (their texts from ``corpus``, default the one indexed) and the best ``k`` of its order are kept."""
+    with ``corpus`` each hit carries the text of its window. ``rerank``: a cross-encoder re-orders the top
+    ``candidates`` (their texts from ``corpus``, default the one indexed) and the best ``k`` are kept."""
     idx = Index(index)
     if rerank is not None:  # (loaded first: a bad model is refused before the search)
         from .rerank import Reranker, rerank_hits
