@@ -193,3 +193,62 @@ def test_cli_mine_negatives_writes_triplets_finetune_reads(st_dir, tmp_path):
 
     task = finetune_task("embed", None, ModelDir.open(st_dir))
     assert [e.texts for e in task.read(out, labelled=True)] == expected
+
+
+def test_squad_becomes_a_retrieval_set_split_by_article(tmp_path):
+    from bertforge.data.squad import retrieval_split
+
+    articles = [
+        {"title": f"Article {a}", "paragraphs": [
+            {"context": f"Paragraph {p} of article {a}.", "qas": [
+                {"id": f"{a}-{p}-{q}", "question": f"Question {q} on {a}/{p}?", "answers": []} for q in range(3)]}
+            for p in range(2)]}
+        for a in range(20)
+    ]  # fmt: skip
+    squad = tmp_path / "squad.json"
+    squad.write_text(json.dumps({"version": "1.1", "data": articles}))
+    counts = retrieval_split(squad, tmp_path / "out")
+    assert counts == retrieval_split(squad, tmp_path / "again")  # deterministic
+    assert counts["train_paragraphs"] + counts["test_paragraphs"] == 40 and 0 < counts["test_paragraphs"] < 20
+    assert counts["train_questions"] + counts["test_questions"] == 120
+    test, train = read_retrieval_set(tmp_path / "out" / "test"), read_retrieval_set(tmp_path / "out" / "train")
+    assert not {d.split("/")[0] for d in test.corpus_ids} & {d.split("/")[0] for d in train.corpus_ids}
+    for qid, gold in zip(test.query_ids, test.relevant, strict=True):
+        a, p, _ = qid.split("-")
+        assert gold == {f"Article {a}/{p}"}
+    pairs = [json.loads(x) for x in (tmp_path / "out" / "train" / "pairs.jsonl").read_text().splitlines()]
+    assert len(pairs) == counts["train_questions"] and pairs[0]["positive"].startswith("Paragraph")
+
+
+def test_retrieve_then_rerank_evaluation_reorders_the_top_candidates(st_dir, tmp_path):
+    import transformers
+    from conftest import TINY
+    from sentence_transformers import CrossEncoder
+
+    from bertforge import metrics
+    from bertforge.retrieval import top_k
+
+    tok = transformers.AutoTokenizer.from_pretrained(fetch("minilm-l6", quiet=True))
+    torch.manual_seed(1)
+    config = transformers.BertConfig(**{**TINY, "vocab_size": tok.vocab_size, "num_labels": 1})
+    ce_dir = tmp_path / "ce"
+    perturb(transformers.BertForSequenceClassification(config), 1, scale=0.5).save_pretrained(ce_dir)
+    tok.save_pretrained(ce_dir)
+    rs_dir, _, _ = _retrieval_set(tmp_path / "rs")
+    got = evaluate_file(st_dir, rs_dir, rerank=ce_dir, candidates=5)
+    rs = read_retrieval_set(rs_dir)
+    emb = Embedder.from_pretrained(st_dir)
+    ranked = top_k(emb(rs.queries, normalize=True), emb(rs.corpus, normalize=True), rs.corpus_ids, 100)
+    ce = CrossEncoder(str(ce_dir), device="cpu", max_length=TINY["max_position_embeddings"])
+    expected = []
+    for query, row in zip(rs.queries, ranked, strict=True):
+        order = [r["corpus_id"] for r in ce.rank(query, [rs.corpus[j] for j in row[:5]])]
+        expected.append([rs.corpus_ids[row[i]] for i in order] + [rs.corpus_ids[j] for j in row[5:]])
+    assert got == pytest.approx(metrics.ranking(expected, rs.relevant), abs=1e-9)
+    assert got["recall_at_100"] == pytest.approx(
+        evaluate_file(st_dir, rs_dir)["recall_at_100"]
+    )  # beyond 5: as retrieved
+    with pytest.raises(BertforgeError, match="--rerank re-orders the hits of an encoder on a retrieval set"):
+        pairs = tmp_path / "sts.jsonl"
+        pairs.write_text(json.dumps({"sentence1": "a cat", "sentence2": "a dog", "score": 0.5}) + "\n")
+        evaluate_file(st_dir, pairs, rerank=ce_dir)

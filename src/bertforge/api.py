@@ -155,16 +155,25 @@ def evaluate_file(
     runtime: str = "torch",
     compile: bool = False,
     device: str | None = None,
+    rerank: str | Path | None = None,
+    candidates: int = 100,
     **overrides: Any,
 ) -> dict:
     """The task's metrics on a labelled file (and written as JSON to ``output``); a bare encoder is scored
-    as a sentence encoder (scored pairs, or a retrieval set's directory)."""
+    as a sentence encoder (scored pairs, or a retrieval set's directory, whose top ``candidates`` a
+    cross-encoder ``rerank`` may re-order)."""
     if output is not None:
         check_output(output, data)
     md = ModelDir.open(model)
     t = evaluation_task(md, **overrides)
     net = t.load(md, device, precision, runtime, compile)
     examples = t.read(Path(data), labelled=True)
+    if rerank is not None:
+        if not (hasattr(t, "reranker") and examples and hasattr(examples[0], "corpus")):
+            raise BertforgeError("--rerank re-orders the hits of an encoder on a retrieval set (a directory)")
+        from .rerank import Reranker
+
+        t.reranker, t.candidates = Reranker(rerank, device, precision), candidates
     t.check_labels(examples, Path(data))
     predictions = t.predict(net, examples, progress=True)
     result = t.score(predictions, examples)

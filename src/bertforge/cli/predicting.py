@@ -63,10 +63,20 @@ def evaluate() -> None:
     """
 
 
-def _evaluate(model: str, data: Path, output: Path | None, label_column: str | None, **options) -> None:
+def _evaluate(
+    model: str,
+    data: Path,
+    output: Path | None,
+    label_column: str | None,
+    rerank: str | None,
+    candidates: int,
+    **options,
+) -> None:
     from ..api import evaluate_file
 
-    result = evaluate_file(model, data, output, label_column=label_column, **_file_options(**options))
+    result = evaluate_file(
+        model, data, output, label_column=label_column, rerank=rerank, candidates=candidates, **_file_options(**options)
+    )
     for k, v in result.items():
         if isinstance(v, float):
             typer.echo(f"{k:18} {v:.4f}")
@@ -89,6 +99,8 @@ def _evaluate_command():
         option("text_column", str | None, None, "Default: as in training."),
         option("text_pair_column", str | None, None),
         option("label_column", str | None, None),
+        option("rerank", str | None, None, "A retrieval set: a cross-encoder re-orders each query's top --candidates."),
+        option("candidates", int, 100, "Hits per query --rerank re-orders.", min=1),
         *_inference_options(),
     ]
     return build(_evaluate, params, evaluate.__doc__)

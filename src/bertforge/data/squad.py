@@ -232,3 +232,33 @@ def input_question(x: dict) -> QAExample:
     except _Missing as e:
         raise BertforgeError(e.message) from None
     return QAExample(str(x.get("id", "")), question, context, None)
+
+
+def retrieval_split(path: str | Path, out: str | Path, test_share: float = 0.2) -> dict[str, int]:
+    """A SQuAD v1.1 file as retrieval data, each question's one relevant document its own paragraph, the
+    articles split deterministically (by a hash of the title, so adding articles moves none):
+    OUT/train/pairs.jsonl (question, paragraph) for `finetune embed` or `mine-negatives`, and the train
+    and test articles each as a retrieval set (OUT/train, OUT/test: corpus.jsonl, queries.jsonl)."""
+    import hashlib
+
+    from ..retrieval import write_retrieval_set
+
+    path, out = Path(path), Path(out)
+    top = json.loads(tables.read_text(path))
+    parts: dict[str, tuple[list, list]] = {"train": ([], []), "test": ([], [])}
+    for a, article in enumerate(_field(top, "data", list)):
+        title = str(article.get("title", a))
+        digest = int(hashlib.sha256(title.encode("utf-8")).hexdigest()[:8], 16)
+        corpus, queries = parts["test" if digest % 1000 < test_share * 1000 else "train"]
+        for p, paragraph in enumerate(_field(article, "paragraphs", list)):
+            doc = f"{title}/{p}"
+            corpus.append((doc, _field(paragraph, "context", str)))
+            queries += [(str(q["id"]), q["question"].strip(), [doc]) for q in paragraph["qas"] if q["question"].strip()]
+    counts = {}
+    for name, (corpus, queries) in parts.items():
+        write_retrieval_set(out / name, corpus, queries)
+        counts[f"{name}_paragraphs"], counts[f"{name}_questions"] = len(corpus), len(queries)
+    text = dict(parts["train"][0])
+    rows = [json.dumps({"anchor": q, "positive": text[rel[0]]}, ensure_ascii=False) for _, q, rel in parts["train"][1]]
+    (out / "train" / "pairs.jsonl").write_text("".join(r + "\n" for r in rows), encoding="utf-8")
+    return counts

@@ -247,6 +247,8 @@ class EmbedTrainTask(FinetuneTask):
         self.encoded: list[list[int]] = []  # token ids of each distinct training text
         self.rows: list[tuple[int, ...]] = []  # each training example's texts, as indices into encoded
         self.scores: list[float | None] = []
+        self.reranker = None  # a rerank.Reranker that re-orders each query's top ``candidates`` (a retrieval set)
+        self.candidates = 100
 
     @property
     def select_metric(self) -> str:
@@ -426,7 +428,12 @@ class EmbedTrainTask(FinetuneTask):
         """Each query's corpus ranking, top 100 (as corpus indices)."""
         q = model(rs.queries, normalize=True, max_tokens=self.max_tokens, progress=progress)
         d = model(rs.corpus, normalize=True, max_tokens=self.max_tokens, progress=progress)
-        return {"ranked": top_k(q, d, rs.corpus_ids, DEPTH)}
+        ranked = top_k(q, d, rs.corpus_ids, max(DEPTH, self.candidates))
+        if self.reranker is not None:  # retrieve, then rerank: the top candidates re-ordered, the rest after them
+            n = self.candidates
+            order = self.reranker.rank(rs.queries, [[rs.corpus[j] for j in row[:n]] for row in ranked])
+            ranked = [[row[r["index"]] for r in o] + row[n:] for row, o in zip(ranked, order, strict=True)]
+        return {"ranked": [row[:DEPTH] for row in ranked]}
 
     def score(self, predictions: list[dict], examples: list[EmbedExample]) -> dict:
         """Scored pairs: Pearson and Spearman of cosine against the scores (sentence-transformers'
