@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import threading
+import time
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
@@ -25,6 +26,7 @@ from tokenizers import Tokenizer as _Backend
 
 from .batch import encoder_batch
 from .errors import BertforgeError
+from .meter import current_meter
 from .vocab import (
     MAX_WORD_CHARS,
     SPECIAL_TOKENS,
@@ -394,8 +396,9 @@ class Tokenizer:
             inputs: list = list(zip(texts, pairs, strict=True))
         else:
             inputs = list(texts)
+        start = time.perf_counter()
         try:
-            return backend.encode_batch(inputs, is_pretokenized=is_pretokenized, add_special_tokens=add_special_tokens)
+            out = backend.encode_batch(inputs, is_pretokenized=is_pretokenized, add_special_tokens=add_special_tokens)
         except BaseException as e:  # tokenizers raises when a truncation strategy cannot be honoured, and panics
             # (a BaseException) when a pair leaves one text fewer tokens than the stride
             if not isinstance(e, Exception) and type(e).__name__ != "PanicException":
@@ -404,6 +407,10 @@ class Tokenizer:
             raise BertforgeError(
                 f"cannot encode with max_length={max_length}, truncation={truncation}, stride={stride}: {said}"
             ) from None
+        if (meter := current_meter()) is not None:  # a server's model call: its tokenization time and tokens
+            meter.tokenize_s += time.perf_counter() - start
+            meter.tokens += sum(len(e.ids) + sum(len(o.ids) for o in e.overflowing) for e in out)
+        return out
 
     def tokenize(self, text: str) -> list[str]:
         return self.encode(text, add_special_tokens=False).tokens

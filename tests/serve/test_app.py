@@ -362,7 +362,7 @@ def test_limits_answer_413_and_bad_requests_422(minilm):
     assert error_of(
         post("/v1/embed", content=b'{"texts": ["caf\xe9"]}', headers={"content-type": "application/json"}), 400
     ) == (
-        "the body is not UTF-8 text: send JSON in UTF-8"  # (latin-1)
+        "the body is not UTF-8 text (byte 0xe9 at 15): send JSON in UTF-8"  # (latin-1)
     )
     assert error_of(post("/v1/embed", json={"texts": []}), 422) == "texts is empty"
     assert error_of(post("/v1/embed", json={}), 422) == "texts: Field required"

@@ -242,12 +242,34 @@ def serve(
             "come together: a lone client's wait once at most, right after a burst).",
         ),
     ] = 5.0,
+    max_queue: Annotated[
+        int | None,
+        typer.Option("--max-queue", help="Requests waiting for the model, at most; more: 429 with Retry-After."),
+    ] = None,
+    max_queue_tokens: Annotated[
+        int | None,
+        typer.Option(
+            "--max-queue-tokens",
+            help="Tokens (of the texts) waiting for the model, at most; more: 429 with Retry-After. A request over "
+            "the whole budget still runs when nothing waits.",
+        ),
+    ] = None,
+    request_timeout: Annotated[
+        float | None,
+        typer.Option(
+            "--request-timeout",
+            help="Seconds a request may take: 503 if no model call started on it by then, 504 if its call ran past.",
+        ),
+    ] = None,
 ) -> None:
     """Serve a model over HTTP (FastAPI): the endpoints its task supports, /health, /metrics, /docs.
 
     An encoder (minilm-l6) serves /v1/embed, /v1/similarity and /v1/summarize; a fine-tuned model
     serves /v1/classify, /v1/tag, /v1/qa or /v1/summarize. Concurrent requests are batched into one
-    model call. SIGINT or SIGTERM stops it after the requests in flight are answered; a second one, at once.
+    model call; each answer's x-queue-time, x-tokenization-time, x-inference-time and x-compute-tokens
+    headers say where its time went. A client that hangs up has its queued work dropped. SIGINT or
+    SIGTERM stops it after the requests in flight are answered (new ones are refused); a second one, at
+    once. SIGHUP loads the model again without dropping requests.
     """
     try:
         from ..serve import serve as run
@@ -273,6 +295,9 @@ def serve(
         max_body_bytes=int(max_body_mb * 2**20),
         batch_window_ms=batch_window_ms,
         compile=compile,
+        max_queue=max_queue,
+        max_queue_tokens=max_queue_tokens,
+        request_timeout=request_timeout,
     )
 
 

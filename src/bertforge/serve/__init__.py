@@ -1,7 +1,7 @@
 """The HTTP server: ``create_app`` (app.py) and the ``bertforge serve`` command (``serve``, here).
 
-One model is loaded at start-up and never changes. The package: schemas.py (paths, request and
-response bodies), metrics.py (/metrics), batcher.py (micro-batching), gate.py (API key and body
+One model is loaded at start-up; SIGHUP loads it again. The package: schemas.py (paths, request and
+response bodies), metrics.py (/metrics), batcher.py (micro-batching, the bounded queue), gate.py (API key and body
 size), app.py (the model served and its endpoints).
 """
 
@@ -13,6 +13,7 @@ import ipaddress
 import os
 import signal
 import socket
+import threading
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -67,14 +68,28 @@ def serve(
     echo: Callable[[str], None] = print,
     **settings: Any,
 ) -> None:
-    """Serve ``model`` until SIGINT or SIGTERM, then finish the requests in flight and return."""
+    """Serve ``model`` until SIGINT or SIGTERM, then finish the requests in flight and return; SIGHUP
+    loads the model again, in a thread, while the one loaded answers."""
     import uvicorn
+
+    reloading = threading.Lock()
+
+    def reload(sig, frame) -> None:
+        def run() -> None:
+            with reloading:
+                app.state.reload(echo)
+
+        if reloading.locked():
+            echo("bertforge: a reload is under way already")
+        else:
+            threading.Thread(target=run, name="bertforge-reload", daemon=True).start()
 
     class Server(uvicorn.Server):
         # uvicorn re-raises the stop signal once it has shut down; a graceful stop ends with status 0
         @contextlib.contextmanager
         def capture_signals(self):
             previous = {sig: signal.signal(sig, self.handle_exit) for sig in (signal.SIGINT, signal.SIGTERM)}
+            previous[signal.SIGHUP] = signal.signal(signal.SIGHUP, reload)
             try:
                 yield
             finally:

@@ -7,10 +7,11 @@ text, too big a body), 422 (malformed or invalid request). No request field is e
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 
 from fastapi import FastAPI, HTTPException
@@ -18,6 +19,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.openapi.docs import get_swagger_ui_html
 from fastapi.openapi.utils import get_openapi
 from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse, Response
+from pydantic import BaseModel
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import Request
 from swagger_ui_bundle import swagger_ui_path
@@ -28,7 +30,7 @@ from ..infer import Embedder
 from ..modeldir import ModelDir
 from ..onnx import OnnxModel
 from ..tasks import FinetuneTask, served
-from .batcher import Batcher
+from .batcher import Batcher, Gone, Overloaded, TimedOut, Timing
 from .gate import _Gate
 from .metrics import Metrics
 from .schemas import DOCS_FILES, ENDPOINTS, OPEN_PATHS, Health, _errors, _validation_message
@@ -56,6 +58,8 @@ class ServedModel:
         compile: bool = False,
     ):
         md = ModelDir.open(model)
+        self.tokenizer = md.tokenizer
+        self.max_length = md.config.max_position_embeddings
         tasks = served(md)
         self.tasks = {t.endpoint: t for t in tasks}
         self.model = tasks[0].load(md, device, precision, runtime, compile)
@@ -76,6 +80,49 @@ class ServedModel:
     def run(self, key: tuple, items: list) -> Sequence:
         return self.tasks[key[1]].predict(self.model, items)  # key: (batch kind, endpoint)
 
+    def count_tokens(self, body: BaseModel) -> int:
+        """The tokens of every text in a request body (for --max-queue-tokens), as the model would cut them."""
+        texts = list(_strings(body.model_dump()))
+        return sum(len(e.ids) for e in self.tokenizer.encode_batch(texts, max_length=self.max_length)) if texts else 0
+
+
+class Holder:
+    """The model served now: SIGHUP loads it again (``reload``, in a thread of its own, while the old one
+    answers) and swaps it in between two model calls."""
+
+    def __init__(self, load: Callable[[], ServedModel]):
+        self.load, self.served = load, load()
+
+    def run(self, key: tuple, items: list) -> Sequence:
+        return self.served.run(key, items)
+
+    def reload(self, echo: Callable[[str], None]) -> None:
+        start = time.perf_counter()
+        try:
+            fresh = self.load()
+        except Exception as e:  # a broken directory on disk: keep serving the model loaded
+            echo(f"bertforge: reload failed, still serving the model loaded before: {e}")
+            return
+        if fresh.endpoints != self.served.endpoints:
+            echo(
+                f"bertforge: reload refused: the model now serves {', '.join(fresh.endpoints)}, not "
+                f"{', '.join(self.served.endpoints)} (restart the server to change endpoints)"
+            )
+            return
+        self.served = fresh
+        echo(f"bertforge: reloaded the model in {time.perf_counter() - start:.1f} s")
+
+
+def _strings(value) -> Iterator[str]:
+    if isinstance(value, str):
+        yield value
+    elif isinstance(value, dict):
+        for v in value.values():
+            yield from _strings(v)
+    elif isinstance(value, (list, tuple)):
+        for v in value:
+            yield from _strings(v)
+
 
 def _error(status: int, message: str) -> HTTPException:
     return HTTPException(status_code=status, detail=message)
@@ -84,34 +131,70 @@ def _error(status: int, message: str) -> HTTPException:
 class Endpoints:
     """The /v1 handlers, one per task served, and the limits every request meets: --max-texts and
     --max-chars (checked by the task as it reads the request), then the model call through the batcher
-    (a bad input a 422, the model's failure a 500)."""
+    (a bad input a 422, a full queue a 429, a timeout a 503 or 504, the model's failure a 500)."""
 
-    def __init__(self, served: ServedModel, batcher: Batcher, max_texts: int, max_chars: int):
-        self.served, self.batcher, self.max_texts, self.max_chars = served, batcher, max_texts, max_chars
+    def __init__(
+        self, holder: Holder, batcher: Batcher, max_texts: int, max_chars: int, request_timeout: float | None = None
+    ):
+        self.holder, self.batcher, self.max_texts, self.max_chars = holder, batcher, max_texts, max_chars
+        self.request_timeout = request_timeout
 
     def register(self, app: FastAPI, auth: tuple[int, ...]) -> None:
         """Each endpoint the model serves, documented; the others answer 404, left out of the docs."""
+        served = self.holder.served
         for endpoint in ENDPOINTS:
             path = f"/v1/{endpoint}"
-            if endpoint in self.served.tasks:
-                task = self.served.tasks[endpoint]
-                app.post(path, response_model=task.Response, responses=_errors(*auth, 413, 422))(self.handler(task))
+            if endpoint in served.tasks:
+                task = served.tasks[endpoint]
+                app.post(path, response_model=task.Response, responses=_errors(*auth, 413, 422, 429, 503, 504))(
+                    self.handler(task)
+                )
             else:
-                app.post(path, include_in_schema=False)(_unavailable(self.served, path))
+                app.post(path, include_in_schema=False)(_unavailable(served, path))
 
-    def handler(self, task):
-        """The endpoint of ``task``: its request body, read into examples, predicted, answered."""
+    def handler(self, declared):
+        """The endpoint of task ``declared``: its request body, read into examples (by the task of the
+        model served now: a reload may have changed its labels), predicted, answered with its timing."""
 
-        async def handle(body) -> JSONResponse:
+        async def handle(body, request: Request) -> Response:
+            start = time.perf_counter()
+            task = self.holder.served.tasks[declared.endpoint]
             try:
                 examples = task.from_request(body, self)
             except BertforgeError as e:
                 raise _error(422, str(e)) from None
-            return JSONResponse(task.respond(await self.predict((task.batch_kind, task.endpoint), examples)))
+            weight = 0
+            if self.batcher.max_queue_tokens is not None:
+                weight = await asyncio.to_thread(self.holder.served.count_tokens, body)
+            results, timing = await self.predict((task.batch_kind, task.endpoint), examples, request, weight)
+            if results is None:  # the client hung up: nobody reads this (499, as nginx logs it)
+                return Response(status_code=499)
+            return JSONResponse(task.respond(results), headers=_timing_headers(timing, time.perf_counter() - start))
 
-        handle.__annotations__ = {"body": task.Request, "return": JSONResponse}
-        handle.__name__, handle.__doc__ = task.endpoint, task.about
+        handle.__annotations__ = {"body": declared.Request, "request": Request, "return": Response}
+        handle.__name__, handle.__doc__ = declared.endpoint, declared.about
         return handle
+
+    async def predict(self, key: tuple, items: list, request: Request, weight: int = 0):
+        try:
+            return await self.batcher.submit(key, items, weight, self.request_timeout, _hung_up(request))
+        except Overloaded as e:
+            raise HTTPException(
+                429,
+                f"the server is at capacity ({e.why}): retry in {e.retry_after} s",
+                headers={"Retry-After": str(e.retry_after)},
+            ) from None
+        except TimedOut as e:
+            where = "waiting for the model" if e.queued else "in the model call"
+            status = 503 if e.queued else 504
+            raise _error(status, f"no answer within {self.request_timeout:g} s (--request-timeout): {where}") from None
+        except Gone:
+            return None, None
+        except BertforgeError as e:
+            raise _error(422, str(e)) from None
+        except Exception:
+            log.exception("a model call failed")
+            raise _error(500, "internal error: the model call failed (see the server's log)") from None
 
     # -- the limits, called by the tasks as they read a request --
     def check_count(self, n: int, field: str) -> None:
@@ -137,14 +220,24 @@ class Endpoints:
         self.check_count(len(texts), field)
         self.check_chars((f"{field}[{i}]", t) for i, t in enumerate(texts))
 
-    async def predict(self, key: tuple, items: list) -> Sequence:
-        try:
-            return await self.batcher.submit(key, items)
-        except BertforgeError as e:
-            raise _error(422, str(e)) from None
-        except Exception:
-            log.exception("a model call failed")
-            raise _error(500, "internal error: the model call failed (see the server's log)") from None
+
+async def _hung_up(request: Request) -> None:
+    """Returns when the client disconnects (the body was read already: what comes next is the hang-up)."""
+    while (await request.receive())["type"] != "http.disconnect":
+        pass
+
+
+def _timing_headers(t: Timing, total_s: float) -> dict[str, str]:
+    """Where the request's time went, in milliseconds, as text-embeddings-inference reports it (the model
+    call's figures are the whole call's, shared by x-batch-requests requests)."""
+    return {
+        "x-total-time": f"{1000 * total_s:.2f}",
+        "x-queue-time": f"{1000 * t.queue_s:.2f}",
+        "x-tokenization-time": f"{1000 * t.tokenize_s:.2f}",
+        "x-inference-time": f"{1000 * t.inference_s:.2f}",
+        "x-compute-tokens": str(t.tokens),
+        "x-batch-requests": str(t.requests),
+    }
 
 
 # -- how errors are answered: {"error": "one line"} --
@@ -155,8 +248,11 @@ async def _invalid(request: Request, exc: RequestValidationError) -> JSONRespons
 async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
     message = {
         (404, "Not Found"): f"no such endpoint: {request.url.path}",
-        # what FastAPI answers for a body it cannot decode (JSON's own errors are 422s)
-        (400, "There was an error parsing the body"): "the body is not UTF-8 text: send JSON in UTF-8",
+        # what FastAPI answers for a body json.loads raises on other than with a JSONDecodeError (a 422); the
+        # gate refuses one that is not UTF-8 before, so what is left: nested too deeply, an integer too long
+        (400, "There was an error parsing the body"): (
+            "malformed JSON: nested too deeply, or an integer over 4,300 digits"
+        ),
     }.get((exc.status_code, exc.detail), exc.detail)
     return JSONResponse({"error": message}, status_code=exc.status_code, headers=getattr(exc, "headers", None))
 
@@ -203,18 +299,30 @@ def create_app(
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
     batch_window_ms: float = DEFAULT_BATCH_WINDOW_MS,
     compile: bool = False,
+    max_queue: int | None = None,
+    max_queue_tokens: int | None = None,
+    request_timeout: float | None = None,
 ) -> FastAPI:
     """A FastAPI app serving ``model`` (a directory or registry name), loaded now: a missing model or
-    a bad setting raises BertforgeError here, not at the first request."""
+    a bad setting raises BertforgeError here, not at the first request. ``app.state.reload(echo)``
+    loads it again (SIGHUP)."""
     _check_settings(api_key, max_batch_tokens, max_texts, max_chars, max_body_bytes, batch_window_ms)
-    served = ServedModel(model, device, precision, runtime, max_batch_tokens, compile)
+    for flag, value in (("--max-queue", max_queue), ("--max-queue-tokens", max_queue_tokens)):
+        if value is not None and value < 1:
+            raise BertforgeError(f"{flag} must be at least 1, not {value}")
+    if request_timeout is not None and not request_timeout > 0:
+        raise BertforgeError(f"--request-timeout must be above 0 seconds, not {request_timeout}")
+    holder = Holder(lambda: ServedModel(model, device, precision, runtime, max_batch_tokens, compile))
+    served = holder.served
     name = (
         str(model) if not Path(model).exists() else Path(model).resolve().name
     )  # not the full path: /health is public
     metrics = Metrics(
         {"model": name, "task": served.task or "encoder", "precision": served.precision, "runtime": runtime}
     )
-    batcher = Batcher(served.run, batch_window_ms / 1000, metrics)
+    batcher = Batcher(
+        holder.run, batch_window_ms / 1000, metrics, max_queue=max_queue, max_queue_tokens=max_queue_tokens
+    )
     metrics.queue_depth = batcher.depth
 
     @contextlib.asynccontextmanager
@@ -236,7 +344,8 @@ def create_app(
     app.add_exception_handler(StarletteHTTPException, _http_error)
     app.add_exception_handler(Exception, _crashed)
     auth = (401,) if api_key else ()
-    Endpoints(served, batcher, max_texts, max_chars).register(app, auth)
+    Endpoints(holder, batcher, max_texts, max_chars, request_timeout).register(app, auth)
+    app.state.reload = holder.reload
 
     @app.get("/health", response_model=Health)
     async def health() -> JSONResponse:

@@ -1,5 +1,5 @@
 """ASGI middleware in front of the app: it times every request for /metrics, checks the API key, and
-reads the body (refusing one over the limit with a 413) before the app parses it."""
+reads the body (refusing one over the limit with a 413, one not in UTF-8 with a 400) before the app parses it."""
 
 from __future__ import annotations
 
@@ -45,6 +45,13 @@ class _Gate:
                 body = await self._read_body(scope, receive)
                 if body is None:
                     return await _refuse(receive, send_status, 413, f"request body over {self.max_body_bytes:,} bytes")
+                try:
+                    body.decode("utf-8")
+                except UnicodeDecodeError as e:
+                    message = (
+                        f"the body is not UTF-8 text (byte 0x{body[e.start]:02x} at {e.start}): send JSON in UTF-8"
+                    )
+                    return await _refuse(receive, send_status, 400, message)
                 receive = _replay(body, receive)
             await self.app(scope, receive, send_status)
         finally:

@@ -1,4 +1,5 @@
-"""What /metrics reports, in Prometheus' text format: request counts, errors, latency and batch sizes."""
+"""What /metrics reports, in Prometheus' text format: request counts, errors, latency, batch sizes, where a
+model call's time goes (queue, tokenization, inference), tokens computed and requests refused or dropped."""
 
 from __future__ import annotations
 
@@ -6,6 +7,7 @@ import time
 from collections import defaultdict
 from collections.abc import Callable, Sequence
 
+from ..meter import Meter
 from .schemas import KNOWN_PATHS
 
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
@@ -53,6 +55,7 @@ class Metrics:
         self.errors: dict[tuple[str, str], int] = defaultdict(int)
         self.model_errors = 0
         self.in_flight = 0
+        self.calls_running = 0  # 1 while the model computes
         self.queue_depth: Callable[[], int] = lambda: 0
         self.latency = Histogram(
             "bertforge_request_duration_seconds", "Time from request to response.", LATENCY_BUCKETS
@@ -63,6 +66,18 @@ class Metrics:
         self.batch_requests = Histogram(
             "bertforge_batch_requests", "Requests merged into one model call.", BATCH_BUCKETS
         )
+        self.queue_time = Histogram(
+            "bertforge_queue_duration_seconds", "Time a request waited for its model call.", LATENCY_BUCKETS
+        )
+        self.tokenize_time = Histogram(
+            "bertforge_tokenization_duration_seconds", "Time a model call spent in the tokenizer.", LATENCY_BUCKETS
+        )
+        self.inference_time = Histogram(
+            "bertforge_inference_duration_seconds", "Time a model call spent past the tokenizer.", LATENCY_BUCKETS
+        )
+        self.tokens: dict[str, int] = defaultdict(int)
+        # requests refused (queue_full) or dropped (disconnected, timeout_queued, timeout_running)
+        self.rejected: dict[str, int] = defaultdict(int)
 
     def request(self, path: str, status: int, seconds: float) -> None:
         endpoint = path if path in KNOWN_PATHS else "other"
@@ -70,6 +85,13 @@ class Metrics:
         if status >= 400:
             self.errors[endpoint, str(status)] += 1
         self.latency.observe(seconds, endpoint=endpoint)
+
+    def model_call(self, kind: str, items: int, requests: int, meter: Meter) -> None:
+        self.batch_size.observe(items, kind=kind)
+        self.batch_requests.observe(requests, kind=kind)
+        self.tokenize_time.observe(meter.tokenize_s, kind=kind)
+        self.inference_time.observe(meter.inference_s, kind=kind)
+        self.tokens[kind] += meter.tokens
 
     def render(self) -> str:
         lines = [
@@ -100,8 +122,21 @@ class Metrics:
             "# HELP bertforge_requests_in_flight Requests being answered.",
             "# TYPE bertforge_requests_in_flight gauge",
             f"bertforge_requests_in_flight {self.in_flight}",
+            "# HELP bertforge_model_busy 1 while a model call runs.",
+            "# TYPE bertforge_model_busy gauge",
+            f"bertforge_model_busy {self.calls_running}",
+            "# HELP bertforge_tokens_total Tokens the model computed (the tokenizer's output), by batch kind.",
+            "# TYPE bertforge_tokens_total counter",
+            *(f"bertforge_tokens_total{_labels((('kind', k),))} {n}" for k, n in sorted(self.tokens.items())),
+            "# HELP bertforge_rejected_total Requests refused (queue_full) or dropped (disconnected, timeout_queued, "
+            "timeout_running).",
+            "# TYPE bertforge_rejected_total counter",
+            *(f"bertforge_rejected_total{_labels((('reason', r),))} {n}" for r, n in sorted(self.rejected.items())),
             *self.latency.render(),
             *self.batch_size.render(),
             *self.batch_requests.render(),
+            *self.queue_time.render(),
+            *self.tokenize_time.render(),
+            *self.inference_time.render(),
         ]
         return "\n".join(lines) + "\n"

@@ -38,6 +38,9 @@ def _errors(*codes: int) -> dict[int, dict]:
         404: "Not served by this model",
         413: "Too many texts, too long a text, too big a body",
         422: "Malformed or invalid request",
+        429: "The queue is full (--max-queue, --max-queue-tokens): retry after Retry-After seconds",
+        503: "No model call started within --request-timeout",
+        504: "The model call ran past --request-timeout",
     }
     return {c: {"model": ErrorBody, "description": what[c]} for c in codes}
 
