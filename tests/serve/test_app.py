@@ -215,7 +215,7 @@ def test_health_tells_the_model_and_needs_no_key(servers):
         "task": "encoder",
         "precision": "fp32",
         "runtime": "torch",
-        "endpoints": ["/v1/embed", "/v1/similarity", "/v1/summarize"],
+        "endpoints": ["/v1/embed", "/v1/similarity", "/v1/summarize", "/v1/embeddings", "/v1/tokenize"],
     }
     assert servers["minilm"].out.read_text().startswith(f"bertforge: serving minilm-l6 on {servers['minilm'].url} ")
 
@@ -272,7 +272,7 @@ def test_an_encoder_answers_404_for_task_endpoints(minilm):
     for path in ("/v1/classify", "/v1/tag", "/v1/qa"):
         assert error_of(minilm.post(path, json={"texts": ["x"]}), 404) == (
             f"this server's model is an encoder: {path} is not available (it serves /v1/embed, /v1/similarity, "
-            "/v1/summarize)"
+            "/v1/summarize, /v1/embeddings, /v1/tokenize)"
         )
     assert error_of(minilm.post("/v1/nothing", json={}), 404) == "no such endpoint: /v1/nothing"
     assert error_of(minilm.get("/v1/embed"), 405) == "Method Not Allowed"

@@ -261,10 +261,15 @@ def serve(
             help="Seconds a request may take: 503 if no model call started on it by then, 504 if its call ran past.",
         ),
     ] = None,
+    index: Annotated[
+        Path | None,
+        typer.Option("--index", help="An index built with this model (`bertforge index`): serve /v1/search over it."),
+    ] = None,
 ) -> None:
     """Serve a model over HTTP (FastAPI): the endpoints its task supports, /health, /metrics, /docs.
 
-    An encoder (minilm-l6) serves /v1/embed, /v1/similarity and /v1/summarize; a fine-tuned model
+    An encoder (minilm-l6) serves /v1/embed, /v1/similarity, /v1/summarize, OpenAI's /v1/embeddings,
+    /v1/tokenize and, with --index, /v1/search; a fine-tuned model
     serves /v1/classify, /v1/tag, /v1/qa or /v1/summarize. Concurrent requests are batched into one
     model call; each answer's x-queue-time, x-tokenization-time, x-inference-time and x-compute-tokens
     headers say where its time went. A client that hangs up has its queued work dropped. SIGINT or
@@ -298,6 +303,7 @@ def serve(
         max_queue=max_queue,
         max_queue_tokens=max_queue_tokens,
         request_timeout=request_timeout,
+        index=index,
     )
 
 

@@ -56,15 +56,17 @@ class ServedModel:
         runtime: str,
         max_batch_tokens: int | None,
         compile: bool = False,
+        options: dict | None = None,
     ):
         md = ModelDir.open(model)
         self.tokenizer = md.tokenizer
         self.max_length = md.config.max_position_embeddings
-        tasks = served(md)
+        tasks = served(md, options)
         self.tasks = {t.endpoint: t for t in tasks}
         self.model = tasks[0].load(md, device, precision, runtime, compile)
         for t in tasks:
             t.max_tokens = max_batch_tokens
+            t.model_name = str(model) if not Path(model).exists() else Path(model).resolve().name
         self.task = tasks[0].name if isinstance(tasks[0], FinetuneTask) else None  # None: an encoder
         net = self.model.model if isinstance(self.model, Embedder) else self.model
         # "auto" is reported as what it chose: an ONNX graph knows its own; torch's is resolved as it was
@@ -191,7 +193,7 @@ class Endpoints:
         except Gone:
             return None, None
         except BertforgeError as e:
-            raise _error(422, str(e)) from None
+            raise _error(getattr(e, "status", 422), str(e)) from None  # (a text too long to embed uncut: 413)
         except Exception:
             log.exception("a model call failed")
             raise _error(500, "internal error: the model call failed (see the server's log)") from None
@@ -302,17 +304,19 @@ def create_app(
     max_queue: int | None = None,
     max_queue_tokens: int | None = None,
     request_timeout: float | None = None,
+    index: str | Path | None = None,
 ) -> FastAPI:
     """A FastAPI app serving ``model`` (a directory or registry name), loaded now: a missing model or
-    a bad setting raises BertforgeError here, not at the first request. ``app.state.reload(echo)``
-    loads it again (SIGHUP)."""
+    a bad setting raises BertforgeError here, not at the first request. ``index``: an index built with
+    the model, searched at /v1/search. ``app.state.reload(echo)`` loads it again (SIGHUP)."""
     _check_settings(api_key, max_batch_tokens, max_texts, max_chars, max_body_bytes, batch_window_ms)
     for flag, value in (("--max-queue", max_queue), ("--max-queue-tokens", max_queue_tokens)):
         if value is not None and value < 1:
             raise BertforgeError(f"{flag} must be at least 1, not {value}")
     if request_timeout is not None and not request_timeout > 0:
         raise BertforgeError(f"--request-timeout must be above 0 seconds, not {request_timeout}")
-    holder = Holder(lambda: ServedModel(model, device, precision, runtime, max_batch_tokens, compile))
+    options = {"index": index}
+    holder = Holder(lambda: ServedModel(model, device, precision, runtime, max_batch_tokens, compile, options))
     served = holder.served
     name = (
         str(model) if not Path(model).exists() else Path(model).resolve().name

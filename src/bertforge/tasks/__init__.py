@@ -14,6 +14,7 @@ from ..modeldir import ModelDir
 from ..spec import TaskSpec
 from .base import FinetuneTask, settings_of
 from .embed import EmbedTrainTask
+from .embeddings import EmbeddingsTask, SearchTask, TokenizeTask
 from .encoder import EmbedTask, EncoderTask, SimilarityTask, SummarizeTask
 from .extsum import ExtSumTask
 from .qa import QATask
@@ -24,7 +25,9 @@ from .tag import TagTask
 TASKS: dict[str, type[FinetuneTask]] = {
     t.name: t for t in (SequenceTask, PairTask, RegressTask, TagTask, QATask, ExtSumTask, EmbedTrainTask, RerankTask)
 }
-ENCODER_TASKS: dict[str, type[EncoderTask]] = {t.name: t for t in (EmbedTask, SimilarityTask, SummarizeTask)}
+ENCODER_TASKS: dict[str, type[EncoderTask]] = {
+    t.name: t for t in (EmbedTask, SimilarityTask, SummarizeTask, EmbeddingsTask, TokenizeTask, SearchTask)
+}
 ALIASES = {"summarize": "extsum", "question-answering": "qa"}
 
 # transformers task models (of any family: BertFor..., RobertaFor...) without bertforge settings are
@@ -40,7 +43,7 @@ ONE_OUTPUT_TASKS = {"ForSequenceClassification": "rerank"}
 
 def endpoints() -> list[str]:
     """Every endpoint a server may offer, in the order of its docs."""
-    names = [t.endpoint for t in (EmbedTask, SimilarityTask, *TASKS.values())]
+    names = [t.endpoint for t in (EmbedTask, SimilarityTask, *TASKS.values(), EmbeddingsTask, TokenizeTask, SearchTask)]
     return list(dict.fromkeys(names))
 
 
@@ -129,11 +132,19 @@ def encoder_task(name: str, settings: dict[str, Any] | None = None) -> EncoderTa
     return cls(settings_of(cls.Settings, settings or {}, name, keep_none=True))
 
 
-def served(md: ModelDir) -> list[FinetuneTask | EncoderTask]:
-    """What a server offers for ``md``: the fine-tuned task, or every use of an encoder."""
+def served(md: ModelDir, options: dict[str, Any] | None = None) -> list[FinetuneTask | EncoderTask]:
+    """What a server offers for ``md``: the fine-tuned task, or every use of an encoder (those that
+    need a server option, such as search's index, when ``options`` gives it)."""
     if not is_encoder(saved_spec(md)):
         return [fine_tuned(md)]
-    return [encoder_task(name) for name in ENCODER_TASKS]
+    options = {k: v for k, v in (options or {}).items() if v is not None}
+    tasks = []
+    for name, cls in ENCODER_TASKS.items():
+        if cls.needs is None or cls.needs in options:
+            task = encoder_task(name, {cls.needs: str(options[cls.needs])} if cls.needs else None)
+            task.open(md)
+            tasks.append(task)
+    return tasks
 
 
 __all__ = [

@@ -24,6 +24,7 @@ class EncoderTask:
     about: ClassVar[str]  # what its endpoint answers (the server's docs)
     batch_kind: ClassVar[str]  # the server's model calls, as /metrics labels them
     head: ClassVar[str | None] = None
+    needs: ClassVar[str | None] = None  # the server option it is served with (None: always)
     Settings: ClassVar[type | None] = None
     Request: ClassVar[type[BaseModel]]
     Response: ClassVar[type[BaseModel]]
@@ -35,6 +36,9 @@ class EncoderTask:
     def load(self, md, device: str | None, precision: str, runtime: str, compile: bool) -> Embedder:
         return Embedder.from_pretrained(md, device, precision, runtime, compile)
 
+    def open(self, md) -> None:
+        """Read what it serves beside the model (called once, by the server, before the first request)."""
+
     def example(self, x: Any, where: str) -> Any:
         raise NotImplementedError
 
@@ -42,9 +46,64 @@ class EncoderTask:
         raise NotImplementedError
 
 
+@dataclass(frozen=True)
+class Options:
+    """How a request's texts are embedded (texts with equal options share a model call)."""
+
+    prompt_name: str | None = None
+    normalize: bool | None = None
+    truncate: bool = True
+    dimensions: int | None = None
+
+
+@dataclass(frozen=True)
+class Text:
+    text: str
+    options: Options = Options()
+    extra: Any = None  # what the answer needs of its request (the format, the model's name, k)
+
+
+@dataclass
+class Embedding:
+    vector: np.ndarray
+    tokens: int
+    truncated: bool
+    extra: Any = None
+
+
+def embed_grouped(embedder: Embedder, items: list[Text], max_tokens: int | None) -> list[Embedding]:
+    """Each item's embedding, one model call per set of options, in the items' order."""
+    out: list[Embedding | None] = [None] * len(items)
+    groups: dict[Options, list[int]] = {}
+    for i, item in enumerate(items):
+        groups.setdefault(item.options, []).append(i)
+    for o, idx in groups.items():
+        got = embedder.embed(
+            [items[i].text for i in idx],
+            prompt_name=o.prompt_name,
+            normalize=o.normalize,
+            truncate=o.truncate,
+            dimensions=o.dimensions,
+            max_tokens=max_tokens,
+        )
+        for j, i in enumerate(idx):
+            out[i] = Embedding(got.vectors[j], int(got.tokens[j]), bool(got.truncated[j]), items[i].extra)
+    return out  # type: ignore[return-value]
+
+
+class EmbedOptions(Request):
+    truncate: bool = Field(True, description="Cut texts over the model's length (false: such a text is a 413).")
+    normalize: bool | None = Field(None, description="Unit-length vectors (default: as the checkpoint says).")
+    prompt_name: str | None = Field(None, description="One of the model's prompts, put before each text.")
+    dimensions: int | None = Field(None, ge=1, description="Keep the first ones (Matryoshka), normalised again.")
+
+    def options(self) -> Options:
+        return Options(self.prompt_name, self.normalize, self.truncate, self.dimensions)
+
+
 # -- embed ----------------------------------------------------------------------------------------------
-class EmbedRequest(Request):
-    model_config = Request.model_config | {
+class EmbedRequest(EmbedOptions):
+    model_config = EmbedOptions.model_config | {
         "json_schema_extra": {"examples": [{"texts": ["A gripping film.", "Dull."]}]}
     }
     texts: list[str] = Field(min_length=1, description="Texts to embed (at most --max-texts).")
@@ -54,6 +113,7 @@ class EmbedResponse(BaseModel):
     embeddings: list[list[float]] = Field(
         description="One vector per text, in order, normalised as the checkpoint says."
     )
+    truncated: list[bool] = Field(description="Which texts were cut at the model's length.")
 
 
 class EmbedTask(EncoderTask):
@@ -68,15 +128,18 @@ class EmbedTask(EncoderTask):
             raise BertforgeError(f"{where}: an embedder takes texts, not {type(x).__name__}")
         return x
 
-    def from_request(self, body: EmbedRequest, limits) -> list[str]:
+    def from_request(self, body: EmbedRequest, limits) -> list[Text]:
         limits.check_texts(body.texts, "texts")
-        return body.texts
+        return [Text(t, body.options()) for t in body.texts]
 
-    def predict(self, embedder: Embedder, examples: list[str]) -> np.ndarray:
+    def predict(self, embedder: Embedder, examples: list[str] | list[Text]) -> np.ndarray | list[Embedding]:
+        """Texts (a pipeline's): their vectors; a request's: each one's vector and how it was read."""
+        if examples and isinstance(examples[0], Text):
+            return embed_grouped(embedder, examples, self.max_tokens)
         return embedder(examples, max_tokens=self.max_tokens)
 
-    def respond(self, vectors: np.ndarray) -> dict:
-        return {"embeddings": vectors.tolist()}
+    def respond(self, results: list[Embedding]) -> dict:
+        return {"embeddings": [r.vector.tolist() for r in results], "truncated": [r.truncated for r in results]}
 
 
 # -- similarity -------------------------------------------------------------------------------------------
