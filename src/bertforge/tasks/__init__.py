@@ -109,6 +109,15 @@ def evaluation_task(md: ModelDir, **overrides: Any) -> FinetuneTask:
     )
 
 
+def distill_task(md: ModelDir) -> FinetuneTask:
+    """The task a student of ``md`` learns: the directory's own, or for a bare encoder the sentence
+    encoder's (its vectors are what a student matches)."""
+    if saved_spec(md) is not None:
+        return fine_tuned(md)
+    name = next(t.name for t in TASKS.values() if getattr(t, "sentence_encoder", False))
+    return finetune_task(name, None, md)
+
+
 def for_model(md: ModelDir, name: str | None = None, **settings: Any) -> FinetuneTask | EncoderTask:
     """The task a pipeline runs: the directory's own (``name`` None or the same), or the encoder's use
     behind the same endpoint (``summarize`` on a model not fine-tuned to summarise)."""
@@ -154,6 +163,7 @@ __all__ = [
     "EncoderTask",
     "FinetuneTask",
     "TaskSpec",
+    "distill_task",
     "encoder_task",
     "endpoints",
     "evaluation_task",

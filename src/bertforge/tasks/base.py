@@ -8,6 +8,7 @@ its loss, how to turn model outputs into predictions, and its metrics.
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
@@ -24,6 +25,15 @@ from ..heads import IGNORE_INDEX
 from ..infer import load_for_inference
 from ..spec import TaskSpec
 from ..tokenizer import Tokenizer
+
+
+@dataclass
+class Soft:
+    """One output a student matches: (rows, outputs) ``logits``, compared as a distribution over its last
+    axis (``softmax``: KL at a temperature), as independent probabilities (``sigmoid``) or as numbers (``mse``)."""
+
+    logits: Tensor
+    kind: str
 
 
 @dataclass
@@ -85,6 +95,9 @@ class FinetuneTask:
     Settings: ClassVar[type | None] = None  # the task's own settings (a dataclass, saved as TaskSpec.extra)
     Request: ClassVar[type[BaseModel]]  # the HTTP request and response bodies
     Response: ClassVar[type[BaseModel]]
+    distill_hard: ClassVar[bool] = (
+        True  # a student learns from the data's labels too (distill.py), not only its teacher
+    )
     echoed: ClassVar[tuple[str, ...]] = ()  # prediction fields that repeat their input (not a clash with it)
 
     def __init__(self, spec: TaskSpec, tokenizer: Tokenizer, id2label: dict[int, str] | None = None):
@@ -204,6 +217,23 @@ class FinetuneTask:
     def evaluate(self, model: nn.Module) -> dict[str, float]:
         metrics = self.score(self.predict(model, self.valid_examples), self.valid_examples)
         return {k: float(v) for k, v in metrics.items() if isinstance(v, (int, float))}
+
+    # -- distillation (distill.py): what a student matches of its teacher ---------------------------
+    def distill_outputs(self, model: nn.Module, batch: dict[str, Tensor]) -> tuple[list[Soft], Tensor | None]:
+        """The outputs of ``model`` on a training batch that a student matches to its teacher's, and the
+        hard-label loss on the batch's targets (None where the task has none)."""
+        out = model(**batch)
+        return self.soft_outputs(out, batch), out.loss
+
+    def soft_outputs(self, out: Any, batch: dict[str, Tensor]) -> list[Soft]:
+        """(rows, outputs) logits and how each is compared (``Soft.kind``); by default the head's logits,
+        a distribution (softmax), independent labels (sigmoid) or numbers (mse) as the problem says."""
+        kind = {"regression": "mse", "multi_label_classification": "sigmoid"}.get(self.problem_type() or "", "softmax")
+        return [Soft(out.logits, kind)]
+
+    def label_with(self, examples: list, predict: Callable[[list], list[dict]]) -> list:
+        """``examples`` labelled as ``predict`` (a teacher's predictions) says: distillation on unlabelled data."""
+        raise BertforgeError(f"{self.name}: cannot learn from unlabelled data")
 
     def export(self, model: nn.Module, directory: Path) -> None:
         """``model`` in Hugging Face format, with the task's settings in its config.json."""

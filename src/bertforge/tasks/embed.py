@@ -22,6 +22,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, ClassVar
@@ -39,7 +40,7 @@ from ..infer import Embedder, save_sentence_transformer
 from ..model import BertModel
 from ..retrieval import DEPTH, RetrievalSet, evaluate_rankings, is_retrieval_set, read_retrieval_set, top_k
 from ..sentence import Dense, SentenceModules, lowercased, read_sentence_dir
-from .base import FinetuneTask, settings_of
+from .base import FinetuneTask, Soft, settings_of
 from .encoder import EmbedRequest, EmbedResponse
 
 log = logging.getLogger("bertforge")
@@ -239,6 +240,7 @@ class EmbedTrainTask(FinetuneTask):
     Request, Response = EmbedRequest, EmbedResponse
     sentence_encoder: ClassVar[bool] = True  # served and piped as the encoder's uses (tasks.for_model)
     splittable: ClassVar[bool] = False  # a batch is scored whole (train._micro_batches)
+    distill_hard: ClassVar[bool] = False  # a student matches its teacher's vectors alone
 
     def __init__(self, spec, tokenizer, id2label=None):
         super().__init__(spec, tokenizer, id2label)
@@ -376,6 +378,14 @@ class EmbedTrainTask(FinetuneTask):
         keys = ("input_ids", "attention_mask", "token_type_ids")
         vectors = model(**{k: batch[k] for k in keys}).float()  # (texts, D)
         return {"loss": self.batch_loss([vectors[c] for c in batch["columns"]], batch["columns"], batch.get("scores"))}
+
+    def distill_outputs(self, model: nn.Module, batch: dict[str, Tensor]) -> tuple[list[Soft], None]:
+        """The batch's sentence vectors, matched by mean squared error (sentence-transformers' recipe)."""
+        keys = ("input_ids", "attention_mask", "token_type_ids")
+        return [Soft(model(**{k: batch[k] for k in keys}).float(), "mse")], None
+
+    def label_with(self, examples: list[EmbedExample], predict: Callable[[list], list[dict]]) -> list[EmbedExample]:
+        return examples  # (matching the teacher's vectors needs no labels)
 
     def batch_loss(self, columns: list[Tensor], rows: Tensor, scores: Tensor | None = None) -> Tensor:
         """The task's loss over a batch's columns of embeddings (Matryoshka: summed over the prefixes)."""

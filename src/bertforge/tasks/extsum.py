@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Any
@@ -38,7 +39,7 @@ from ..summary import (
     select,
     summary_limits,
 )
-from .base import FinetuneTask, settings_of
+from .base import FinetuneTask, Soft, settings_of
 from .schemas import Request, SummarizeResponse
 
 log = logging.getLogger("bertforge")
@@ -319,6 +320,15 @@ class ExtSumTask(FinetuneTask):
                 }
             )
         return results
+
+    def soft_outputs(self, out, batch: dict[str, Tensor]) -> list[Soft]:
+        return [Soft(out.logits[batch["sentence_mask"].bool()], "sigmoid")]  # (real sentences,)
+
+    def label_with(self, examples: list[Document], predict: Callable[[list], list[dict]]) -> list[Document]:
+        return [
+            dataclasses.replace(d, labels=[int(i in p["selected"]) for i in range(len(d.sentences))])
+            for d, p in zip(examples, predict(examples), strict=True)
+        ]
 
     def score(self, predictions: list[dict], examples: list[Document]) -> dict:
         return score_summaries(predictions, examples)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -26,7 +27,7 @@ from ..batch import flatten_windows
 from ..data.squad import GoldAnswer, QAExample, check_offsets, input_question, read_questions
 from ..errors import BertforgeError
 from ..infer import run_batches
-from .base import Feature, FinetuneTask, request_examples, settings_of
+from .base import Feature, FinetuneTask, Soft, request_examples, settings_of
 from .schemas import Request
 
 log = logging.getLogger("bertforge")
@@ -351,6 +352,17 @@ class QATask(FinetuneTask):
             choose_answer(e.context, w, s.max_answer_length, s.n_best, bool(s.version_2), float(s.null_threshold))
             for e, w in zip(examples, windows, strict=True)
         ]
+
+    def soft_outputs(self, out, batch: dict[str, Tensor]) -> list[Soft]:
+        """Start and end: distributions over each window's real tokens."""
+        pad = ~batch["attention_mask"].bool()
+        return [Soft(x.float().masked_fill(pad, -1e4), "softmax") for x in (out.logits, out.end_logits)]
+
+    def label_with(self, examples: list[QAExample], predict: Callable[[list], list[dict]]) -> list[QAExample]:
+        def answers(p: dict) -> list[GoldAnswer]:
+            return [GoldAnswer(p["answer"], p["start"])] if p["answer"] else []
+
+        return [dataclasses.replace(e, answers=answers(p)) for e, p in zip(examples, predict(examples), strict=True)]
 
     def score(self, predictions: list[dict], examples: list[QAExample]) -> dict:
         golds = [[a.text for a in e.answers] for e in examples]

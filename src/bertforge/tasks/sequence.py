@@ -14,7 +14,8 @@ from __future__ import annotations
 
 import json
 import logging
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -233,6 +234,10 @@ class SequenceTask(FinetuneTask):
             for row in probs
         ]
 
+    def label_with(self, examples: list[TextExample], predict: Callable[[list], list[dict]]) -> list[TextExample]:
+        key = "labels" if self.spec.multi_label else "label"
+        return [replace(e, label=p[key]) for e, p in zip(examples, predict(examples), strict=True)]
+
     def score(self, predictions: list[dict], examples: list[TextExample]) -> dict:
         labels = [self.id2label[i] for i in range(len(self.id2label))]
         if self.spec.multi_label:
@@ -291,6 +296,9 @@ class RegressTask(SequenceTask):
 
     def predict(self, model: nn.Module, examples: list[TextExample], progress: bool = False) -> list[dict]:
         return [{"score": round(float(v), 6)} for v in self.logits(model, examples, progress)[:, 0]]
+
+    def label_with(self, examples: list[TextExample], predict: Callable[[list], list[dict]]) -> list[TextExample]:
+        return [replace(e, label=p["score"]) for e, p in zip(examples, predict(examples), strict=True)]
 
     def score(self, predictions: list[dict], examples: list[TextExample]) -> dict:
         return metrics.regression([e.label for e in examples], [p["score"] for p in predictions])

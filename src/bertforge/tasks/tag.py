@@ -10,7 +10,8 @@ the most context on both sides. Scores are entity-level precision/recall/F1 with
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +25,7 @@ from ..data import tables
 from ..errors import BertforgeError
 from ..heads import IGNORE_INDEX
 from ..infer import run_batches
-from .base import Feature, FinetuneTask, request_examples, unknown_labels_error
+from .base import Feature, FinetuneTask, Soft, request_examples, unknown_labels_error
 from .schemas import Request
 
 CONLL_SUFFIXES = (".conll", ".conllu", ".bio", ".iob", ".txt", ".tsv")
@@ -254,6 +255,12 @@ class TagTask(FinetuneTask):
                 words = ex.words[first : last + 1]
                 ents.append({"label": kind, "start": first, "end": last + 1, "text": " ".join(words)})
         return {"tokens": ex.words, "tags": tags, "entities": ents}
+
+    def soft_outputs(self, out, batch: dict) -> list[Soft]:
+        return [Soft(out.logits[batch["attention_mask"].bool()], "softmax")]  # (real tokens, tags)
+
+    def label_with(self, examples: list[TagExample], predict: Callable[[list], list[dict]]) -> list[TagExample]:
+        return [replace(e, tags=p["tags"]) for e, p in zip(examples, predict(examples), strict=True)]
 
     def score(self, predictions: list[dict], examples: list[TagExample]) -> dict:
         return metrics.entity_f1([e.tags for e in examples], [p["tags"] for p in predictions])
