@@ -1,4 +1,5 @@
-"""HTTP serving throughput and latency: `bertforge serve` under 1, 8 and 32 concurrent clients.
+"""HTTP serving throughput and latency: `bertforge serve` under 1, 8, 32 and 128 concurrent clients,
+with or without a bounded queue (--max-queue: the 429s are counted and the client sends again).
 
 For each precision the script starts the real server (minilm-l6 by default) as a subprocess, then
 clients (threads in this process, one keep-alive connection each) send POST /v1/embed requests of rotten-tomatoes
@@ -100,6 +101,7 @@ def load(url: str, texts: list[str], clients: int, per_request: int, seconds: fl
     t0 = time.perf_counter()
     start, stop = t0 + warmup, t0 + warmup + seconds
     errors: list[str] = []
+    refused: list[float] = []
 
     def one_client(k: int) -> None:
         conn = http.client.HTTPConnection(host, int(port), timeout=120)
@@ -111,6 +113,9 @@ def load(url: str, texts: list[str], clients: int, per_request: int, seconds: fl
             r = conn.getresponse()
             answer = r.read()
             end = time.perf_counter()
+            if r.status == 429:  # refused by --max-queue: counted, then the client tries again
+                refused.append(end)
+                continue
             if r.status != 200:
                 errors.append(f"{r.status} {answer[:200]!r}")
             if start <= end <= stop:
@@ -124,6 +129,8 @@ def load(url: str, texts: list[str], clients: int, per_request: int, seconds: fl
         t.join()
     if errors:
         raise SystemExit(f"request failed: {errors[0]}")
+    if refused:
+        print(f"  ({sum(start <= t <= stop for t in refused)} requests refused with 429)")
     return latencies
 
 
@@ -149,7 +156,10 @@ def main() -> None:
         default=["fp32", "int8"],
         help="server precisions",
     )
-    p.add_argument("--clients", action=Listed, item=int, default=[1, 8, 32], help="concurrent clients per cell")
+    p.add_argument("--clients", action=Listed, item=int, default=[1, 8, 32, 128], help="concurrent clients per cell")
+    p.add_argument(
+        "--max-queue", type=int, default=None, help="the server's --max-queue (429s are counted, not failures)"
+    )
     p.add_argument("--texts-per-request", action=Listed, item=int, default=[1, 8], help="texts in each request")
     p.add_argument("--seconds", type=float, default=5.0, help="measured time per cell (after a 1 s warm-up)")
     p.add_argument("--texts", type=int, default=2000, help="rotten-tomatoes snippets to draw from")
@@ -178,6 +188,7 @@ def main() -> None:
             print(header)
             extra = ["--batch-window-ms", str(args.batch_window_ms)]
             extra += ["--max-batch-tokens", str(args.max_batch_tokens)] if args.max_batch_tokens else []
+            extra += ["--max-queue", str(args.max_queue)] if args.max_queue else []
             proc, url = start_server(args.model, precision, extra, Path(tmp) / f"server-{precision}.log")
             try:
                 for per_request in args.texts_per_request:
