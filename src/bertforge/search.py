@@ -11,6 +11,7 @@ Searching with another model, or reading texts from a corpus that has changed si
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -190,22 +191,17 @@ def search(
     k: int = 10,
     corpus: str | Path | None = None,
     precision: str = "fp32",
-    rerank: str | Path | None = None,
+    rerank: Callable[[list[str], list[list[Hit]], int], list[list[Hit]]] | None = None,
     candidates: int = 100,
 ) -> list[list[Hit]]:
     """The top ``k`` documents of ``index`` for each query, embedded with ``model`` (the index's own);
-    with ``corpus`` each hit carries the text of its window. ``rerank``: a cross-encoder re-orders the top
-    ``candidates`` (their texts from ``corpus``, default the one indexed) and the best ``k`` are kept."""
+    with ``corpus`` each hit carries the text of its window. ``rerank(queries, hits, k)`` (a cross-encoder:
+    ``rerank.rerank_hits`` with its model) re-orders the top ``candidates`` (their texts from ``corpus``,
+    default the one indexed) and keeps the best ``k``."""
     idx = Index(index)
-    if rerank is not None:  # (loaded first: a bad model is refused before the search)
-        from .rerank import Reranker, rerank_hits
-
-        reranker, corpus, k, keep = (
-            Reranker(rerank, precision=precision),
-            corpus or idx.meta["corpus"],
-            max(k, candidates),
-            k,
-        )
+    keep = k
+    if rerank is not None:
+        corpus, k = corpus or idx.meta["corpus"], max(k, candidates)
     md = ModelDir.open(model)
     idx.check_model(md)
     texts = idx.texts(corpus) if corpus is not None else None
@@ -216,5 +212,5 @@ def search(
             for h in row:
                 h.text = texts[h.id][h.start : h.end]
     if rerank is not None:
-        hits = rerank_hits(reranker, queries, hits, keep)
+        hits = rerank(queries, hits, keep)
     return hits

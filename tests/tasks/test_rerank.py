@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import random
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -19,7 +20,7 @@ from bertforge.api import evaluate_file, finetune
 from bertforge.assets import fetch
 from bertforge.modeldir import ModelDir
 from bertforge.pipelines import pipeline
-from bertforge.rerank import Reranker
+from bertforge.rerank import Reranker, rerank_hits
 from bertforge.tasks import saved_spec
 from bertforge.train import TrainArgs
 
@@ -93,7 +94,7 @@ def test_cli_rerank_and_retrieve_then_rerank(ce_dir, tiny_dir, tmp_path):
     at = {r["id"]: i for i, r in enumerate(rows)}
     expected = sorted(candidates, key=lambda i: -ce.predict([(query, rows[at[i]]["text"])])[0])[:3]
 
-    hits = search(index, tiny_dir, [query], k=3, rerank=ce_dir, candidates=8)[0]
+    hits = search(index, tiny_dir, [query], k=3, rerank=partial(rerank_hits, Reranker(ce_dir)), candidates=8)[0]
     assert [h.id for h in hits] == expected and all(h.text == rows[at[h.id]]["text"] for h in hits)
     out = tmp_path / "ranked.jsonl"
     shown, written, searched, wrong = run_all(

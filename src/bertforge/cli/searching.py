@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 from pathlib import Path
 from typing import Annotated
@@ -87,7 +88,12 @@ def search(
     texts = read_texts(queries) if queries is not None else list(query or [])
     if model is None:
         model = Index(index).meta["model"]
-    hits = run(index, model, texts, k=k, corpus=corpus, precision=precision, rerank=rerank, candidates=candidates)
+    reorder = None
+    if rerank is not None:  # (loaded first: a bad model is refused before the search)
+        from ..rerank import Reranker, rerank_hits
+
+        reorder = functools.partial(rerank_hits, Reranker(rerank, precision=precision))
+    hits = run(index, model, texts, k=k, corpus=corpus, precision=precision, rerank=reorder, candidates=candidates)
     for text, row in zip(texts, hits, strict=True):
         if queries is not None:
             found = [{"id": h.id, "score": round(h.score, 6), "start": h.start, "end": h.end,
