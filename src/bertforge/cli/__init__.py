@@ -9,6 +9,7 @@ from . import searching  # noqa: F401
 from . import ranking  # noqa: F401
 from . import training  # noqa: F401
 from . import predicting  # noqa: F401
+from . import shrinking  # noqa: F401
 
 # isort: on
 from .common import BATCH_BUDGET, app, main
