@@ -488,7 +488,7 @@ def test_openapi_documents_what_this_model_serves(servers):
         schema["paths"]["/v1/embed"]["post"]["security"] == [{"bearer": []}]
         and "security" not in schema["paths"]["/health"]["get"]
     )
-    assert set(schema["paths"]["/v1/embed"]["post"]["responses"]) == {"200", "401", "413", "422"}
+    assert set(schema["paths"]["/v1/embed"]["post"]["responses"]) == {"200", "401", "413", "422", "429", "503", "504"}
 
 
 # -- fine-tuned models --------------------------------------------------------------------------------------
