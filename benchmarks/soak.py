@@ -36,7 +36,7 @@ def main() -> None:
     p.add_argument("--every", type=float, default=15.0, help="seconds between memory samples")
     p.add_argument("--clients", type=int, default=4, help="client threads")
     p.add_argument("--rate", type=float, default=20.0, help="requests/s, all clients together")
-    p.add_argument("--texts-per-request", type=int, default=4)
+    p.add_argument("--texts-per-request", type=int, default=4, help="texts in each request")
     p.add_argument("--warmup", type=float, default=10.0, help="seconds of load before the first sample")
     args = p.parse_args()
 

@@ -94,7 +94,7 @@ def test_bad_inputs(tiny_dir, sentiment_model, tmp_path):
     )
     _one_line_error(_cli("evaluate", "-m", str(model), "--data", str(unk)), "'neutral' (line 2)")
     # a model without a head for the task
-    _one_line_error(_cli("evaluate", "-m", str(tiny_dir), "--data", str(good)), "no task head")
+    _one_line_error(_cli("evaluate", "-m", str(tiny_dir), "--data", str(good)), "no text columns")
     # a missing file
     _one_line_error(
         _cli("predict", "-m", str(model), "-i", str(tmp_path / "nope.jsonl"), "-o", str(tmp_path / "p.jsonl")),

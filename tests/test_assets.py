@@ -43,7 +43,7 @@ def test_registry_names_every_asset():
 def test_unknown_asset_is_an_error_listing_the_known_ones():
     with pytest.raises(BertforgeError) as e:
         fetch("imagenet")
-    assert str(e.value).startswith("unknown asset 'imagenet' (known: minilm-l6, chinese-vocab, ")
+    assert str(e.value).startswith("unknown asset 'imagenet' (known: minilm-l6, minilm-l3-paraphrase, chinese-vocab, ")
 
 
 def test_minilm_is_a_model_directory(minilm_dir):

@@ -306,6 +306,7 @@ def test_export_onnx_names_the_models_it_exports(tiny, tmp_path):
         "tag",
         "qa",
         "embed",
+        "rerank",
     ]
     proc = subprocess.run([str(BERTFORGE), "export", "onnx", "--help"], capture_output=True, text=True)
     assert "Export an encoder, or a classify, pair, regress, tag or qa model (not extsum)" in " ".join(
@@ -318,5 +319,5 @@ def test_export_onnx_names_the_models_it_exports(tiny, tmp_path):
     assert proc.returncode == 2
     assert proc.stderr == (
         f"bertforge: error: {model}: an extsum model cannot be exported to ONNX "
-        "(encoder, classify, pair, regress, tag, qa, embed can)\n"
+        "(encoder, classify, pair, regress, tag, qa, embed, rerank can)\n"
     )

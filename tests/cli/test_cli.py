@@ -423,7 +423,6 @@ BAD_VALUES = {  # (option, value, what is said); each command is given what it n
     "embed": [("--input", "DIR", "file 'DIR' is a directory")],
     "similarity": [("--pairs", "DIR", "file 'DIR' is a directory")],
     "vocab": [("--corpus", "DIR", "file 'DIR' is a directory")],
-    "evaluate": [("--data", "DIR", "file 'DIR' is a directory")],
     "predict": [("--input", "DIR", "file 'DIR' is a directory")],
     "summarize": [("--input", "DIR", "file 'DIR' is a directory")],
 }

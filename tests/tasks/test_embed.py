@@ -243,7 +243,7 @@ def test_finetune_embed_on_stsb(stsb, minilm_dir, st_minilm, tmp_path):
     assert abs(ours["pearson"] - theirs["pearson_cosine"]) < 1e-5
 
     md = ModelDir.open(out)  # an encoder to every face: embed, similarity, summarize
-    assert [t.endpoint for t in served(md)] == ["embed", "similarity", "summarize"]
+    assert [t.endpoint for t in served(md)] == ["embed", "similarity", "summarize", "embeddings", "tokenize"]
     pair = list(test_rows[0][:2])
     similarity = for_model(md, "similarity").predict(Embedder.from_pretrained(md), [tuple(pair)])[0]
     a, b = trained.encode(pair, convert_to_tensor=True)
